@@ -7,6 +7,8 @@ pub mod codec;
 pub mod config;
 pub mod duration;
 pub mod outcome;
+pub mod registry;
+pub mod reply;
 pub mod settings;
 pub mod state;
 pub mod store;

@@ -85,34 +85,46 @@ pub fn update<T>(
     attempts: u32,
     mut decide: impl FnMut(&mut Record) -> Step<T>,
 ) -> Result<Updated<T>, UpdateError> {
+    let fresh = codec::encode(&Record::default());
+    compare_and_swap(store, key, &fresh, attempts, |bytes| {
+        let (mut record, damaged) = match codec::decode(bytes) {
+            Ok(record) => (record, None),
+            Err(e) => (Record::default(), Some(e)),
+        };
+        let step = decide(&mut record);
+        let write = step.dirty.then(|| codec::encode(&record));
+        let updated = Updated {
+            value: step.value,
+            record,
+            transition: step.transition,
+            damaged,
+        };
+        (updated, write)
+    })
+}
+
+/// The compare-and-swap loop under every shared write: `change` sees the current bytes
+/// and returns its result plus the bytes to write, if any. A missing key is first claimed
+/// with `fresh`, because the host has no atomic create and only an existing key's stamp
+/// can protect the real change.
+pub fn compare_and_swap<T>(
+    store: &dyn StateStore,
+    key: &str,
+    fresh: &[u8],
+    attempts: u32,
+    mut change: impl FnMut(&[u8]) -> (T, Option<Vec<u8>>),
+) -> Result<T, UpdateError> {
     for _ in 0..attempts {
-        let mut loaded = load(store, key).map_err(host_error)?;
-        if loaded.cas.is_none() {
-            // There is no atomic create: claim the key with a fresh record first, so the
-            // real change below is still a compare-and-swap.
-            store
-                .save(key, &codec::encode(&Record::default()), None)
-                .map_err(host_error)?;
-            loaded = load(store, key).map_err(host_error)?;
-        }
-        let step = decide(&mut loaded.record);
-        if !step.dirty {
-            return Ok(Updated {
-                value: step.value,
-                record: loaded.record,
-                transition: None,
-                damaged: loaded.damaged,
-            });
-        }
-        match store.save(key, &codec::encode(&loaded.record), loaded.cas) {
-            Ok(()) => {
-                return Ok(Updated {
-                    value: step.value,
-                    record: loaded.record,
-                    transition: step.transition,
-                    damaged: loaded.damaged,
-                })
-            }
+        let Some((bytes, cas)) = store.load(key).map_err(host_error)? else {
+            store.save(key, fresh, None).map_err(host_error)?;
+            continue;
+        };
+        let (value, write) = change(&bytes);
+        let Some(write) = write else {
+            return Ok(value);
+        };
+        match store.save(key, &write, Some(cas)) {
+            Ok(()) => return Ok(value),
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Host(status)) => return Err(UpdateError::Host(status)),
         }

@@ -1,0 +1,74 @@
+//! The root context, one per thread: checks the plugin JSON (refusing a bad one so Envoy
+//! rejects the configuration), owns the thread's [`Worker`] and drives it from the timer.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use crate::core::config::PluginConfig;
+
+use super::host::{self, Level};
+use super::http::Stream;
+use super::worker::Worker;
+
+/// Timer period: the longest an open breaker overstays its open time when no request
+/// arrives, and the delay before batched counts reach stats and the shared window.
+pub const TICK_MS: u32 = 100;
+
+#[derive(Default)]
+pub struct Root {
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let bytes = match host::plugin_configuration(plugin_configuration_size) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                host::log(
+                    Level::Error,
+                    &format!(
+                        "[CIRCUIT_BREAKER] cannot read the plugin configuration (host status {})",
+                        e.0
+                    ),
+                );
+                return false;
+            }
+        };
+        let config = match PluginConfig::parse(&bytes) {
+            Ok(config) => config,
+            Err(e) => {
+                host::log(Level::Error, &format!("[CIRCUIT_BREAKER] {e}"));
+                return false;
+            }
+        };
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
+        if let Err(e) = host::set_tick_period_ms(TICK_MS) {
+            host::log(
+                Level::Error,
+                &format!("[CIRCUIT_BREAKER] cannot start the timer (host status {}); open breakers will only move on traffic", e.0),
+            );
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.tick(host::now_ms());
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream::new(self.worker.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,0 +1,33 @@
+//! Envoy's shared data as the breaker's state store: one process-wide map that every
+//! worker's VM sees, written with compare-and-swap.
+
+use crate::core::store::{StateStore, StoreError};
+
+use super::host::{self, Saved};
+
+/// Prefix of every key this filter writes, versioned with the record format.
+pub const KEY_PREFIX: &str = "circuit_breaker/v1/";
+/// Key of the list of breakers.
+pub const REGISTRY_KEY: &str = "circuit_breaker/v1/.breakers";
+
+/// The shared-data key of one cluster's record.
+pub fn record_key(cluster: &str) -> String {
+    format!("{KEY_PREFIX}record/{cluster}")
+}
+
+/// The host's shared data.
+pub struct SharedData;
+
+impl StateStore for SharedData {
+    fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        host::shared_data(key).map_err(|e| StoreError::Host(e.0))
+    }
+
+    fn save(&self, key: &str, bytes: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match host::set_shared_data(key, bytes, cas.unwrap_or(0)) {
+            Ok(Saved::Done) => Ok(()),
+            Ok(Saved::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(e) => Err(StoreError::Host(e.0)),
+        }
+    }
+}
