@@ -56,6 +56,10 @@ lint: wasm-target
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
 
+## demo: start the stack, play the scripted outage and recovery, print the timeline, stop.
+demo: build envoy
+	target/release/demo
+
 ## run: the three services and Envoy in the foreground; Ctrl-C stops them all.
 run: build envoy
 	ENVOY=$(ENVOY) tools/run-stack.sh

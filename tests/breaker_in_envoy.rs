@@ -22,7 +22,7 @@ const FAST: &str = r#"{
 fn trip_school(stack: &Stack) {
     stack.school.fail_everything();
     for _ in 0..5 {
-        let r = stack.envoy.get("/schools");
+        let r = stack.envoy.call("/schools");
         assert_eq!(r.status, 503);
         assert!(!is_rejection(&r), "the upstream's own 503s come first");
     }
@@ -30,8 +30,8 @@ fn trip_school(stack: &Stack) {
 
 #[test]
 fn healthy_traffic_passes_through_untouched() {
-    let stack = Stack::start(None, 2);
-    let r = stack.envoy.get("/schools");
+    let stack = stack(None, 2);
+    let r = stack.envoy.call("/schools");
     assert_eq!(r.status, 200);
     assert_eq!(r.json().unwrap()["data"][0]["name"], "Riverside High");
     let login = client::post_json(
@@ -42,18 +42,18 @@ fn healthy_traffic_passes_through_untouched() {
     .unwrap();
     assert_eq!(login.status, 200);
     assert_eq!(login.json().unwrap()["data"]["user"]["role"], "teacher");
-    assert_eq!(stack.envoy.get("/students").status, 200);
+    assert_eq!(stack.envoy.call("/students").status, 200);
     assert!(r.header("retry-after").is_none());
-    assert_eq!(stack.school.requests(), 1);
+    assert_eq!(stack.school.hits(), 1);
 }
 
 #[test]
 fn trips_after_the_threshold_and_answers_json_503_without_the_upstream() {
-    let stack = Stack::start(None, 2);
+    let stack = stack(None, 2);
     trip_school(&stack);
-    let seen_by_upstream = stack.school.requests();
+    let seen_by_upstream = stack.school.hits();
     for _ in 0..10 {
-        let r = stack.envoy.get("/schools");
+        let r = stack.envoy.call("/schools");
         assert!(is_rejection(&r), "{} {}", r.status, r.text());
         assert_eq!(r.header("content-type"), Some("application/json"));
         let body = r.json().unwrap();
@@ -63,7 +63,7 @@ fn trips_after_the_threshold_and_answers_json_503_without_the_upstream() {
         assert_eq!(r.header("retry-after"), Some(secs.to_string().as_str()));
     }
     assert_eq!(
-        stack.school.requests(),
+        stack.school.hits(),
         seen_by_upstream,
         "nothing reached the upstream"
     );
@@ -79,7 +79,7 @@ fn trips_after_the_threshold_and_answers_json_503_without_the_upstream() {
 
 #[test]
 fn a_trip_on_one_worker_rejects_on_every_worker() {
-    let stack = Stack::start(None, 4);
+    let stack = stack(None, 4);
     trip_school(&stack);
     // Forty fresh connections land on all four workers' listeners.
     let responses = burst(&stack.envoy.gateway, "/schools", 40);
@@ -90,10 +90,10 @@ fn a_trip_on_one_worker_rejects_on_every_worker() {
 
 #[test]
 fn one_open_cluster_leaves_the_others_alone() {
-    let stack = Stack::start(None, 2);
+    let stack = stack(None, 2);
     trip_school(&stack);
-    assert!(is_rejection(&stack.envoy.get("/schools")));
-    assert_eq!(stack.envoy.get("/students").status, 200);
+    assert!(is_rejection(&stack.envoy.call("/schools")));
+    assert_eq!(stack.envoy.call("/students").status, 200);
     let login = client::post_json(
         &stack.envoy.gateway,
         "/auth/login",
@@ -105,23 +105,23 @@ fn one_open_cluster_leaves_the_others_alone() {
 
 #[test]
 fn half_open_admits_exactly_the_allowed_probes_under_concurrency() {
-    let stack = Stack::start(Some(FAST), 4);
+    let stack = stack(Some(FAST), 4);
     stack.student.fail_everything();
     for _ in 0..3 {
-        stack.envoy.get("/students");
+        stack.envoy.call("/students");
     }
-    assert!(is_rejection(&stack.envoy.get("/students")));
+    assert!(is_rejection(&stack.envoy.call("/students")));
     // Healthy again but slow, so the probes are still in flight while the burst lands.
     stack
         .student
-        .faults(json!({"is_healthy": true, "response_time_ms": 1500}));
-    let before = stack.student.requests();
+        .set_faults(json!({"is_healthy": true, "response_time_ms": 1500}));
+    let before = stack.student.hits();
     std::thread::sleep(Duration::from_millis(1700));
     let responses = burst(&stack.envoy.gateway, "/students", 60);
     let passed = responses.iter().filter(|r| r.status == 200).count();
     let rejected = responses.iter().filter(|r| is_rejection(r)).count();
     assert_eq!(
-        stack.student.requests() - before,
+        stack.student.hits() - before,
         2,
         "exactly half_open_max_requests probes"
     );
@@ -132,24 +132,24 @@ fn half_open_admits_exactly_the_allowed_probes_under_concurrency() {
         .all(|r| r.header("x-circuit-breaker") == Some("half_open")));
     // Both probes succeeded, which is success_threshold: closed again.
     stack.student.heal();
-    assert_eq!(stack.envoy.get("/students").status, 200);
+    assert_eq!(stack.envoy.call("/students").status, 200);
     stack.envoy.wait_log("student circuit breaker CLOSED", 1);
 }
 
 #[test]
 fn recovers_to_closed_after_the_open_time_and_a_good_probe() {
-    let stack = Stack::start(Some(FAST), 2);
+    let stack = stack(Some(FAST), 2);
     trip_school(&stack);
     stack.school.heal();
-    assert!(is_rejection(&stack.envoy.get("/schools")));
+    assert!(is_rejection(&stack.envoy.call("/schools")));
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(
-        stack.envoy.get("/schools").status,
+        stack.envoy.call("/schools").status,
         200,
         "the probe goes through"
     );
     for _ in 0..5 {
-        assert_eq!(stack.envoy.get("/schools").status, 200);
+        assert_eq!(stack.envoy.call("/schools").status, 200);
     }
     let log = stack.envoy.wait_log("school circuit breaker", 3);
     assert!(log[0].contains("OPENED"));
@@ -159,7 +159,7 @@ fn recovers_to_closed_after_the_open_time_and_a_good_probe() {
 
 #[test]
 fn the_timer_moves_open_to_half_open_without_traffic() {
-    let stack = Stack::start(Some(FAST), 2);
+    let stack = stack(Some(FAST), 2);
     trip_school(&stack);
     let gauge = r#"circuit_breaker_state{cluster="school"}"#;
     wait_for("the gauge to say open", Duration::from_secs(2), || {
@@ -176,16 +176,16 @@ fn the_timer_moves_open_to_half_open_without_traffic() {
 
 #[test]
 fn a_failed_probe_opens_the_breaker_again() {
-    let stack = Stack::start(Some(FAST), 2);
+    let stack = stack(Some(FAST), 2);
     trip_school(&stack);
     std::thread::sleep(Duration::from_millis(1600));
-    let probe = stack.envoy.get("/schools");
+    let probe = stack.envoy.call("/schools");
     assert_eq!(probe.status, 503);
     assert!(
         !is_rejection(&probe),
         "the probe reached the failing upstream"
     );
-    let r = stack.envoy.get("/schools");
+    let r = stack.envoy.call("/schools");
     assert!(is_rejection(&r));
     assert_eq!(r.header("x-circuit-breaker"), Some("open"));
     stack.envoy.wait_log("OPENED: a half-open probe failed", 1);
@@ -193,8 +193,8 @@ fn a_failed_probe_opens_the_breaker_again() {
 
 #[test]
 fn a_refused_connection_counts_as_a_failure() {
-    let dead_port = free_port();
-    let stack = Stack::start_with(None, 2, |y| {
+    let dead_port = free_port().unwrap();
+    let stack = stack_with(None, 2, |y| {
         // The auth cluster points at a port nobody listens on.
         let auth_at = y.find("- name: auth").unwrap();
         let port_at = y[auth_at..].find("port_value: ").unwrap() + auth_at;
@@ -203,12 +203,12 @@ fn a_refused_connection_counts_as_a_failure() {
         format!("{}port_value: {dead_port}{}", &y[..port_at], &y[end..])
     });
     for _ in 0..5 {
-        let r = stack.envoy.get("/auth/validate");
+        let r = stack.envoy.call("/auth/validate");
         assert_eq!(r.status, 503);
         assert!(!is_rejection(&r));
     }
     let started = Instant::now();
-    let r = stack.envoy.get("/auth/validate");
+    let r = stack.envoy.call("/auth/validate");
     assert!(is_rejection(&r), "{}", r.text());
     assert!(started.elapsed() < Duration::from_secs(1));
     stack.envoy.wait_counter(
@@ -220,18 +220,18 @@ fn a_refused_connection_counts_as_a_failure() {
 
 #[test]
 fn requests_without_a_cluster_pass_through() {
-    let stack = Stack::start_with(None, 2, |y| {
+    let stack = stack_with(None, 2, |y| {
         y.replace(
             "              - match: { prefix: \"/auth\" }",
             "              - match: { prefix: \"/direct\" }\n                direct_response: { status: 200, body: { inline_string: \"direct\" } }\n              - match: { prefix: \"/auth\" }",
         )
     });
     for _ in 0..10 {
-        let r = stack.envoy.get("/direct");
+        let r = stack.envoy.call("/direct");
         assert_eq!((r.status, r.text().as_str()), (200, "direct"));
     }
-    assert_eq!(stack.envoy.get("/nowhere").status, 404);
-    assert_eq!(stack.envoy.get("/schools").status, 200);
+    assert_eq!(stack.envoy.call("/nowhere").status, 404);
+    assert_eq!(stack.envoy.call("/schools").status, 200);
     // Only the one routed request is counted, once the timer has published it.
     stack
         .envoy
@@ -240,12 +240,12 @@ fn requests_without_a_cluster_pass_through() {
 
 #[test]
 fn prometheus_shows_the_counters_with_their_labels() {
-    let stack = Stack::start(None, 2);
+    let stack = stack(None, 2);
     for _ in 0..3 {
-        assert_eq!(stack.envoy.get("/students").status, 200);
+        assert_eq!(stack.envoy.call("/students").status, 200);
     }
     trip_school(&stack);
-    stack.envoy.get("/schools");
+    stack.envoy.call("/schools");
     wait_for("stats flushed by the timer", Duration::from_secs(3), || {
         let e = &stack.envoy;
         let ok = e.counter(
@@ -262,7 +262,7 @@ fn prometheus_shows_the_counters_with_their_labels() {
             ) == 1;
         ok.then_some(())
     });
-    let text = stack.envoy.prometheus();
+    let text = stack.envoy.metrics();
     assert!(text.contains("# TYPE circuit_breaker_requests_total counter"));
     assert!(
         text.contains(
@@ -304,10 +304,8 @@ fn bad_plugin_json_makes_envoy_refuse_to_start_and_say_why() {
         (r#"{"default": "#, "invalid plugin configuration"),
     ];
     for (json, expected) in cases {
-        let yaml = with_plugin_json(
-            &with_port(&with_port(&sample_yaml(), 10000, free_port()), 9901, 0),
-            json,
-        );
+        let yaml = with_port(&sample_yaml().unwrap(), 10000, free_port().unwrap());
+        let yaml = with_plugin_json(&with_port(&yaml, 9901, 0), json).unwrap();
         match Envoy::start(&yaml, 2) {
             Ok(_) => panic!("envoy accepted {json}"),
             Err(log) => {

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod fault;
 pub mod server;
+pub mod stack;
 
 /// Reads `--name value` from the command line.
 pub fn arg(name: &str) -> Option<String> {

@@ -1,0 +1,370 @@
+//! Starting the sample stack from a program: the services on free ports and the real
+//! Envoy with the sample config rewritten to match. The integration tests, the demo and
+//! the benchmark all use it; every process is killed when its handle drops.
+
+use std::io::{self, BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::{self, Response};
+
+/// The repository root: `$ECB_ROOT`, or two levels above this crate.
+pub fn root() -> PathBuf {
+    std::env::var_os("ECB_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, or the one `make` links into `.venv`.
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/envoy"))
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A fresh directory for one process's config and logs.
+pub fn scratch_dir() -> io::Result<PathBuf> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ecb-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or gives `None` after `timeout`.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+/// One of the school-system services, running.
+pub struct Service {
+    child: Child,
+    pub addr: String,
+}
+
+impl Service {
+    /// Starts `target/release/<bin>` on a free port.
+    pub fn start(bin: &str, extra: &[&str]) -> io::Result<Service> {
+        let path = root().join("target/release").join(bin);
+        let mut child = Command::new(&path)
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                other(format!(
+                    "cannot start {}: {e} (run `make build`)",
+                    path.display()
+                ))
+            })?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !addr.starts_with("127.0.0.1:") {
+            let _ = child.kill();
+            return Err(other(format!("{bin} said {line:?}")));
+        }
+        Ok(Service { child, addr })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sets the fault switch (seed 003's `POST /simulate/failure`).
+    pub fn faults(&self, json: &Value) -> io::Result<()> {
+        let r = client::post_json(&self.addr, "/simulate/failure", json)?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(other(format!(
+                "fault switch said {}: {}",
+                r.status,
+                r.text()
+            )))
+        }
+    }
+
+    /// API requests this service has received.
+    pub fn requests(&self) -> io::Result<u64> {
+        let r = client::get(&self.addr, "/stats")?;
+        r.json()?["data"]["requests"]
+            .as_u64()
+            .ok_or_else(|| other(format!("unexpected /stats answer {}", r.text())))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    child: Child,
+    /// The gateway listener, `127.0.0.1:port`.
+    pub gateway: String,
+    pub admin: String,
+    pub log_path: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy with `yaml` and `workers` worker threads and waits until it serves.
+    /// A refusal comes back as an error holding Envoy's log.
+    pub fn start(yaml: &str, workers: u32) -> Result<Envoy, String> {
+        let dir = scratch_dir().map_err(|e| e.to_string())?;
+        let config_path = dir.join("envoy.yaml");
+        let log_path = dir.join("envoy.log");
+        let admin_path = dir.join("admin.txt");
+        std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
+        let gateway = listener_of(yaml, "gateway").ok_or("no listener named gateway")?;
+        let mut child = Command::new(envoy_bin())
+            .current_dir(root())
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--concurrency", &workers.to_string()])
+            .args(["--disable-hot-restart", "--log-level", "info"])
+            .args(["--file-flush-interval-msec", "50"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--log-path")
+            .arg(&log_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start envoy: {e} (run `make envoy` to install it)"))?;
+        let read_log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "envoy exited with {status}:\n{}",
+                    read_log(&log_path)
+                ));
+            }
+            let admin = std::fs::read_to_string(&admin_path).unwrap_or_default();
+            let admin = admin.trim();
+            if !admin.is_empty() {
+                let ready = client::get(admin, "/ready")
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false);
+                if ready && TcpStream::connect(&gateway).is_ok() {
+                    return Ok(Envoy {
+                        child,
+                        gateway,
+                        admin: admin.to_string(),
+                        log_path,
+                        config_path,
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!(
+                    "envoy did not become ready:\n{}",
+                    read_log(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> io::Result<Response> {
+        client::get(&self.gateway, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Lines of Envoy's log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn prometheus(&self) -> io::Result<String> {
+        Ok(client::get(&self.admin, "/stats/prometheus")?.text())
+    }
+
+    /// The value of one Prometheus sample, such as `circuit_breaker_state{cluster="school"}`.
+    pub fn sample(&self, series: &str) -> Option<f64> {
+        self.prometheus()
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// The sum of a counter over its series whose labels include every `labels` pair.
+    pub fn counter(&self, metric: &str, labels: &[(&str, &str)]) -> u64 {
+        let text = self.prometheus().unwrap_or_default();
+        let prefix = format!("{metric}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `127.0.0.1:<port>` of the listener called `name` in an Envoy config.
+pub fn listener_of(yaml: &str, name: &str) -> Option<String> {
+    let at = yaml.find(&format!("name: {name}\n"))?;
+    let port_at = yaml[at..].find("port_value:")? + at + "port_value:".len();
+    let port: String = yaml[port_at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some(format!("127.0.0.1:{port}"))
+}
+
+/// The sample config `envoy/envoy.yaml`, as shipped.
+pub fn sample_yaml() -> io::Result<String> {
+    std::fs::read_to_string(root().join("envoy/envoy.yaml"))
+}
+
+/// Rewrites one of the sample's fixed ports wherever it is a `port_value`.
+pub fn with_port(yaml: &str, from: u16, to: u16) -> String {
+    yaml.replace(
+        &format!("port_value: {from} "),
+        &format!("port_value: {to} "),
+    )
+    .replace(
+        &format!("port_value: {from}\n"),
+        &format!("port_value: {to}\n"),
+    )
+}
+
+/// Replaces the plugin JSON of the first breaker filter in `yaml`.
+pub fn with_plugin_json(yaml: &str, json: &str) -> Option<String> {
+    let anchor = yaml.find("type.googleapis.com/google.protobuf.StringValue")?;
+    let value_at = yaml[anchor..].find("value: |")? + anchor;
+    let line_start = yaml[..value_at].rfind('\n')? + 1;
+    let indent = value_at - line_start + 2;
+    let body_start = yaml[value_at..].find('\n')? + value_at + 1;
+    let mut body_end = body_start;
+    for line in yaml[body_start..].split_inclusive('\n') {
+        let leading = line.len() - line.trim_start().len();
+        if !line.trim().is_empty() && leading < indent {
+            break;
+        }
+        body_end += line.len();
+    }
+    let pad = " ".repeat(indent);
+    let block: String = json.lines().map(|l| format!("{pad}{l}\n")).collect();
+    Some(format!(
+        "{}{}{}",
+        &yaml[..body_start],
+        block,
+        &yaml[body_end..]
+    ))
+}
+
+/// The three services and an Envoy in front of them, built from the sample config.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub auth: Service,
+    pub school: Service,
+    pub student: Service,
+}
+
+impl Stack {
+    /// The sample stack with `plugin_json` (or the sample's own), `workers` workers, and
+    /// a last `edit` of the YAML.
+    pub fn start(
+        plugin_json: Option<&str>,
+        workers: u32,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Stack, String> {
+        let err = |e: io::Error| e.to_string();
+        let gateway_port = free_port().map_err(err)?;
+        let gateway = format!("127.0.0.1:{gateway_port}");
+        let auth = Service::start("auth-service", &[]).map_err(err)?;
+        let school = Service::start("school-service", &[]).map_err(err)?;
+        let student = Service::start("student-service", &["--gateway", &gateway]).map_err(err)?;
+        let mut yaml = sample_yaml().map_err(err)?;
+        yaml = with_port(&yaml, 10000, gateway_port);
+        yaml = with_port(&yaml, 9901, 0);
+        yaml = with_port(&yaml, 8081, auth.port());
+        yaml = with_port(&yaml, 8082, school.port());
+        yaml = with_port(&yaml, 8083, student.port());
+        if let Some(json) = plugin_json {
+            yaml = with_plugin_json(&yaml, json).ok_or("the sample has no plugin JSON")?;
+        }
+        let envoy = Envoy::start(&edit(yaml), workers)?;
+        Ok(Stack {
+            envoy,
+            auth,
+            school,
+            student,
+        })
+    }
+}
