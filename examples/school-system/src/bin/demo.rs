@@ -171,7 +171,7 @@ impl Demo {
             "the school service now fails 70% of requests; five in a row would open its breaker",
         );
         self.faults("school", json!({"failure_rate": 0.7, "is_healthy": true}))?;
-        for _ in 0..6 {
+        for _ in 0..4 {
             self.send("school", "GET", "/schools", None)?;
         }
         Ok(())
@@ -180,12 +180,15 @@ impl Demo {
     fn outage(&mut self) -> Result<()> {
         self.step(
             "3. The school service goes down, and slow (seed 003 step 3, seed 004 test 1)",
-            "every request now fails after 1.5s; the breaker opens after 5 in a row, then answers at once",
+            "every request now fails after 1.5s; 5 failures in a row (step 2's count on) open the breaker",
         );
         self.faults(
             "school",
             json!({"failure_rate": 1.0, "is_healthy": false, "response_time_ms": 1500}),
         )?;
+        println!("   while the breaker is still closed, creating a student waits on the failing school call:");
+        let student = json!({"name": "Alan Turing", "email": "alan@school.test", "school_id": 2});
+        self.send("student", "POST", "/students", Some(student))?;
         let mut sent = 0;
         while state_of(&self.stack.envoy, "school") == "closed" && sent < 8 {
             self.send("school", "GET", "/schools", None)?;
@@ -200,7 +203,7 @@ impl Demo {
     fn cascade(&mut self) -> Result<()> {
         self.step(
             "4. The cascade: creating a student needs the school service",
-            "the student service checks the school through Envoy; the open breaker answers it at once",
+            "the same call as in step 3; now the open school breaker answers the student service at once",
         );
         let student = json!({"name": "Alan Turing", "email": "alan@school.test", "school_id": 2});
         self.send("student", "POST", "/students", Some(student))?;
@@ -329,9 +332,10 @@ impl Demo {
 
 /// The breaker state from the state gauge, as Prometheus shows it.
 fn state_of(envoy: &Envoy, cluster: &str) -> &'static str {
-    match envoy.sample(&format!("circuit_breaker_state{{cluster=\"{cluster}\"}}")) {
-        Some(v) if v == 1.0 => "OPEN",
-        Some(v) if v == 2.0 => "HALF_OPEN",
+    let gauge = envoy.sample(&format!("circuit_breaker_state{{cluster=\"{cluster}\"}}"));
+    match gauge.map(|v| v as u64) {
+        Some(1) => "OPEN",
+        Some(2) => "HALF_OPEN",
         Some(_) => "closed",
         None => "?",
     }
