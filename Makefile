@@ -12,7 +12,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy test test-core test-wasm validate lint run demo clean
+.PHONY: build wasm services wasm-target envoy test test-wasm validate lint run demo bench bench-tools clean
 
 build: wasm services
 
@@ -63,6 +63,15 @@ demo: build envoy
 ## run: the three services and Envoy in the foreground; Ctrl-C stops them all.
 run: build envoy
 	ENVOY=$(ENVOY) tools/run-stack.sh
+
+## bench: no filter vs an empty wasm filter vs the breaker, alternating rounds (see README).
+bench: build envoy bench-tools
+	cargo build --target wasm32-wasip1 --release -p empty-filter
+	cargo build --release -p ecb-bench
+	target/release/bench $(BENCH_ARGS)
+
+bench-tools:
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 
 clean:
 	cargo clean
