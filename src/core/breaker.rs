@@ -1,12 +1,12 @@
 //! Admission and recording, in the two steps a filter needs (gobreaker's `Allow`, then the
-//! outcome later): [`admit`] when a request arrives, [`record`] when its stream ends. Both
-//! work on a [`Record`] the caller loaded and say whether it must be written back, so the
-//! common case (closed, success) can skip the shared-data write.
+//! outcome later): [`admit`] when a request arrives, [`record`] when its stream ends, and
+//! [`tick`] when only time has passed. All three work on a [`Record`] the caller loaded and
+//! say whether it must be written back, so the common case (closed, success) can skip the
+//! shared-data write.
 
 use super::outcome::Outcome;
-use super::settings::Settings;
+use super::settings::{Mode, Settings};
 use super::state::{Cause, Record, State, Transition, TripReason};
-use super::window::Bucket;
 
 /// What a request was granted, carried until its outcome is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +17,33 @@ pub struct Ticket {
     pub probe: bool,
 }
 
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    Open,
+    /// Half-open, with every probe slot taken.
+    HalfOpen,
+    /// Closed, but still ramping traffic back up after a recovery.
+    Recovering,
+}
+
+impl RejectKind {
+    /// Value of the `x-circuit-breaker` header on a refusal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Open => "open",
+            RejectKind::HalfOpen => "half_open",
+            RejectKind::Recovering => "recovering",
+        }
+    }
+}
+
 /// A refusal, with what the caller needs to answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
-    pub state: State,
+    pub kind: RejectKind,
+    /// Why the breaker last opened.
+    pub reason: Option<TripReason>,
     /// Time until a request may be admitted again, as well as it is known.
     pub retry_after_ms: u64,
 }
@@ -37,6 +60,21 @@ impl Rejection {
 pub enum Admission {
     Admitted(Ticket),
     Rejected(Rejection),
+    /// Let through without tracking: the mode is `disabled`, or `dry_run` and the breaker
+    /// would have refused (`would_reject`).
+    Passed {
+        would_reject: Option<Rejection>,
+    },
+}
+
+/// How a finished call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    pub outcome: Outcome,
+    /// From request start to response end, as measured by the filter.
+    pub elapsed_ms: u64,
+    /// The wait an upstream asked for with `Retry-After` on a 429 or 503.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The result of one decision: its value, whether the record changed and must be written
@@ -49,163 +87,205 @@ pub struct Step<T> {
 }
 
 impl<T> Step<T> {
-    fn clean(value: T) -> Self {
+    fn new(value: T, dirty: bool, transition: Option<Transition>) -> Self {
         Step {
             value,
-            dirty: false,
-            transition: None,
-        }
-    }
-    fn dirty(value: T, transition: Option<Transition>) -> Self {
-        Step {
-            value,
-            dirty: true,
+            dirty: dirty || transition.is_some(),
             transition,
         }
     }
 }
 
-/// How long a caller refused in half-open (all probe slots busy) is told to wait: the
-/// probes' outcome is not known in advance, so a short retry is the honest answer.
-const HALF_OPEN_RETRY_MS: u64 = 1_000;
+/// How long a caller refused in half-open or during the ramp is told to wait: which
+/// requests get through next is not known in advance, so a short retry is the honest answer.
+const SHORT_RETRY_MS: u64 = 1_000;
 
-/// Decides whether a request may go upstream now.
-pub fn admit(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<Admission> {
-    let mut transition = None;
-    match record.state {
-        State::Closed => {
-            return Step::clean(Admission::Admitted(Ticket {
+/// Decides whether a request may go upstream now. `roll` is a uniform random number, used
+/// only while ramping traffic back up.
+pub fn admit(record: &mut Record, settings: &Settings, now_ms: u64, roll: u32) -> Step<Admission> {
+    let mode = record.mode(settings);
+    if mode == Mode::Disabled {
+        return Step::new(Admission::Passed { would_reject: None }, false, None);
+    }
+    let transition = follow_mode(record, settings, mode, now_ms)
+        .or_else(|| follow_time(record, settings, now_ms));
+    let mut took_probe = false;
+    let decision = match record.state {
+        State::Closed => match ramp_share(record, settings, now_ms) {
+            Some(share) if f64::from(roll) >= share * 4_294_967_296.0 => {
+                Admission::Rejected(Rejection {
+                    kind: RejectKind::Recovering,
+                    reason: None,
+                    retry_after_ms: SHORT_RETRY_MS,
+                })
+            }
+            _ => Admission::Admitted(Ticket {
                 generation: record.generation,
                 probe: false,
-            }))
-        }
-        State::Open if now_ms < record.open_until_ms => {
-            return Step::clean(Admission::Rejected(Rejection {
-                state: State::Open,
-                retry_after_ms: record.open_until_ms - now_ms,
-            }))
-        }
-        State::Open => transition = Some(record.transition(Cause::OpenElapsed, settings, now_ms)),
-        State::HalfOpen => {}
-    }
-    if record.probes_in_flight < settings.half_open_max_requests {
-        record.probes_in_flight += 1;
-        return Step::dirty(
+            }),
+        },
+        State::Open => Admission::Rejected(Rejection {
+            kind: RejectKind::Open,
+            reason: record.reason,
+            retry_after_ms: if record.reason == Some(TripReason::Forced) {
+                settings.open_duration_ms
+            } else {
+                record.open_until_ms.saturating_sub(now_ms)
+            },
+        }),
+        State::HalfOpen if record.probes_in_flight < settings.half_open_max_requests => {
+            record.probes_in_flight += 1;
+            took_probe = true;
             Admission::Admitted(Ticket {
                 generation: record.generation,
                 probe: true,
-            }),
-            transition,
-        );
-    }
-    let rejected = Admission::Rejected(Rejection {
-        state: State::HalfOpen,
-        retry_after_ms: HALF_OPEN_RETRY_MS,
-    });
-    match transition {
-        Some(t) => Step::dirty(rejected, Some(t)),
-        None => Step::clean(rejected),
+            })
+        }
+        State::HalfOpen => Admission::Rejected(Rejection {
+            kind: RejectKind::HalfOpen,
+            reason: record.reason,
+            retry_after_ms: SHORT_RETRY_MS,
+        }),
+    };
+    let decision = match decision {
+        Admission::Rejected(r) if mode == Mode::DryRun => Admission::Passed {
+            would_reject: Some(r),
+        },
+        other => other,
+    };
+    Step::new(decision, took_probe, transition)
+}
+
+/// Share of requests to admit while ramping up after a recovery; `None` when not ramping.
+fn ramp_share(record: &Record, settings: &Settings, now_ms: u64) -> Option<f64> {
+    let elapsed = now_ms.saturating_sub(record.changed_at_ms);
+    (record.ramping && elapsed < settings.recovery_duration_ms)
+        .then(|| elapsed as f64 / settings.recovery_duration_ms as f64)
+}
+
+/// Moves the breaker to match its mode: into Open while forced, out of it when lifted.
+fn follow_mode(record: &mut Record, s: &Settings, mode: Mode, now_ms: u64) -> Option<Transition> {
+    let forced = record.state == State::Open && record.reason == Some(TripReason::Forced);
+    match (mode, forced) {
+        (Mode::ForcedOpen, false) => Some(record.transition(Cause::Forced, s, now_ms)),
+        (Mode::Enforce | Mode::DryRun, true) => Some(record.transition(Cause::Released, s, now_ms)),
+        _ => None,
     }
 }
 
-/// Records the outcome of a request admitted with `ticket`.
+/// Moves the breaker on with time alone: an open breaker whose time is up goes half-open,
+/// a half-open one whose probes never finished goes back to open.
+fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transition> {
+    match record.state {
+        State::Open if now_ms >= record.open_until_ms => {
+            Some(record.transition(Cause::OpenElapsed, s, now_ms))
+        }
+        State::HalfOpen
+            if s.half_open_max_duration_ms > 0
+                && now_ms.saturating_sub(record.changed_at_ms) >= s.half_open_max_duration_ms =>
+        {
+            Some(record.transition(Cause::Tripped(TripReason::HalfOpenTimeout), s, now_ms))
+        }
+        _ => None,
+    }
+}
+
+/// The timer's step: mode and time move the breaker, and a finished ramp is cleared.
+pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
+    let mode = record.mode(settings);
+    if mode == Mode::Disabled {
+        return Step::new((), false, None);
+    }
+    let transition = follow_mode(record, settings, mode, now_ms)
+        .or_else(|| follow_time(record, settings, now_ms));
+    let ramp_over = record.ramping && ramp_share(record, settings, now_ms).is_none();
+    if ramp_over {
+        record.ramping = false;
+    }
+    Step::new((), ramp_over, transition)
+}
+
+/// Records how a request admitted with `ticket` ended.
 pub fn record(
     record: &mut Record,
     settings: &Settings,
     ticket: Ticket,
-    outcome: Outcome,
+    call: Call,
     now_ms: u64,
 ) -> Step<()> {
     if ticket.generation != record.generation {
-        return Step::clean(());
+        return Step::new((), false, None);
     }
+    let asked = call.retry_after_ms.filter(|_| settings.honor_retry_after);
     match (record.state, ticket.probe) {
-        (State::Closed, false) => record_closed(record, settings, outcome, now_ms),
-        (State::HalfOpen, true) => record_probe(record, settings, outcome, now_ms),
-        _ => Step::clean(()),
+        (State::Closed, false) => {
+            if let Some(wait_ms) = asked {
+                let t = record.transition(Cause::UpstreamAsked { wait_ms }, settings, now_ms);
+                return Step::new((), true, Some(t));
+            }
+            record_closed(record, settings, call, now_ms)
+        }
+        (State::HalfOpen, true) => {
+            record.probes_in_flight = record.probes_in_flight.saturating_sub(1);
+            let slow = settings.is_slow(call.elapsed_ms);
+            let cause = match (call.outcome, asked) {
+                (_, Some(wait_ms)) => Some(Cause::UpstreamAsked { wait_ms }),
+                (Outcome::Failure(_), None) => Some(Cause::Tripped(TripReason::ProbeFailed)),
+                // A probe that succeeded but slowly says the upstream has not recovered.
+                (Outcome::Success, None) if slow => Some(Cause::Tripped(TripReason::SlowCallRate)),
+                (Outcome::Success, None) => {
+                    record.probe_successes = record.probe_successes.saturating_add(1);
+                    (record.probe_successes >= settings.success_threshold)
+                        .then_some(Cause::Recovered)
+                }
+                (Outcome::Ignored, None) => None,
+            };
+            let t = cause.map(|c| record.transition(c, settings, now_ms));
+            Step::new((), true, t)
+        }
+        _ => Step::new((), false, None),
     }
 }
 
-fn record_closed(
-    record: &mut Record,
-    settings: &Settings,
-    outcome: Outcome,
-    now_ms: u64,
-) -> Step<()> {
-    match outcome {
-        Outcome::Ignored => Step::clean(()),
+fn record_closed(record: &mut Record, s: &Settings, call: Call, now_ms: u64) -> Step<()> {
+    let slow = s.is_slow(call.elapsed_ms);
+    match call.outcome {
+        Outcome::Ignored => return Step::new((), false, None),
         Outcome::Success => {
-            let counts = Bucket {
-                successes: 1,
-                failures: 0,
-            };
-            record.window.add(counts, now_ms, settings.window_ms);
+            record.window.add_call(false, slow, now_ms, s.window);
             record.consecutive_failures = 0;
-            Step::dirty((), None)
         }
         Outcome::Failure(_) => {
-            let counts = Bucket {
-                successes: 0,
-                failures: 1,
-            };
-            record.window.add(counts, now_ms, settings.window_ms);
+            record.window.add_call(true, slow, now_ms, s.window);
             record.consecutive_failures = record.consecutive_failures.saturating_add(1);
-            let transition = trip_reason(record, settings, now_ms)
-                .map(|reason| record.transition(Cause::Tripped(reason), settings, now_ms));
-            Step::dirty((), transition)
         }
     }
-}
-
-fn record_probe(
-    record: &mut Record,
-    settings: &Settings,
-    outcome: Outcome,
-    now_ms: u64,
-) -> Step<()> {
-    record.probes_in_flight = record.probes_in_flight.saturating_sub(1);
-    let transition = match outcome {
-        Outcome::Ignored => None,
-        Outcome::Success => {
-            record.probe_successes = record.probe_successes.saturating_add(1);
-            (record.probe_successes >= settings.success_threshold)
-                .then(|| record.transition(Cause::Recovered, settings, now_ms))
-        }
-        Outcome::Failure(_) => {
-            Some(record.transition(Cause::Tripped(TripReason::ProbeFailed), settings, now_ms))
-        }
-    };
-    Step::dirty((), transition)
+    let t = trip_reason(record, s, now_ms)
+        .map(|reason| record.transition(Cause::Tripped(reason), s, now_ms));
+    Step::new((), true, t)
 }
 
 /// Which closed-state rule, if any, says the breaker must open now.
-fn trip_reason(record: &Record, settings: &Settings, now_ms: u64) -> Option<TripReason> {
-    if settings.failure_threshold > 0 && record.consecutive_failures >= settings.failure_threshold {
+fn trip_reason(record: &Record, s: &Settings, now_ms: u64) -> Option<TripReason> {
+    if s.failure_threshold > 0 && record.consecutive_failures >= s.failure_threshold {
         return Some(TripReason::ConsecutiveFailures);
     }
-    let counts = record.counts(settings, now_ms);
-    let rate_on = settings.failure_rate_threshold > 0.0;
-    if rate_on
-        && counts.calls >= settings.minimum_requests
-        && counts.failure_rate() >= settings.failure_rate_threshold
-    {
+    let counts = record.counts(s, now_ms);
+    if counts.calls < s.minimum_requests {
+        return None;
+    }
+    if s.failure_rate_threshold > 0.0 && counts.failure_rate() >= s.failure_rate_threshold {
         return Some(TripReason::FailureRate);
+    }
+    if s.slow_call_rate_threshold > 0.0 && counts.slow_rate() >= s.slow_call_rate_threshold {
+        return Some(TripReason::SlowCallRate);
     }
     None
 }
 
-/// Moves the breaker on with time alone: an open breaker whose time is up goes half-open.
-pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
-    if record.state == State::Open && now_ms >= record.open_until_ms {
-        let t = record.transition(Cause::OpenElapsed, settings, now_ms);
-        return Step::dirty((), Some(t));
-    }
-    Step::clean(())
-}
-
 /// Successes a worker has seen but not yet written to the shared record. A closed breaker
-/// with no failure streak gains nothing from hearing about each success at once, so they
-/// are batched and folded in on the next write, keeping shared-data writes off the
+/// with no failure streak gains nothing from hearing about each fast success at once, so
+/// they are batched and folded in on the next write, keeping shared-data writes off the
 /// success path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -214,11 +294,13 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Whether the outcome may wait in the tally instead of being written now, judged
-    /// against the freshest record this worker has seen.
-    pub fn can_defer(last_seen: &Record, ticket: Ticket, outcome: Outcome) -> bool {
-        outcome == Outcome::Success
+    /// Whether the call may wait in the tally instead of being written now, judged against
+    /// the freshest record this worker has seen.
+    pub fn can_defer(last_seen: &Record, settings: &Settings, ticket: Ticket, call: &Call) -> bool {
+        call.outcome == Outcome::Success
             && !ticket.probe
+            && !settings.is_slow(call.elapsed_ms)
+            && (call.retry_after_ms.is_none() || !settings.honor_retry_after)
             && last_seen.state == State::Closed
             && last_seen.generation == ticket.generation
             && last_seen.consecutive_failures == 0
@@ -239,393 +321,28 @@ impl Tally {
         self.successes == 0
     }
 
-    /// Folds the tally into `record` and empties it; reports whether the record changed.
-    pub fn fold_into(&mut self, record: &mut Record, settings: &Settings, now_ms: u64) -> bool {
-        let pending = std::mem::take(self);
-        if pending.successes == 0
-            || pending.generation != record.generation
+    /// Puts back successes a failed write could not fold in.
+    pub fn restore(&mut self, other: Tally) {
+        if self.is_empty() || self.generation == other.generation {
+            self.generation = other.generation;
+            self.successes = self.successes.saturating_add(other.successes);
+        }
+    }
+
+    /// Folds the tally into `record`; reports whether the record changed.
+    pub fn fold_into(self, record: &mut Record, settings: &Settings, now_ms: u64) -> bool {
+        if self.successes == 0
+            || self.generation != record.generation
             || record.state != State::Closed
         {
             return false;
         }
-        let counts = Bucket {
-            successes: pending.successes,
-            failures: 0,
-        };
-        record.window.add(counts, now_ms, settings.window_ms);
+        record
+            .window
+            .add_successes(self.successes, now_ms, settings.window);
         true
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::outcome::Failure;
-    use proptest::prelude::*;
-
-    const FAIL: Outcome = Outcome::Failure(Failure::Status(503));
-
-    fn settings() -> Settings {
-        Settings {
-            failure_threshold: 3,
-            failure_rate_threshold: 0.5,
-            minimum_requests: 10,
-            window_ms: 10_000,
-            open_duration_ms: 30_000,
-            half_open_max_requests: 2,
-            success_threshold: 2,
-        }
-    }
-
-    fn admitted(step: Step<Admission>) -> Ticket {
-        match step.value {
-            Admission::Admitted(t) => t,
-            other => panic!("expected admission, got {other:?}"),
-        }
-    }
-
-    fn call(r: &mut Record, s: &Settings, outcome: Outcome, now: u64) -> Option<Transition> {
-        let ticket = admitted(admit(r, s, now));
-        record(r, s, ticket, outcome, now).transition
-    }
-
-    fn open(r: &mut Record, s: &Settings, now: u64) {
-        for _ in 0..s.failure_threshold {
-            call(r, s, FAIL, now);
-        }
-        assert_eq!(r.state, State::Open);
-    }
-
-    #[test]
-    fn closed_admits_without_touching_the_record() {
-        let s = settings();
-        let mut r = Record::default();
-        let step = admit(&mut r, &s, 0);
-        assert!(!step.dirty);
-        assert_eq!(
-            step.value,
-            Admission::Admitted(Ticket {
-                generation: 0,
-                probe: false
-            })
-        );
-    }
-
-    #[test]
-    fn trips_after_the_consecutive_failure_threshold() {
-        let s = settings();
-        let mut r = Record::default();
-        assert_eq!(call(&mut r, &s, FAIL, 0), None);
-        assert_eq!(call(&mut r, &s, FAIL, 1), None);
-        let t = call(&mut r, &s, FAIL, 2).expect("third failure trips");
-        assert_eq!(t.cause, Cause::Tripped(TripReason::ConsecutiveFailures));
-        assert_eq!(t.counts.consecutive_failures, 3);
-        assert_eq!(r.state, State::Open);
-    }
-
-    #[test]
-    fn a_success_breaks_the_failure_streak() {
-        let s = settings();
-        let mut r = Record::default();
-        for _ in 0..2 {
-            call(&mut r, &s, FAIL, 0);
-        }
-        call(&mut r, &s, Outcome::Success, 0);
-        for _ in 0..2 {
-            call(&mut r, &s, FAIL, 0);
-        }
-        assert_eq!(r.state, State::Closed);
-    }
-
-    #[test]
-    fn trips_on_failure_rate_once_the_window_holds_enough_calls() {
-        let s = Settings {
-            failure_threshold: 0,
-            ..settings()
-        };
-        let mut r = Record::default();
-        for i in 0..9 {
-            let outcome = if i % 2 == 0 { FAIL } else { Outcome::Success };
-            assert_eq!(call(&mut r, &s, outcome, i * 100), None, "call {i}");
-        }
-        let t = call(&mut r, &s, FAIL, 1_000).expect("the tenth call brings 6/10");
-        assert_eq!(t.cause, Cause::Tripped(TripReason::FailureRate));
-        assert_eq!((t.counts.failures, t.counts.calls), (6, 10));
-    }
-
-    #[test]
-    fn failures_that_aged_out_do_not_count_toward_the_rate() {
-        let s = Settings {
-            failure_threshold: 0,
-            ..settings()
-        };
-        let mut r = Record::default();
-        for _ in 0..9 {
-            call(&mut r, &s, FAIL, 0);
-        }
-        for i in 0..9 {
-            assert_eq!(call(&mut r, &s, Outcome::Success, 20_000 + i), None);
-        }
-        assert_eq!(call(&mut r, &s, FAIL, 20_010), None, "1 of 10 is below 50%");
-    }
-
-    #[test]
-    fn switched_off_rules_never_trip() {
-        let s = Settings {
-            failure_threshold: 0,
-            failure_rate_threshold: 0.0,
-            ..settings()
-        };
-        let mut r = Record::default();
-        for i in 0..1_000 {
-            call(&mut r, &s, FAIL, i);
-        }
-        assert_eq!(r.state, State::Closed);
-    }
-
-    #[test]
-    fn open_rejects_with_the_time_left_rounded_up() {
-        let s = settings();
-        let mut r = Record::default();
-        open(&mut r, &s, 1_000);
-        let step = admit(&mut r, &s, 1_001);
-        assert!(!step.dirty);
-        match step.value {
-            Admission::Rejected(rej) => {
-                assert_eq!(rej.state, State::Open);
-                assert_eq!(rej.retry_after_ms, 29_999);
-                assert_eq!(rej.retry_after_secs(), 30);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn retry_after_is_never_zero() {
-        let rej = Rejection {
-            state: State::Open,
-            retry_after_ms: 0,
-        };
-        assert_eq!(rej.retry_after_secs(), 1);
-        let rej = Rejection {
-            state: State::Open,
-            retry_after_ms: 1_001,
-        };
-        assert_eq!(rej.retry_after_secs(), 2);
-    }
-
-    #[test]
-    fn the_first_request_after_the_open_time_becomes_a_probe() {
-        let s = settings();
-        let mut r = Record::default();
-        open(&mut r, &s, 0);
-        let step = admit(&mut r, &s, 30_000);
-        assert!(step.dirty);
-        assert_eq!(step.transition.map(|t| t.to), Some(State::HalfOpen));
-        assert!(admitted(step).probe);
-        assert_eq!(r.probes_in_flight, 1);
-    }
-
-    #[test]
-    fn half_open_admits_only_its_probe_limit() {
-        let s = settings();
-        let mut r = Record::default();
-        open(&mut r, &s, 0);
-        tick(&mut r, &s, 30_000);
-        assert!(admitted(admit(&mut r, &s, 30_001)).probe);
-        assert!(admitted(admit(&mut r, &s, 30_002)).probe);
-        let step = admit(&mut r, &s, 30_003);
-        assert!(!step.dirty);
-        assert!(matches!(
-            step.value,
-            Admission::Rejected(Rejection {
-                state: State::HalfOpen,
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn enough_successful_probes_close_the_breaker() {
-        let s = settings();
-        let mut r = Record::default();
-        open(&mut r, &s, 0);
-        let t1 = admitted(admit(&mut r, &s, 30_000));
-        let t2 = admitted(admit(&mut r, &s, 30_000));
-        assert_eq!(
-            record(&mut r, &s, t1, Outcome::Success, 30_010).transition,
-            None
-        );
-        let t = record(&mut r, &s, t2, Outcome::Success, 30_020)
-            .transition
-            .expect("second success closes");
-        assert_eq!(t.to, State::Closed);
-        assert_eq!(r.consecutive_failures, 0);
-        assert_eq!(r.counts(&s, 30_020).calls, 0, "the window starts afresh");
-    }
-
-    #[test]
-    fn one_failed_probe_reopens() {
-        let s = settings();
-        let mut r = Record::default();
-        open(&mut r, &s, 0);
-        let t1 = admitted(admit(&mut r, &s, 30_000));
-        let t = record(&mut r, &s, t1, FAIL, 30_100).transition.unwrap();
-        assert_eq!(t.cause, Cause::Tripped(TripReason::ProbeFailed));
-        assert_eq!(r.open_until_ms, 60_100);
-    }
-
-    #[test]
-    fn an_ignored_probe_frees_its_slot() {
-        let s = Settings {
-            half_open_max_requests: 1,
-            ..settings()
-        };
-        let mut r = Record::default();
-        open(&mut r, &s, 0);
-        let t1 = admitted(admit(&mut r, &s, 30_000));
-        assert!(matches!(
-            admit(&mut r, &s, 30_000).value,
-            Admission::Rejected(_)
-        ));
-        record(&mut r, &s, t1, Outcome::Ignored, 30_001);
-        assert!(admitted(admit(&mut r, &s, 30_002)).probe);
-    }
-
-    #[test]
-    fn outcomes_from_an_older_generation_are_ignored() {
-        let s = settings();
-        let mut r = Record::default();
-        let early = admitted(admit(&mut r, &s, 0));
-        open(&mut r, &s, 0);
-        tick(&mut r, &s, 30_000);
-        let probe = admitted(admit(&mut r, &s, 30_000));
-        let before = r.clone();
-        let step = record(&mut r, &s, early, FAIL, 30_001);
-        assert!(!step.dirty);
-        assert_eq!(r, before, "a failure from before the trip changes nothing");
-        assert!(record(&mut r, &s, probe, Outcome::Success, 30_002).dirty);
-    }
-
-    #[test]
-    fn tick_moves_open_to_half_open_only_when_time_is_up() {
-        let s = settings();
-        let mut r = Record::default();
-        open(&mut r, &s, 0);
-        assert!(!tick(&mut r, &s, 29_999).dirty);
-        let step = tick(&mut r, &s, 30_000);
-        assert_eq!(step.transition.map(|t| t.to), Some(State::HalfOpen));
-        assert!(!tick(&mut r, &s, 30_001).dirty, "only once");
-    }
-
-    #[test]
-    fn deferred_successes_count_toward_the_rate_once_folded() {
-        let s = Settings {
-            failure_threshold: 0,
-            ..settings()
-        };
-        let mut r = Record::default();
-        let mut tally = Tally::default();
-        for _ in 0..10 {
-            let ticket = admitted(admit(&mut r, &s, 0));
-            assert!(Tally::can_defer(&r, ticket, Outcome::Success));
-            tally.defer(ticket.generation);
-        }
-        assert!(tally.fold_into(&mut r, &s, 0));
-        assert!(tally.is_empty());
-        for _ in 0..9 {
-            assert_eq!(call(&mut r, &s, FAIL, 1), None, "9 of 19 is below 50%");
-        }
-        assert!(call(&mut r, &s, FAIL, 2).is_some(), "10 of 20 trips");
-    }
-
-    #[test]
-    fn successes_are_not_deferred_while_a_failure_streak_is_open() {
-        let s = settings();
-        let mut r = Record::default();
-        call(&mut r, &s, FAIL, 0);
-        let ticket = admitted(admit(&mut r, &s, 0));
-        assert!(!Tally::can_defer(&r, ticket, Outcome::Success));
-        assert!(!Tally::can_defer(&r, ticket, FAIL));
-    }
-
-    #[test]
-    fn a_tally_from_before_a_trip_is_dropped() {
-        let s = settings();
-        let mut r = Record::default();
-        let mut tally = Tally::default();
-        tally.defer(0);
-        open(&mut r, &s, 0);
-        assert!(!tally.fold_into(&mut r, &s, 1));
-        assert!(tally.is_empty());
-    }
-
-    /// A step of a random schedule: admit a request, or finish the n-th one in flight.
-    #[derive(Debug, Clone)]
-    enum Event {
-        Arrive,
-        Finish(usize, u8),
-        Wait(u64),
-    }
-
-    fn event() -> impl Strategy<Value = Event> {
-        prop_oneof![
-            3 => Just(Event::Arrive),
-            3 => (any::<usize>(), 0u8..3).prop_map(|(i, o)| Event::Finish(i, o)),
-            1 => (0u64..20_000).prop_map(Event::Wait),
-        ]
-    }
-
-    proptest! {
-        #[test]
-        fn half_open_never_admits_more_than_its_limit(
-            limit in 1u32..5,
-            successes in 1u32..4,
-            events in proptest::collection::vec(event(), 1..400),
-        ) {
-            let s = Settings {
-                half_open_max_requests: limit,
-                success_threshold: successes,
-                failure_threshold: 2,
-                open_duration_ms: 5_000,
-                ..Settings::default()
-            };
-            let mut r = Record::default();
-            let mut now = 0u64;
-            let mut in_flight: Vec<Ticket> = Vec::new();
-            for e in events {
-                match e {
-                    Event::Arrive => {
-                        if let Admission::Admitted(t) = admit(&mut r, &s, now).value {
-                            in_flight.push(t);
-                        }
-                    }
-                    Event::Finish(i, o) if !in_flight.is_empty() => {
-                        let t = in_flight.swap_remove(i % in_flight.len());
-                        let outcome = match o {
-                            0 => Outcome::Success,
-                            1 => FAIL,
-                            _ => Outcome::Ignored,
-                        };
-                        record(&mut r, &s, t, outcome, now);
-                    }
-                    Event::Finish(..) => {}
-                    Event::Wait(ms) => {
-                        now += ms;
-                        tick(&mut r, &s, now);
-                    }
-                }
-                let live_probes = in_flight
-                    .iter()
-                    .filter(|t| t.probe && t.generation == r.generation)
-                    .count() as u32;
-                if r.state == State::HalfOpen {
-                    prop_assert!(live_probes <= limit);
-                    prop_assert_eq!(live_probes, r.probes_in_flight);
-                } else {
-                    prop_assert_eq!(live_probes, 0);
-                }
-            }
-        }
-    }
-}
+mod tests;

@@ -1,16 +1,18 @@
-//! The byte form of a [`Record`] in shared data: fixed layout, little-endian, with a magic
-//! byte and a version so that bytes from another build, or damaged bytes, are recognised
-//! and replaced by a fresh closed breaker instead of being misread.
+//! The byte form of a [`Record`] in shared data: little-endian, with a magic byte and a
+//! version so that bytes from another build, or damaged bytes, are recognised and replaced
+//! by a fresh closed breaker instead of being misread. Every field is checked on the way in.
 
 use std::fmt;
 
+use super::settings::Mode;
 use super::state::{Record, State, TripReason};
-use super::window::{Bucket, Window, BUCKETS};
+use super::window::{cells_bytes, Bucket, CountWindow, TimeWindow, Window, BUCKETS, MAX_CALLS};
 
 const MAGIC: u8 = 0xCB;
-const VERSION: u8 = 1;
-/// Size of an encoded record.
-pub const ENCODED_LEN: usize = 52 + BUCKETS * 8;
+const VERSION: u8 = 2;
+const HEADER_LEN: usize = 45;
+const TIME_LEN: usize = 16 + BUCKETS * 12;
+const COUNT_FIXED_LEN: usize = 24;
 
 /// Why stored bytes could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Length(n) => write!(f, "{n} bytes where {ENCODED_LEN} were expected"),
+            DecodeError::Length(n) => write!(f, "{n} bytes do not make a whole record"),
             DecodeError::Magic(m) => write!(f, "magic byte {m:#04x} is not {MAGIC:#04x}"),
             DecodeError::Version(v) => write!(f, "format version {v} is not {VERSION}"),
             DecodeError::Field(name, v) => write!(f, "field {name} holds impossible value {v}"),
@@ -32,9 +34,9 @@ impl fmt::Display for DecodeError {
     }
 }
 
-/// Encodes a record into its fixed-size byte form.
+/// Encodes a record.
 pub fn encode(r: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ENCODED_LEN);
+    let mut out = Vec::with_capacity(HEADER_LEN + TIME_LEN);
     out.push(MAGIC);
     out.push(VERSION);
     out.push(match r.state {
@@ -42,30 +44,56 @@ pub fn encode(r: &Record) -> Vec<u8> {
         State::Open => 1,
         State::HalfOpen => 2,
     });
-    out.push(match r.reason {
-        None => 0,
-        Some(TripReason::ConsecutiveFailures) => 1,
-        Some(TripReason::FailureRate) => 2,
-        Some(TripReason::ProbeFailed) => 3,
-    });
+    out.push(TripReason::code_of(r.reason));
+    out.push(r.mode_override.map_or(0, |m| {
+        Mode::ALL
+            .iter()
+            .position(|x| *x == m)
+            .map_or(0, |i| i as u8 + 1)
+    }));
+    out.push(u8::from(r.ramping));
+    out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&r.generation.to_le_bytes());
     out.extend_from_slice(&r.changed_at_ms.to_le_bytes());
     out.extend_from_slice(&r.open_until_ms.to_le_bytes());
-    out.extend_from_slice(&r.consecutive_failures.to_le_bytes());
-    out.extend_from_slice(&r.probes_in_flight.to_le_bytes());
-    out.extend_from_slice(&r.probe_successes.to_le_bytes());
-    out.extend_from_slice(&r.window.width_ms.to_le_bytes());
-    out.extend_from_slice(&r.window.head.to_le_bytes());
-    for b in &r.window.buckets {
-        out.extend_from_slice(&b.successes.to_le_bytes());
-        out.extend_from_slice(&b.failures.to_le_bytes());
+    for v in [
+        r.consecutive_failures,
+        r.probes_in_flight,
+        r.probe_successes,
+        r.trips_in_row,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    match &r.window {
+        Window::Time(w) => {
+            out.push(0);
+            out.extend_from_slice(&w.width_ms.to_le_bytes());
+            out.extend_from_slice(&w.head.to_le_bytes());
+            for b in &w.buckets {
+                put_bucket(&mut out, b);
+            }
+        }
+        Window::Count(w) => {
+            out.push(1);
+            for v in [w.size, w.len, w.next] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            put_bucket(&mut out, &w.totals);
+            out.extend_from_slice(&w.cells);
+        }
     }
     out
 }
 
-/// Reads a record back, refusing anything that is not exactly what [`encode`] writes.
+fn put_bucket(out: &mut Vec<u8>, b: &Bucket) {
+    for v in [b.successes, b.failures, b.slow] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Reads a record back, refusing anything [`encode`] would not have written.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-    if bytes.len() != ENCODED_LEN {
+    if bytes.len() < HEADER_LEN + 1 {
         return Err(DecodeError::Length(bytes.len()));
     }
     let mut rd = Reader { bytes, at: 0 };
@@ -83,36 +111,85 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         2 => State::HalfOpen,
         v => return Err(DecodeError::Field("state", v.into())),
     };
-    let reason = match rd.u8() {
+    let code = rd.u8();
+    let reason = TripReason::from_code(code).ok_or(DecodeError::Field("reason", code.into()))?;
+    let mode_override = match rd.u8() {
         0 => None,
-        1 => Some(TripReason::ConsecutiveFailures),
-        2 => Some(TripReason::FailureRate),
-        3 => Some(TripReason::ProbeFailed),
-        v => return Err(DecodeError::Field("reason", v.into())),
+        m => Some(
+            *Mode::ALL
+                .get(usize::from(m) - 1)
+                .ok_or(DecodeError::Field("mode", m.into()))?,
+        ),
     };
+    let flags = rd.u8();
+    if flags > 1 {
+        return Err(DecodeError::Field("flags", flags.into()));
+    }
+    rd.take::<2>();
     let mut r = Record {
         state,
         reason,
+        mode_override,
+        ramping: flags == 1,
         generation: rd.u32(),
         changed_at_ms: rd.u64(),
         open_until_ms: rd.u64(),
         consecutive_failures: rd.u32(),
         probes_in_flight: rd.u32(),
         probe_successes: rd.u32(),
+        trips_in_row: rd.u32(),
         window: Window::default(),
     };
-    r.window.width_ms = rd.u64();
-    r.window.head = rd.u64();
-    for b in r.window.buckets.iter_mut() {
-        *b = Bucket {
-            successes: rd.u32(),
-            failures: rd.u32(),
-        };
-    }
+    r.window = match rd.u8() {
+        0 => {
+            if bytes.len() != HEADER_LEN + TIME_LEN {
+                return Err(DecodeError::Length(bytes.len()));
+            }
+            let mut w = TimeWindow {
+                width_ms: rd.u64(),
+                head: rd.u64(),
+                ..TimeWindow::default()
+            };
+            for b in w.buckets.iter_mut() {
+                *b = rd.bucket();
+            }
+            Window::Time(w)
+        }
+        1 => decode_count(bytes, &mut rd)?,
+        tag => return Err(DecodeError::Field("window", tag.into())),
+    };
     Ok(r)
 }
 
-/// Reads fixed-width fields; the caller has checked the total length up front.
+fn decode_count(bytes: &[u8], rd: &mut Reader) -> Result<Window, DecodeError> {
+    if bytes.len() < HEADER_LEN + COUNT_FIXED_LEN {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    let (size, len, next) = (rd.u32(), rd.u32(), rd.u32());
+    if !(1..=MAX_CALLS).contains(&size) {
+        return Err(DecodeError::Field("window.size", size.into()));
+    }
+    if len > size || next >= size {
+        return Err(DecodeError::Field("window.len", len.into()));
+    }
+    let totals = rd.bucket();
+    if bytes.len() != HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size) {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    let w = CountWindow {
+        size,
+        len,
+        next,
+        cells: bytes[rd.at..].to_vec(),
+        totals,
+    };
+    if w.recount() != totals {
+        return Err(DecodeError::Field("window.totals", totals.calls().into()));
+    }
+    Ok(Window::Count(w))
+}
+
+/// Reads fixed-width fields; callers check lengths before reading past the header.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -136,11 +213,19 @@ impl Reader<'_> {
     fn u64(&mut self) -> u64 {
         u64::from_le_bytes(self.take())
     }
+    fn bucket(&mut self) -> Bucket {
+        Bucket {
+            successes: self.u32(),
+            failures: self.u32(),
+            slow: self.u32(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::window::WindowSpec;
     use proptest::prelude::*;
 
     fn state() -> impl Strategy<Value = State> {
@@ -152,59 +237,118 @@ mod tests {
     }
 
     fn reason() -> impl Strategy<Value = Option<TripReason>> {
-        prop_oneof![
-            Just(None),
-            Just(Some(TripReason::ConsecutiveFailures)),
-            Just(Some(TripReason::FailureRate)),
-            Just(Some(TripReason::ProbeFailed)),
-        ]
+        (0usize..=TripReason::ALL.len()).prop_map(|i| i.checked_sub(1).map(|i| TripReason::ALL[i]))
+    }
+
+    fn mode() -> impl Strategy<Value = Option<Mode>> {
+        (0usize..=4).prop_map(|i| i.checked_sub(1).map(|i| Mode::ALL[i]))
+    }
+
+    fn window() -> impl Strategy<Value = Window> {
+        let bucket =
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(successes, failures, slow)| {
+                Bucket {
+                    successes,
+                    failures,
+                    slow,
+                }
+            });
+        let time = (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::array::uniform10(bucket),
+        )
+            .prop_map(|(width_ms, head, buckets)| {
+                Window::Time(TimeWindow {
+                    width_ms,
+                    head,
+                    buckets,
+                })
+            });
+        let count = (
+            1u32..=MAX_CALLS,
+            proptest::collection::vec((any::<bool>(), any::<bool>()), 0..300),
+        )
+            .prop_map(|(size, calls)| {
+                let spec = WindowSpec::Count { size };
+                let mut w = Window::Count(CountWindow::new(size));
+                for (failed, slow) in calls {
+                    w.add_call(failed, slow, 0, spec);
+                }
+                w
+            });
+        prop_oneof![time, count]
     }
 
     prop_compose! {
         fn any_record()(
-            state in state(), reason in reason(), generation: u32, changed_at_ms: u64,
-            open_until_ms: u64, consecutive_failures: u32, probes_in_flight: u32,
-            probe_successes: u32, width_ms: u64, head: u64,
-            counts in proptest::array::uniform10((any::<u32>(), any::<u32>())),
+            state in state(), reason in reason(), mode_override in mode(), ramping: bool,
+            generation: u32, changed_at_ms: u64, open_until_ms: u64,
+            consecutive_failures: u32, probes_in_flight: u32, probe_successes: u32,
+            trips_in_row: u32, window in window(),
         ) -> Record {
-            let mut window = Window { width_ms, head, ..Window::default() };
-            for (b, (successes, failures)) in window.buckets.iter_mut().zip(counts) {
-                *b = Bucket { successes, failures };
-            }
-            Record { state, reason, generation, changed_at_ms, open_until_ms,
-                consecutive_failures, probes_in_flight, probe_successes, window }
+            Record { state, reason, mode_override, ramping, generation, changed_at_ms,
+                open_until_ms, consecutive_failures, probes_in_flight, probe_successes,
+                trips_in_row, window }
         }
     }
 
     proptest! {
         #[test]
         fn encoding_round_trips(r in any_record()) {
-            let bytes = encode(&r);
-            prop_assert_eq!(bytes.len(), ENCODED_LEN);
-            prop_assert_eq!(decode(&bytes), Ok(r));
+            prop_assert_eq!(decode(&encode(&r)), Ok(r));
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode(&bytes);
         }
 
         #[test]
-        fn truncated_records_are_refused(r in any_record(), cut in 0usize..ENCODED_LEN) {
-            prop_assert_eq!(decode(&encode(&r)[..cut]), Err(DecodeError::Length(cut)));
+        fn truncated_records_are_refused(r in any_record(), cut in 0usize..1000) {
+            let bytes = encode(&r);
+            let cut = cut % bytes.len();
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(r in any_record(), at in any::<usize>(), bit in 0u8..8) {
+            let mut bytes = encode(&r);
+            let i = at % bytes.len();
+            bytes[i] ^= 1 << bit;
+            let _ = decode(&bytes);
         }
     }
 
     #[test]
     fn foreign_bytes_are_refused_by_name() {
-        let mut bytes = encode(&Record::default());
-        bytes[0] = 0;
-        assert_eq!(decode(&bytes), Err(DecodeError::Magic(0)));
-        let mut bytes = encode(&Record::default());
-        bytes[1] = 9;
-        assert_eq!(decode(&bytes), Err(DecodeError::Version(9)));
-        let mut bytes = encode(&Record::default());
-        bytes[2] = 7;
-        assert_eq!(decode(&bytes), Err(DecodeError::Field("state", 7)));
+        let good = encode(&Record::default());
+        let with = |i: usize, v: u8| {
+            let mut b = good.clone();
+            b[i] = v;
+            decode(&b)
+        };
+        assert_eq!(with(0, 0), Err(DecodeError::Magic(0)));
+        assert_eq!(with(1, 9), Err(DecodeError::Version(9)));
+        assert_eq!(with(2, 7), Err(DecodeError::Field("state", 7)));
+        assert_eq!(with(3, 77), Err(DecodeError::Field("reason", 77)));
+        assert_eq!(with(4, 9), Err(DecodeError::Field("mode", 9)));
+    }
+
+    #[test]
+    fn a_count_window_whose_totals_disagree_is_refused() {
+        let spec = WindowSpec::Count { size: 8 };
+        let mut r = Record {
+            window: Window::Count(CountWindow::new(8)),
+            ..Record::default()
+        };
+        r.window.add_call(true, false, 0, spec);
+        let mut bytes = encode(&r);
+        let totals_at = HEADER_LEN + 12;
+        bytes[totals_at + 4] = 5;
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::Field("window.totals", _))
+        ));
     }
 }

@@ -7,8 +7,12 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::cache::CacheSettings;
 use super::duration::{parse_millis, Millis};
-use super::settings::Settings;
+use super::outcome::{Classifier, StatusSet, GRPC_CODES};
+use super::reply::{Fallback, Template};
+use super::settings::{Mode, Settings};
+use super::window::{WindowSpec, MAX_CALLS};
 
 /// Why a configuration was refused: which field, and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// The plugin JSON as written by the user.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfigDoc {
@@ -45,24 +50,164 @@ pub struct PluginConfigDoc {
     pub clusters: BTreeMap<String, SettingsDoc>,
 }
 
-/// One settings block; every field is optional because blocks override each other.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Defines [`SettingsDoc`] (every field optional, since blocks override each other) with
+/// the field-by-field merge and the "which block set it" lookup that error paths need.
+macro_rules! settings_doc {
+    ($( $(#[$meta:meta])* $field:ident : $ty:ty, )*) => {
+        /// One settings block.
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+        #[derive(Debug, Default, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SettingsDoc {
+            $( $(#[$meta])* #[serde(default)] pub $field: Option<$ty>, )*
+        }
+
+        impl SettingsDoc {
+            /// This block's fields, falling back to `base` for those it does not set.
+            fn over(&self, base: &SettingsDoc) -> SettingsDoc {
+                SettingsDoc { $( $field: self.$field.clone().or_else(|| base.$field.clone()), )* }
+            }
+
+            /// Whether this block sets `field`.
+            fn sets(&self, field: &str) -> bool {
+                match field {
+                    $( stringify!($field) => self.$field.is_some(), )*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
+settings_doc! {
+    /// Consecutive failures that open the breaker. 0 to 10000, default 5; 0 switches the rule off.
+    failure_threshold: u32,
+    /// Failure share over the window that opens the breaker, once the window holds
+    /// `minimum_requests` calls. 0 to 1, default 0.5; 0 switches the rule off.
+    failure_rate_threshold: f64,
+    /// A call slower than this (request start to response end) counts as slow.
+    /// "1ms" to "1h", default "60s".
+    slow_call_duration: String,
+    /// Slow share over the window that opens the breaker. 0 to 1, default 0 (off).
+    slow_call_rate_threshold: f64,
+    /// Calls the window must hold before either rate counts. 1 to 1000000, default 20.
+    minimum_requests: u32,
+    /// `time` (a sliding window of `window`, 10 buckets) or `count` (the last `window_size`
+    /// calls). Default `time`.
+    window_type: WindowTypeDoc,
+    /// Length of the time window. "100ms" to "1h", default "10s".
+    window: String,
+    /// Calls in the count window. 1 to 1000, default 100.
+    window_size: u32,
+    /// Time open after a first trip. "10ms" to "24h", default "60s".
+    open_duration: String,
+    /// Open time multiplier per consecutive trip. 1 to 10, default 1 (no growth).
+    backoff_multiplier: f64,
+    /// Cap on the open time (also for an upstream's Retry-After); the growth starts over
+    /// after the breaker stays closed this long. "10ms" to "24h", at least `open_duration`;
+    /// default the larger of "10m" and `open_duration`.
+    max_open_duration: String,
+    /// Each open time is randomly lengthened or shortened by up to this fraction, so
+    /// instances do not probe in lockstep. 0 to 0.5, default 0.
+    jitter: f64,
+    /// Probes in flight at once in half-open, across all workers. 1 to 10000, default 1.
+    half_open_max_requests: u32,
+    /// Successful probes that close the breaker; one failed probe reopens it. 1 to 10000, default 1.
+    success_threshold: u32,
+    /// Longest stay in half-open before opening again, so a lost probe cannot wedge the
+    /// breaker. "0s" (wait forever) or "100ms" to "1h", default "60s".
+    half_open_max_duration: String,
+    /// After closing, admit a share of requests growing linearly from 0 to 100 % over this
+    /// time, refusing the rest. "0s" (off, the default) to "1h".
+    recovery_duration: String,
+    /// Open for as long as an upstream's Retry-After on a 429 or 503 asks (capped by
+    /// `max_open_duration`). Default false.
+    honor_retry_after: bool,
+    /// HTTP statuses that count as failures: codes, ranges and classes such as
+    /// `[429, "502-504", "5xx"]`. Default `["5xx"]`.
+    failure_status: Vec<StatusItemDoc>,
+    /// HTTP statuses that count neither way (they win over `failure_status`). Default none.
+    ignore_status: Vec<StatusItemDoc>,
+    /// Whether connection failures (and no healthy host) count as failures. Default true;
+    /// false makes them neutral.
+    count_connect_failures: bool,
+    /// Whether upstream resets count as failures. Default true.
+    count_resets: bool,
+    /// Whether upstream timeouts count as failures. Default true.
+    count_timeouts: bool,
+    /// For gRPC calls: the `grpc-status` codes that count as failures, by name or number.
+    /// Default UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL.
+    grpc_failure_codes: Vec<GrpcCodeDoc>,
+    /// `enforce` (default), `dry_run` (decide and count, refuse nothing), `forced_open`
+    /// (refuse everything) or `disabled` (pass and count nothing).
+    mode: Mode,
+    /// Path prefixes that are never counted and never refused, such as health checks.
+    /// Each starts with "/"; at most 64.
+    exclude_paths: Vec<String>,
+    /// One breaker per route name inside the cluster instead of one for the cluster.
+    /// Default false.
+    per_route: bool,
+    /// Most route breakers one cluster may have; further routes share the cluster's
+    /// breaker. 1 to 256, default 16.
+    max_route_breakers: u32,
+    /// A custom answer while open, instead of the default JSON error.
+    fallback: FallbackDoc,
+    /// Keep the last good answers to GET requests and serve them while open.
+    fallback_cache: CacheDoc,
+}
+
+/// Kind of window.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowTypeDoc {
+    Time,
+    Count,
+}
+
+/// A status code (`429`), a range (`"502-504"`) or a class (`"5xx"`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusItemDoc {
+    Code(u16),
+    Text(String),
+}
+
+/// A gRPC status code by number (`14`) or name (`"UNAVAILABLE"`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum GrpcCodeDoc {
+    Number(u32),
+    Name(String),
+}
+
+/// A custom answer while open; `{cluster}` and `{retry_after}` are filled in.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SettingsDoc {
-    /// Consecutive failures that open the breaker (0 to 10000; 0 switches the rule off).
-    pub failure_threshold: Option<u32>,
-    /// Failure share over the window that opens the breaker (0 to 1; 0 switches it off).
-    pub failure_rate_threshold: Option<f64>,
-    /// Calls the window must hold before the failure rate counts (1 to 1000000).
-    pub minimum_requests: Option<u32>,
-    /// Length of the sliding window for rates ("100ms" to "1h").
-    pub window: Option<String>,
-    /// Time open before half-open ("10ms" to "24h").
-    pub open_duration: Option<String>,
-    /// Probes in flight at once in half-open, across all workers (1 to 10000).
-    pub half_open_max_requests: Option<u32>,
-    /// Successful probes that close the breaker (1 to 10000).
-    pub success_threshold: Option<u32>,
+pub struct FallbackDoc {
+    /// HTTP status. 200 to 599, default 503.
+    pub status: Option<u32>,
+    /// Body. At most 64 KiB, default empty.
+    pub body: Option<String>,
+    /// Extra headers. `content-type` defaults to application/json; `retry-after` is added
+    /// unless set here.
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// Bounds of the answer cache, per worker and breaker.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDoc {
+    /// Paths remembered. 1 to 10000, default 100.
+    pub max_entries: Option<u32>,
+    /// Bytes remembered. 1 to 67108864, default 1048576.
+    pub max_bytes: Option<u64>,
+    /// Oldest answer served. "1s" to "24h", default "5m".
+    pub max_age: Option<String>,
 }
 
 /// The checked configuration: settings for each named cluster and for all others.
@@ -95,20 +240,26 @@ impl PluginConfig {
 
     /// Turns the parsed document into runtime settings, refusing the first bad field.
     pub fn compile(doc: PluginConfigDoc) -> Result<PluginConfig, ConfigError> {
-        let default = doc.default.apply(&Settings::default(), "default")?;
+        let default = compile_block(&doc.default, &|f| format!("default.{f}"))?;
         let mut clusters = HashMap::with_capacity(doc.clusters.len());
         for (name, block) in &doc.clusters {
-            if name.is_empty() || name.len() > 200 {
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
                 return Err(ConfigError {
                     field: "clusters".into(),
                     problem: format!(
-                        "cluster names must be 1 to 200 bytes long, but one was {} bytes",
-                        name.len()
+                        "cluster names must be 1 to 200 printable characters, but got {name:?}"
                     ),
                 });
             }
-            let settings = block.apply(&default, &format!("clusters.{name}"))?;
-            clusters.insert(name.clone(), settings);
+            let merged = block.over(&doc.default);
+            let at = |f: &str| {
+                if block.sets(f) {
+                    format!("clusters.{name}.{f}")
+                } else {
+                    format!("default.{f}")
+                }
+            };
+            clusters.insert(name.clone(), compile_block(&merged, &at)?);
         }
         Ok(PluginConfig { default, clusters })
     }
@@ -119,193 +270,381 @@ impl PluginConfig {
     }
 }
 
-impl SettingsDoc {
-    /// Overrides `base` with the fields set here, checking each one.
-    fn apply(&self, base: &Settings, at: &str) -> Result<Settings, ConfigError> {
-        let field = |name: &str| format!("{at}.{name}");
-        let mut s = base.clone();
-        if let Some(v) = self.failure_threshold {
-            s.failure_threshold = within(&field("failure_threshold"), v, 0, 10_000)?;
-        }
-        if let Some(v) = self.failure_rate_threshold {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(bad(
-                    &field("failure_rate_threshold"),
-                    format!("must be between 0 and 1 (0 switches the rule off), but was {v}"),
+/// Checks one merged block; `at` names the field in the block that set it.
+fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Settings, ConfigError> {
+    let base = Settings::default();
+    let check = Check { at };
+    let open_duration_ms = check.duration(
+        "open_duration",
+        &d.open_duration,
+        10,
+        86_400_000,
+        base.open_duration_ms,
+    )?;
+    let max_open_duration_ms = match &d.max_open_duration {
+        None => open_duration_ms.max(base.max_open_duration_ms),
+        Some(text) => {
+            let ms = check.duration("max_open_duration", &Some(text.clone()), 10, 86_400_000, 0)?;
+            if ms < open_duration_ms {
+                return Err(check.bad(
+                    "max_open_duration",
+                    format!(
+                        "must not be shorter than open_duration ({}), but was {text:?}",
+                        Millis(open_duration_ms)
+                    ),
                 ));
             }
-            s.failure_rate_threshold = v;
+            ms
         }
-        if let Some(v) = self.minimum_requests {
-            s.minimum_requests = within(&field("minimum_requests"), v, 1, 1_000_000)?;
+    };
+    let window = match d.window_type.unwrap_or(WindowTypeDoc::Time) {
+        WindowTypeDoc::Time => WindowSpec::Time {
+            window_ms: check.duration("window", &d.window, 100, 3_600_000, 10_000)?,
+        },
+        WindowTypeDoc::Count => WindowSpec::Count {
+            size: check.int("window_size", d.window_size, 1, MAX_CALLS, 100)?,
+        },
+    };
+    let half_open_max_duration_ms = match check.duration(
+        "half_open_max_duration",
+        &d.half_open_max_duration,
+        0,
+        3_600_000,
+        base.half_open_max_duration_ms,
+    )? {
+        ms @ 1..=99 => {
+            return Err(check.bad(
+                "half_open_max_duration",
+                format!("must be \"0s\" (off) or at least 100ms, but was {ms}ms"),
+            ))
         }
-        if let Some(v) = &self.window {
-            s.window_ms = duration_within(&field("window"), v, 100, 3_600_000)?;
-        }
-        if let Some(v) = &self.open_duration {
-            s.open_duration_ms = duration_within(&field("open_duration"), v, 10, 86_400_000)?;
-        }
-        if let Some(v) = self.half_open_max_requests {
-            s.half_open_max_requests = within(&field("half_open_max_requests"), v, 1, 10_000)?;
-        }
-        if let Some(v) = self.success_threshold {
-            s.success_threshold = within(&field("success_threshold"), v, 1, 10_000)?;
-        }
-        Ok(s)
-    }
+        ms => ms,
+    };
+    Ok(Settings {
+        failure_threshold: check.int(
+            "failure_threshold",
+            d.failure_threshold,
+            0,
+            10_000,
+            base.failure_threshold,
+        )?,
+        failure_rate_threshold: check.fraction(
+            "failure_rate_threshold",
+            d.failure_rate_threshold,
+            1.0,
+            base.failure_rate_threshold,
+        )?,
+        slow_call_duration_ms: check.duration(
+            "slow_call_duration",
+            &d.slow_call_duration,
+            1,
+            3_600_000,
+            base.slow_call_duration_ms,
+        )?,
+        slow_call_rate_threshold: check.fraction(
+            "slow_call_rate_threshold",
+            d.slow_call_rate_threshold,
+            1.0,
+            base.slow_call_rate_threshold,
+        )?,
+        minimum_requests: check.int(
+            "minimum_requests",
+            d.minimum_requests,
+            1,
+            1_000_000,
+            base.minimum_requests,
+        )?,
+        window,
+        open_duration_ms,
+        backoff_multiplier: check.number(
+            "backoff_multiplier",
+            d.backoff_multiplier,
+            1.0,
+            10.0,
+            base.backoff_multiplier,
+        )?,
+        max_open_duration_ms,
+        jitter: check.fraction("jitter", d.jitter, 0.5, base.jitter)?,
+        half_open_max_requests: check.int(
+            "half_open_max_requests",
+            d.half_open_max_requests,
+            1,
+            10_000,
+            base.half_open_max_requests,
+        )?,
+        success_threshold: check.int(
+            "success_threshold",
+            d.success_threshold,
+            1,
+            10_000,
+            base.success_threshold,
+        )?,
+        half_open_max_duration_ms,
+        recovery_duration_ms: check.duration(
+            "recovery_duration",
+            &d.recovery_duration,
+            0,
+            3_600_000,
+            base.recovery_duration_ms,
+        )?,
+        honor_retry_after: d.honor_retry_after.unwrap_or(base.honor_retry_after),
+        classifier: Classifier {
+            failure_status: match &d.failure_status {
+                Some(items) => check.statuses("failure_status", items)?,
+                None => base.classifier.failure_status,
+            },
+            ignore_status: match &d.ignore_status {
+                Some(items) => check.statuses("ignore_status", items)?,
+                None => base.classifier.ignore_status,
+            },
+            connect_failures: d.count_connect_failures.unwrap_or(true),
+            resets: d.count_resets.unwrap_or(true),
+            timeouts: d.count_timeouts.unwrap_or(true),
+            grpc_failure_codes: match &d.grpc_failure_codes {
+                Some(codes) => check.grpc_codes(codes)?,
+                None => base.classifier.grpc_failure_codes,
+            },
+        },
+        mode: d.mode.unwrap_or_default(),
+        exclude_paths: check.paths(d.exclude_paths.as_deref().unwrap_or_default())?,
+        max_route_breakers: match d.per_route {
+            Some(true) => {
+                Some(check.int("max_route_breakers", d.max_route_breakers, 1, 256, 16)?)
+            }
+            _ => None,
+        },
+        fallback: d.fallback.as_ref().map(|f| check.fallback(f)).transpose()?,
+        cache: d
+            .fallback_cache
+            .as_ref()
+            .map(|c| check.cache(c))
+            .transpose()?,
+    })
 }
 
-fn bad(field: &str, problem: String) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        problem,
-    }
+/// Field checks that know how to name the field they check.
+struct Check<'a> {
+    at: &'a dyn Fn(&str) -> String,
 }
 
-fn within(field: &str, value: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
-    if (min..=max).contains(&value) {
-        Ok(value)
-    } else {
-        Err(bad(
-            field,
-            format!("must be between {min} and {max}, but was {value}"),
-        ))
+impl Check<'_> {
+    fn bad(&self, field: &str, problem: String) -> ConfigError {
+        ConfigError {
+            field: (self.at)(field),
+            problem,
+        }
     }
-}
 
-fn duration_within(field: &str, text: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let ms = parse_millis(text).map_err(|_| {
-        bad(
-            field,
-            format!(
-                "must be a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", but was {text:?}"
-            ),
-        )
-    })?;
-    if (min..=max).contains(&ms) {
-        Ok(ms)
-    } else {
-        Err(bad(
-            field,
-            format!(
-                "must be between {} and {}, but was {text:?}",
-                Millis(min),
-                Millis(max)
-            ),
-        ))
+    fn int(
+        &self,
+        field: &str,
+        v: Option<u32>,
+        min: u32,
+        max: u32,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            Some(v) => Err(self.bad(
+                field,
+                format!("must be between {min} and {max}, but was {v}"),
+            )),
+        }
+    }
+
+    fn number(
+        &self,
+        field: &str,
+        v: Option<f64>,
+        min: f64,
+        max: f64,
+        default: f64,
+    ) -> Result<f64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            Some(v) => Err(self.bad(
+                field,
+                format!("must be between {min} and {max}, but was {v}"),
+            )),
+        }
+    }
+
+    fn fraction(
+        &self,
+        field: &str,
+        v: Option<f64>,
+        max: f64,
+        default: f64,
+    ) -> Result<f64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if (0.0..=max).contains(&v) => Ok(v),
+            Some(v) => Err(self.bad(field, format!("must be between 0 and {max}, but was {v}"))),
+        }
+    }
+
+    fn duration(
+        &self,
+        field: &str,
+        v: &Option<String>,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(text) = v else {
+            return Ok(default);
+        };
+        let ms = parse_millis(text).map_err(|_| {
+            self.bad(field, format!("must be a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", but was {text:?}"))
+        })?;
+        if (min..=max).contains(&ms) {
+            Ok(ms)
+        } else {
+            Err(self.bad(
+                field,
+                format!(
+                    "must be between {} and {}, but was {text:?}",
+                    Millis(min),
+                    Millis(max)
+                ),
+            ))
+        }
+    }
+
+    fn statuses(&self, field: &str, items: &[StatusItemDoc]) -> Result<StatusSet, ConfigError> {
+        let mut set = StatusSet::empty();
+        for item in items {
+            let range = match item {
+                StatusItemDoc::Code(c) => StatusSet::parse_item(&c.to_string()),
+                StatusItemDoc::Text(t) => StatusSet::parse_item(t),
+            };
+            let Some((low, high)) = range else {
+                let shown = match item {
+                    StatusItemDoc::Code(c) => c.to_string(),
+                    StatusItemDoc::Text(t) => format!("{t:?}"),
+                };
+                return Err(self.bad(field, format!(
+                    "items must be status codes from 100 to 599, ranges like \"502-504\" or classes like \"5xx\", but one was {shown}"
+                )));
+            };
+            set = set.with_range(low, high);
+        }
+        Ok(set)
+    }
+
+    fn grpc_codes(&self, codes: &[GrpcCodeDoc]) -> Result<u32, ConfigError> {
+        let mut bits = 0u32;
+        for code in codes {
+            let n = match code {
+                GrpcCodeDoc::Number(n) => Some(*n),
+                GrpcCodeDoc::Name(name) => GRPC_CODES
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(name))
+                    .map(|i| i as u32),
+            };
+            match n {
+                Some(n @ 1..=16) => bits |= 1 << n,
+                _ => {
+                    return Err(self.bad("grpc_failure_codes", format!(
+                        "items must be gRPC status codes 1 to 16 or their names (UNAVAILABLE, INTERNAL, ...), but one was {}",
+                        match code { GrpcCodeDoc::Number(n) => n.to_string(), GrpcCodeDoc::Name(s) => format!("{s:?}") }
+                    )))
+                }
+            }
+        }
+        Ok(bits)
+    }
+
+    fn paths(&self, paths: &[String]) -> Result<Vec<String>, ConfigError> {
+        if paths.len() > 64 {
+            return Err(self.bad(
+                "exclude_paths",
+                format!("may hold at most 64 prefixes, but held {}", paths.len()),
+            ));
+        }
+        for p in paths {
+            if !p.starts_with('/') || p.len() > 200 || p.chars().any(char::is_control) {
+                return Err(self.bad("exclude_paths", format!("items must be path prefixes starting with \"/\" (at most 200 characters), but one was {p:?}")));
+            }
+        }
+        Ok(paths.to_vec())
+    }
+
+    fn fallback(&self, f: &FallbackDoc) -> Result<Fallback, ConfigError> {
+        let status = f.status.unwrap_or(503);
+        if !(200..=599).contains(&status) {
+            return Err(self.bad(
+                "fallback",
+                format!("status must be between 200 and 599, but was {status}"),
+            ));
+        }
+        let body = f.body.clone().unwrap_or_default();
+        if body.len() > 65_536 {
+            return Err(self.bad(
+                "fallback",
+                format!(
+                    "body must be at most 65536 bytes, but was {} bytes",
+                    body.len()
+                ),
+            ));
+        }
+        let mut headers = Vec::new();
+        for (name, value) in f.headers.iter().flatten() {
+            let lower = name.to_ascii_lowercase();
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token
+                || ["content-length", "transfer-encoding", "connection"].contains(&lower.as_str())
+            {
+                return Err(self.bad(
+                    "fallback",
+                    format!("header name {name:?} is not a header Envoy lets a filter set"),
+                ));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(self.bad(
+                    "fallback",
+                    format!("header {name:?} holds a control character"),
+                ));
+            }
+            headers.push((lower, Template::parse(value)));
+        }
+        Ok(Fallback {
+            status,
+            headers,
+            body: Template::parse(&body),
+        })
+    }
+
+    fn cache(&self, c: &CacheDoc) -> Result<CacheSettings, ConfigError> {
+        let max_bytes = c.max_bytes.unwrap_or(1_048_576);
+        if !(1..=67_108_864).contains(&max_bytes) {
+            return Err(self.bad(
+                "fallback_cache",
+                format!("max_bytes must be between 1 and 67108864, but was {max_bytes}"),
+            ));
+        }
+        Ok(CacheSettings {
+            max_entries: self
+                .int("fallback_cache", c.max_entries, 1, 10_000, 100)
+                .map_err(|e| ConfigError {
+                    problem: format!("max_entries {}", e.problem),
+                    ..e
+                })? as usize,
+            max_bytes: max_bytes as usize,
+            max_age_ms: self
+                .duration("fallback_cache", &c.max_age, 1_000, 86_400_000, 300_000)
+                .map_err(|e| ConfigError {
+                    problem: format!("max_age {}", e.problem),
+                    ..e
+                })?,
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(json: &str) -> Result<PluginConfig, ConfigError> {
-        PluginConfig::parse(json.as_bytes())
-    }
-
-    fn refusal(json: &str) -> String {
-        parse(json).unwrap_err().to_string()
-    }
-
-    const ISSUE_EXAMPLE: &str = r#"{
-      "default": {
-        "failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20,
-        "window": "10s", "open_duration": "60s", "half_open_max_requests": 1,
-        "success_threshold": 1
-      },
-      "clusters": {
-        "auth":    { "failure_threshold": 5, "open_duration": "60s" },
-        "student": { "failure_threshold": 3, "open_duration": "30s",
-                     "half_open_max_requests": 2, "success_threshold": 2 }
-      }
-    }"#;
-
-    #[test]
-    fn clusters_override_the_default_field_by_field() {
-        let config = parse(ISSUE_EXAMPLE).unwrap();
-        let student = config.settings_for("student");
-        assert_eq!(student.failure_threshold, 3);
-        assert_eq!(student.open_duration_ms, 30_000);
-        assert_eq!(student.half_open_max_requests, 2);
-        assert_eq!(student.success_threshold, 2);
-        assert_eq!(student.window_ms, 10_000, "inherited from default");
-        assert_eq!(student.minimum_requests, 20, "inherited from default");
-    }
-
-    #[test]
-    fn unnamed_clusters_use_the_default_block() {
-        let config = parse(r#"{"default": {"failure_threshold": 9}}"#).unwrap();
-        assert_eq!(config.settings_for("anything").failure_threshold, 9);
-        assert_eq!(config.settings_for("anything").open_duration_ms, 60_000);
-    }
-
-    #[test]
-    fn an_empty_configuration_means_all_defaults() {
-        assert_eq!(parse("").unwrap().default, Settings::default());
-        assert_eq!(parse("  {} ").unwrap().default, Settings::default());
-    }
-
-    #[test]
-    fn unknown_fields_are_refused_with_their_path() {
-        let msg = refusal(r#"{"clusters": {"auth": {"failure_treshold": 3}}}"#);
-        assert!(msg.contains("clusters.auth"), "{msg}");
-        assert!(msg.contains("failure_treshold"), "{msg}");
-        let msg = refusal(r#"{"defaults": {}}"#);
-        assert!(msg.contains("unknown field `defaults`"), "{msg}");
-    }
-
-    #[test]
-    fn wrong_types_are_refused_with_their_path() {
-        let msg = refusal(r#"{"default": {"failure_threshold": "5"}}"#);
-        assert!(msg.contains("default.failure_threshold"), "{msg}");
-        assert!(msg.contains("invalid type"), "{msg}");
-        let msg = refusal(r#"{"default": {"minimum_requests": -1}}"#);
-        assert!(msg.contains("default.minimum_requests"), "{msg}");
-    }
-
-    #[test]
-    fn out_of_range_values_name_the_rule_and_the_value() {
-        assert_eq!(
-            refusal(r#"{"clusters": {"student": {"success_threshold": 0}}}"#),
-            "invalid plugin configuration: clusters.student.success_threshold: \
-             must be between 1 and 10000, but was 0"
-        );
-        let msg = refusal(r#"{"default": {"failure_rate_threshold": 1.5}}"#);
-        assert!(msg.contains("default.failure_rate_threshold"), "{msg}");
-        assert!(msg.contains("but was 1.5"), "{msg}");
-    }
-
-    #[test]
-    fn malformed_durations_are_refused_with_the_text_given() {
-        let msg = refusal(r#"{"default": {"open_duration": "60 seconds"}}"#);
-        assert!(msg.contains("default.open_duration"), "{msg}");
-        assert!(msg.contains("\"60 seconds\""), "{msg}");
-        let msg = refusal(r#"{"default": {"window": "5ms"}}"#);
-        assert!(msg.contains("between 100ms and 1h"), "{msg}");
-    }
-
-    #[test]
-    fn malformed_json_is_refused() {
-        let msg = refusal(r#"{"default": {"failure_threshold": 5"#);
-        assert!(msg.starts_with("invalid plugin configuration"), "{msg}");
-        let msg = refusal(r#"{} trailing"#);
-        assert!(msg.contains("trailing"), "{msg}");
-    }
-
-    #[test]
-    fn a_bad_cluster_refuses_the_whole_document() {
-        let msg = refusal(
-            r#"{"clusters": {"auth": {"failure_threshold": 2}, "school": {"open_duration": "x"}}}"#,
-        );
-        assert!(msg.contains("clusters.school.open_duration"), "{msg}");
-    }
-
-    #[test]
-    fn rules_can_be_switched_off_with_zero() {
-        let config =
-            parse(r#"{"default": {"failure_threshold": 0, "failure_rate_threshold": 0}}"#).unwrap();
-        assert_eq!(config.default.failure_threshold, 0);
-        assert_eq!(config.default.failure_rate_threshold, 0.0);
-    }
-}
+mod tests;

@@ -1,14 +1,16 @@
 //! The breaker's decisions with no host in sight: settings, the shared record and its
-//! transitions, windows, outcome classification and the byte encoding. Nothing here
-//! imports proxy-wasm or reads a clock; time is always an argument.
+//! transitions, windows, outcome classification, replies and the byte encoding. Nothing
+//! here imports proxy-wasm or reads a clock; time is always an argument.
 
 pub mod breaker;
+pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod duration;
 pub mod outcome;
 pub mod registry;
 pub mod reply;
+pub mod retry_after;
 pub mod settings;
 pub mod state;
 pub mod store;

@@ -1,7 +1,8 @@
 //! What a finished call means for the breaker. Envoy reports the end of every stream as a
-//! status code plus a bit set of response flags; this turns the pair into one [`Outcome`].
-//! Calls that say nothing about the upstream's health (the client hung up, Envoy's own
-//! overflow, no route) are neutral so they can neither trip nor heal the breaker.
+//! status code plus a bit set of response flags (and, for gRPC, a `grpc-status`); the
+//! [`Classifier`] turns that into one [`Outcome`]. Calls that say nothing about the
+//! upstream's health (the client hung up, Envoy's own overflow, no route, ignored codes)
+//! are neutral so they can neither trip nor heal the breaker.
 
 /// Envoy's response flag bits (`StreamInfo::CoreResponseFlag`), as read from the
 /// `response.flags` property.
@@ -33,6 +34,27 @@ pub mod flags {
         DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET | LOCAL_RESET;
 }
 
+/// gRPC status codes by name, as `grpc_failure_codes` may spell them.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// How a call ended, as far as the breaker is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,50 +68,146 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Status(u16),
+    Grpc(u32),
     ConnectFailure,
     Timeout,
     Reset,
 }
 
-/// What Envoy reports at the end of a stream: status code (0 when no response was sent)
-/// and response flags.
+/// What Envoy reports at the end of a stream: status code (0 when no response was sent),
+/// response flags, and the `grpc-status` of a gRPC call if one was seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamEnd {
     pub status: u32,
     pub flags: u64,
+    pub grpc_status: Option<u32>,
 }
 
-/// Decides the outcome of one finished call.
-pub fn classify(end: StreamEnd) -> Outcome {
-    let f = end.flags;
-    if f & flags::PROXY_OWN != 0 {
-        return Outcome::Ignored;
+/// A set of HTTP status codes, 100 to 599.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    pub fn empty() -> StatusSet {
+        StatusSet([0; 10])
     }
-    if f & flags::CONNECT_FAILURE != 0 {
-        return Outcome::Failure(Failure::ConnectFailure);
+
+    /// Every code from `low` to `high`; codes outside 100 to 599 are left out.
+    pub fn with_range(mut self, low: u16, high: u16) -> StatusSet {
+        for code in low.max(100)..=high.min(599) {
+            let i = usize::from(code) - 100;
+            self.0[i / 64] |= 1 << (i % 64);
+        }
+        self
     }
-    if f & flags::TIMEOUT != 0 {
-        return Outcome::Failure(Failure::Timeout);
+
+    pub fn contains(&self, code: u32) -> bool {
+        if !(100..600).contains(&code) {
+            return false;
+        }
+        let i = code as usize - 100;
+        self.0[i / 64] & (1 << (i % 64)) != 0
     }
-    if f & flags::RESET != 0 {
-        return Outcome::Failure(Failure::Reset);
+
+    /// Parses `"5xx"`, `"502-504"` or `"429"` into the set of codes it names.
+    pub fn parse_item(text: &str) -> Option<(u16, u16)> {
+        let text = text.trim();
+        if let Some(class) = text.strip_suffix("xx") {
+            let c: u16 = class.parse().ok()?;
+            return (1..=5).contains(&c).then_some((c * 100, c * 100 + 99));
+        }
+        let (low, high) = match text.split_once('-') {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let c = text.parse().ok()?;
+                (c, c)
+            }
+        };
+        ((100..=599).contains(&low) && (100..=599).contains(&high) && low <= high)
+            .then_some((low, high))
     }
-    if f & flags::CLIENT_GONE != 0 || end.status == 0 {
-        return Outcome::Ignored;
+}
+
+/// What counts as a failure, per cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classifier {
+    pub failure_status: StatusSet,
+    /// Codes that count neither way; they win over `failure_status`.
+    pub ignore_status: StatusSet,
+    pub connect_failures: bool,
+    pub resets: bool,
+    pub timeouts: bool,
+    /// Bit `n` set: gRPC status `n` is a failure.
+    pub grpc_failure_codes: u32,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Classifier {
+            failure_status: StatusSet::empty().with_range(500, 599),
+            ignore_status: StatusSet::empty(),
+            connect_failures: true,
+            resets: true,
+            timeouts: true,
+            grpc_failure_codes: (1 << 4) | (1 << 8) | (1 << 13) | (1 << 14),
+        }
     }
-    match u16::try_from(end.status) {
-        Ok(code) if (500..600).contains(&code) => Outcome::Failure(Failure::Status(code)),
-        Ok(_) => Outcome::Success,
-        Err(_) => Outcome::Ignored,
+}
+
+impl Classifier {
+    /// Decides the outcome of one finished call.
+    pub fn classify(&self, end: StreamEnd) -> Outcome {
+        let f = end.flags;
+        let counted = |on: bool, failure: Failure| {
+            if on {
+                Outcome::Failure(failure)
+            } else {
+                Outcome::Ignored
+            }
+        };
+        if f & flags::PROXY_OWN != 0 {
+            return Outcome::Ignored;
+        }
+        if f & flags::CONNECT_FAILURE != 0 {
+            return counted(self.connect_failures, Failure::ConnectFailure);
+        }
+        if f & flags::TIMEOUT != 0 {
+            return counted(self.timeouts, Failure::Timeout);
+        }
+        if f & flags::RESET != 0 {
+            return counted(self.resets, Failure::Reset);
+        }
+        if f & flags::CLIENT_GONE != 0 || end.status == 0 {
+            return Outcome::Ignored;
+        }
+        if let Some(grpc) = end.grpc_status {
+            return if grpc < 32 && self.grpc_failure_codes & (1 << grpc) != 0 {
+                Outcome::Failure(Failure::Grpc(grpc))
+            } else {
+                Outcome::Success
+            };
+        }
+        if self.ignore_status.contains(end.status) {
+            Outcome::Ignored
+        } else if self.failure_status.contains(end.status) {
+            Outcome::Failure(Failure::Status(end.status as u16))
+        } else {
+            Outcome::Success
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn end(status: u32, flags: u64) -> Outcome {
-        classify(StreamEnd { status, flags })
+        Classifier::default().classify(StreamEnd {
+            status,
+            flags,
+            grpc_status: None,
+        })
     }
 
     #[test]
@@ -102,30 +220,30 @@ mod tests {
     #[test]
     fn upstream_5xx_are_failures() {
         assert_eq!(end(500, 0), Outcome::Failure(Failure::Status(500)));
-        assert_eq!(end(503, 0), Outcome::Failure(Failure::Status(503)));
         assert_eq!(end(599, 0), Outcome::Failure(Failure::Status(599)));
     }
 
     #[test]
     fn router_give_ups_are_failures_by_their_flags() {
+        use flags::*;
         assert_eq!(
-            end(503, flags::UPSTREAM_CONNECTION_FAILURE),
+            end(503, UPSTREAM_CONNECTION_FAILURE),
             Outcome::Failure(Failure::ConnectFailure)
         );
         assert_eq!(
-            end(503, flags::NO_HEALTHY_UPSTREAM),
+            end(503, NO_HEALTHY_UPSTREAM),
             Outcome::Failure(Failure::ConnectFailure)
         );
         assert_eq!(
-            end(504, flags::UPSTREAM_REQUEST_TIMEOUT),
+            end(504, UPSTREAM_REQUEST_TIMEOUT),
             Outcome::Failure(Failure::Timeout)
         );
         assert_eq!(
-            end(503, flags::UPSTREAM_REMOTE_RESET),
+            end(503, UPSTREAM_REMOTE_RESET),
             Outcome::Failure(Failure::Reset)
         );
         assert_eq!(
-            end(200, flags::UPSTREAM_CONNECTION_TERMINATION),
+            end(200, UPSTREAM_CONNECTION_TERMINATION),
             Outcome::Failure(Failure::Reset),
             "a reset after the headers went out is still a failure"
         );
@@ -154,12 +272,87 @@ mod tests {
 
     #[test]
     fn an_upstream_failure_outweighs_the_client_leaving() {
-        assert_eq!(
-            end(
-                503,
-                flags::UPSTREAM_CONNECTION_FAILURE | flags::DOWNSTREAM_CONNECTION_TERMINATION
-            ),
-            Outcome::Failure(Failure::ConnectFailure)
-        );
+        let both = flags::UPSTREAM_CONNECTION_FAILURE | flags::DOWNSTREAM_CONNECTION_TERMINATION;
+        assert_eq!(end(503, both), Outcome::Failure(Failure::ConnectFailure));
+    }
+
+    #[test]
+    fn switched_off_router_failures_become_neutral() {
+        let c = Classifier {
+            connect_failures: false,
+            timeouts: false,
+            resets: false,
+            ..Classifier::default()
+        };
+        for f in [
+            flags::UPSTREAM_CONNECTION_FAILURE,
+            flags::UPSTREAM_REQUEST_TIMEOUT,
+            flags::UPSTREAM_REMOTE_RESET,
+        ] {
+            let e = StreamEnd {
+                status: 503,
+                flags: f,
+                grpc_status: None,
+            };
+            assert_eq!(c.classify(e), Outcome::Ignored);
+        }
+    }
+
+    #[test]
+    fn status_lists_and_ignored_codes() {
+        let c = Classifier {
+            failure_status: StatusSet::empty().with_range(502, 504).with_range(429, 429),
+            ignore_status: StatusSet::empty().with_range(503, 503),
+            ..Classifier::default()
+        };
+        let at = |status| {
+            c.classify(StreamEnd {
+                status,
+                flags: 0,
+                grpc_status: None,
+            })
+        };
+        assert_eq!(at(429), Outcome::Failure(Failure::Status(429)));
+        assert_eq!(at(502), Outcome::Failure(Failure::Status(502)));
+        assert_eq!(at(503), Outcome::Ignored, "ignore wins");
+        assert_eq!(at(500), Outcome::Success, "500 is not in the list");
+    }
+
+    #[test]
+    fn grpc_calls_are_judged_by_grpc_status() {
+        let c = Classifier::default();
+        let at = |grpc| {
+            c.classify(StreamEnd {
+                status: 200,
+                flags: 0,
+                grpc_status: Some(grpc),
+            })
+        };
+        assert_eq!(at(0), Outcome::Success);
+        assert_eq!(at(5), Outcome::Success, "NOT_FOUND is the caller's problem");
+        for code in [4, 8, 13, 14] {
+            assert_eq!(at(code), Outcome::Failure(Failure::Grpc(code)));
+        }
+        assert_eq!(at(99), Outcome::Success);
+    }
+
+    #[test]
+    fn status_items_parse() {
+        assert_eq!(StatusSet::parse_item("5xx"), Some((500, 599)));
+        assert_eq!(StatusSet::parse_item("4xx"), Some((400, 499)));
+        assert_eq!(StatusSet::parse_item("502-504"), Some((502, 504)));
+        assert_eq!(StatusSet::parse_item("429"), Some((429, 429)));
+        for bad in ["6xx", "0xx", "504-502", "99", "600", "abc", "5x", "-1", ""] {
+            assert_eq!(StatusSet::parse_item(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_range_contains_exactly_its_codes(low in 100u16..600, len in 0u16..100, probe in 0u32..700) {
+            let high = (low + len).min(599);
+            let set = StatusSet::empty().with_range(low, high);
+            prop_assert_eq!(set.contains(probe), probe >= u32::from(low) && probe <= u32::from(high));
+        }
     }
 }

@@ -25,17 +25,32 @@ pub fn names(bytes: &[u8]) -> Vec<String> {
 
 /// The stored list with `name` added: `Ok(None)` when it is already there.
 pub fn with(bytes: &[u8], name: &str) -> Result<Option<Vec<u8>>, Refused> {
-    if name.is_empty() || name.len() > 200 || name.contains('\n') {
+    with_limited(bytes, name, "", usize::MAX)
+}
+
+/// Like [`with`], but also refuses when `limit` names starting with `prefix` exist
+/// already: the cap on route breakers inside one cluster.
+pub fn with_limited(
+    bytes: &[u8],
+    name: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, Refused> {
+    if name.is_empty() || name.len() > 400 || name.contains('\n') {
         return Err(Refused::BadName);
     }
     let mut count = 0;
+    let mut same_prefix = 0;
     for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         if line == name.as_bytes() {
             return Ok(None);
         }
         count += 1;
+        if line.starts_with(prefix.as_bytes()) {
+            same_prefix += 1;
+        }
     }
-    if count >= MAX_BREAKERS {
+    if count >= MAX_BREAKERS || same_prefix >= limit {
         return Err(Refused::Full);
     }
     let mut out = Vec::with_capacity(bytes.len() + name.len() + 1);
@@ -74,7 +89,24 @@ mod tests {
     fn names_that_would_break_the_list_are_refused() {
         assert_eq!(with(b"", ""), Err(Refused::BadName));
         assert_eq!(with(b"", "a\nb"), Err(Refused::BadName));
-        assert_eq!(with(b"", &"x".repeat(201)), Err(Refused::BadName));
+        assert_eq!(with(b"", &"x".repeat(401)), Err(Refused::BadName));
+    }
+
+    #[test]
+    fn a_prefix_can_have_its_own_cap() {
+        let list = with(b"", "school").unwrap().unwrap();
+        let list = with_limited(&list, "school/a", "school/", 2)
+            .unwrap()
+            .unwrap();
+        let list = with_limited(&list, "school/b", "school/", 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            with_limited(&list, "school/c", "school/", 2),
+            Err(Refused::Full)
+        );
+        assert_eq!(with_limited(&list, "school/a", "school/", 2), Ok(None));
+        assert!(with_limited(&list, "auth/a", "auth/", 2).unwrap().is_some());
     }
 
     #[test]

@@ -1,96 +1,288 @@
-//! The local answer to a refused request: seed 004's JSON error with a `retry-after`
-//! header. The body is prepared once per cluster, so refusing while open costs one
-//! number's formatting, not a JSON serialisation.
+//! The local answer to a refused request: by default seed 004's JSON error with a
+//! `retry-after` header; or a per-cluster `fallback` with `{cluster}` and `{retry_after}`
+//! filled in; or, for gRPC callers, a gRPC `UNAVAILABLE`. Templates are parsed once per
+//! cluster, so refusing costs a little formatting, never a parse.
 
-use super::breaker::Rejection;
-use super::state::State;
+use super::breaker::{RejectKind, Rejection};
+use super::state::TripReason;
 
-/// A ready-made answer for one cluster's refusals.
-#[derive(Debug, Clone)]
-pub struct RejectReply {
-    open_prefix: String,
-    half_open_prefix: String,
+/// A piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Cluster,
+    RetryAfter,
+}
+
+/// Text with `{cluster}` and `{retry_after}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Piece>);
+
+impl Template {
+    pub fn parse(text: &str) -> Template {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find('{') {
+            let (before, after) = rest.split_at(at);
+            let (piece, len) = if after.starts_with("{cluster}") {
+                (Some(Piece::Cluster), "{cluster}".len())
+            } else if after.starts_with("{retry_after}") {
+                (Some(Piece::RetryAfter), "{retry_after}".len())
+            } else {
+                (None, 1)
+            };
+            push_text(&mut pieces, before);
+            match piece {
+                Some(p) => pieces.push(p),
+                None => push_text(&mut pieces, "{"),
+            }
+            rest = &after[len..];
+        }
+        push_text(&mut pieces, rest);
+        Template(pieces)
+    }
+
+    fn render(&self, cluster: &str, retry_after: u64) -> String {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Cluster => out.push_str(cluster),
+                Piece::RetryAfter => out.push_str(&retry_after.to_string()),
+            }
+        }
+        out
+    }
+}
+
+fn push_text(pieces: &mut Vec<Piece>, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(Piece::Text(last)) = pieces.last_mut() {
+        last.push_str(text);
+    } else {
+        pieces.push(Piece::Text(text.to_string()));
+    }
+}
+
+/// A configured answer while open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub status: u32,
+    /// Header names lower-case; values are templates.
+    pub headers: Vec<(String, Template)>,
+    pub body: Template,
 }
 
 /// What to send back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     pub body: String,
+    /// For gRPC callers: the gRPC status to answer with (Envoy then sends HTTP 200 with
+    /// `grpc-status` and `grpc-message`).
+    pub grpc_status: Option<u32>,
 }
+
+/// The answers for one breaker's refusals.
+#[derive(Debug, Clone)]
+pub struct RejectReply {
+    cluster: String,
+    fallback: Option<Fallback>,
+}
+
+/// gRPC `UNAVAILABLE`: the status a gRPC client retries on.
+pub const GRPC_UNAVAILABLE: u32 = 14;
 
 impl RejectReply {
-    pub fn new(cluster: &str) -> RejectReply {
-        let prefix = |message: String| {
-            format!(
-                "{{\"error\":\"CIRCUIT_BREAKER_OPEN\",\"message\":{},\"cluster\":{},\"retry_after_seconds\":",
-                json_string(&message),
-                json_string(cluster)
-            )
-        };
+    pub fn new(cluster: &str, fallback: Option<&Fallback>) -> RejectReply {
         RejectReply {
-            open_prefix: prefix(format!(
-                "Service {cluster} is temporarily unavailable: its circuit breaker is open"
-            )),
-            half_open_prefix: prefix(format!(
-                "Service {cluster} is temporarily unavailable: its circuit breaker is half-open and testing recovery"
-            )),
+            cluster: cluster.to_string(),
+            fallback: fallback.cloned(),
         }
     }
 
-    pub fn render(&self, rejection: &Rejection) -> Answer {
-        let secs = rejection.retry_after_secs();
-        let prefix = match rejection.state {
-            State::HalfOpen => &self.half_open_prefix,
-            State::Open | State::Closed => &self.open_prefix,
+    /// The sentence that explains a refusal.
+    pub fn message(&self, rejection: &Rejection) -> String {
+        let cluster = &self.cluster;
+        let why = match rejection.kind {
+            RejectKind::Open => format!(
+                "its circuit breaker is open ({})",
+                rejection.reason.map_or("failing", phrase)
+            ),
+            RejectKind::HalfOpen => "its circuit breaker is half-open and testing recovery".into(),
+            RejectKind::Recovering => {
+                "its circuit breaker is letting traffic back gradually after a recovery".into()
+            }
         };
-        Answer {
-            status: 503,
-            headers: vec![
-                ("content-type", "application/json".to_string()),
-                ("retry-after", secs.to_string()),
-                ("x-circuit-breaker", rejection.state.as_str().to_string()),
-            ],
-            body: format!("{prefix}{secs}}}"),
+        format!("Service {cluster} is temporarily unavailable: {why}")
+    }
+
+    pub fn render(&self, rejection: &Rejection, grpc: bool) -> Answer {
+        let secs = rejection.retry_after_secs();
+        if grpc {
+            return Answer {
+                status: 503,
+                headers: vec![
+                    ("retry-after".into(), secs.to_string()),
+                    ("x-circuit-breaker".into(), rejection.kind.as_str().into()),
+                ],
+                body: self.message(rejection),
+                grpc_status: Some(GRPC_UNAVAILABLE),
+            };
         }
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let (status, body) = match &self.fallback {
+            Some(f) => {
+                for (name, value) in &f.headers {
+                    headers.push((
+                        name.clone(),
+                        header_safe(&value.render(&self.cluster, secs)),
+                    ));
+                }
+                (f.status, f.body.render(&self.cluster, secs))
+            }
+            None => (503, self.default_body(rejection, secs)),
+        };
+        for (name, value) in [
+            ("content-type", "application/json".to_string()),
+            ("retry-after", secs.to_string()),
+            ("x-circuit-breaker", rejection.kind.as_str().to_string()),
+        ] {
+            if !headers.iter().any(|(n, _)| n == name) {
+                headers.push((name.to_string(), value));
+            }
+        }
+        Answer {
+            status,
+            headers,
+            body,
+            grpc_status: None,
+        }
+    }
+
+    fn default_body(&self, rejection: &Rejection, secs: u64) -> String {
+        serde_json::json!({
+            "error": "CIRCUIT_BREAKER_OPEN",
+            "message": self.message(rejection),
+            "cluster": self.cluster,
+            "state": rejection.kind.as_str(),
+            "reason": rejection.reason.map(TripReason::as_str),
+            "retry_after_seconds": secs,
+        })
+        .to_string()
     }
 }
 
-fn json_string(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string()
+/// A short phrase for a trip reason, for messages meant for people.
+pub fn phrase(reason: TripReason) -> &'static str {
+    match reason {
+        TripReason::ConsecutiveFailures => "too many consecutive failures",
+        TripReason::FailureRate => "failure rate too high",
+        TripReason::SlowCallRate => "too many slow calls",
+        TripReason::UpstreamAsked => "the upstream asked to retry later",
+        TripReason::Forced => "forced open",
+        TripReason::ProbeFailed => "a recovery probe failed",
+        TripReason::HalfOpenTimeout => "recovery probes did not finish",
+    }
+}
+
+/// A header value cannot carry control characters; a cluster name that holds one must not
+/// split the header.
+fn header_safe(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn open_for(ms: u64) -> Rejection {
+        Rejection {
+            kind: RejectKind::Open,
+            reason: Some(TripReason::ConsecutiveFailures),
+            retry_after_ms: ms,
+        }
+    }
+
+    fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
+        a.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
-    fn the_body_is_seed_004s_error_with_the_seconds_left() {
-        let answer = RejectReply::new("auth").render(&Rejection {
-            state: State::Open,
-            retry_after_ms: 29_001,
-        });
+    fn the_default_body_is_seed_004s_error_with_the_seconds_left() {
+        let answer = RejectReply::new("auth", None).render(&open_for(29_001), false);
         assert_eq!(answer.status, 503);
         let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
         assert_eq!(body["error"], "CIRCUIT_BREAKER_OPEN");
         assert_eq!(body["cluster"], "auth");
         assert_eq!(body["retry_after_seconds"], 30);
+        assert_eq!(body["reason"], "consecutive_failures");
+        assert_eq!(body["state"], "open");
         assert!(body["message"].as_str().unwrap().contains("auth"));
-        assert!(answer.headers.contains(&("retry-after", "30".to_string())));
-        assert!(answer
-            .headers
-            .contains(&("content-type", "application/json".to_string())));
+        assert_eq!(header(&answer, "retry-after"), Some("30"));
+        assert_eq!(header(&answer, "content-type"), Some("application/json"));
+        assert_eq!(header(&answer, "x-circuit-breaker"), Some("open"));
     }
 
     #[test]
     fn odd_cluster_names_stay_valid_json() {
-        let answer = RejectReply::new("we\"ird\\name\n").render(&Rejection {
-            state: State::HalfOpen,
+        let rej = Rejection {
+            kind: RejectKind::HalfOpen,
+            reason: None,
             retry_after_ms: 1_000,
-        });
+        };
+        let answer = RejectReply::new("we\"ird\\name\n", None).render(&rej, false);
         let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
         assert_eq!(body["cluster"], "we\"ird\\name\n");
         assert!(body["message"].as_str().unwrap().contains("half-open"));
+    }
+
+    #[test]
+    fn a_fallback_fills_in_cluster_and_retry_after() {
+        let fallback = Fallback {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), Template::parse("text/plain")),
+                ("x-degraded".into(), Template::parse("{cluster}")),
+            ],
+            body: Template::parse("{cluster} is resting, back in {retry_after}s {not a slot}"),
+        };
+        let answer = RejectReply::new("school", Some(&fallback)).render(&open_for(4_500), false);
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "school is resting, back in 5s {not a slot}");
+        assert_eq!(header(&answer, "content-type"), Some("text/plain"));
+        assert_eq!(header(&answer, "x-degraded"), Some("school"));
+        assert_eq!(header(&answer, "retry-after"), Some("5"));
+    }
+
+    #[test]
+    fn a_cluster_name_cannot_split_a_header() {
+        let fallback = Fallback {
+            status: 503,
+            headers: vec![("x-who".into(), Template::parse("{cluster}"))],
+            body: Template::parse(""),
+        };
+        let answer =
+            RejectReply::new("evil\r\nset-cookie: x", Some(&fallback)).render(&open_for(1), false);
+        assert_eq!(header(&answer, "x-who"), Some("evilset-cookie: x"));
+    }
+
+    #[test]
+    fn grpc_callers_get_unavailable() {
+        let answer = RejectReply::new("school", None).render(&open_for(3_000), true);
+        assert_eq!(answer.grpc_status, Some(14));
+        assert!(answer.body.contains("circuit breaker is open"));
+    }
+
+    #[test]
+    fn templates_keep_plain_braces() {
+        let t = Template::parse("{\"a\": {retry_after}}");
+        assert_eq!(t.render("c", 7), "{\"a\": 7}");
     }
 }

@@ -186,7 +186,7 @@ impl StateStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::breaker::{admit, record, Admission};
+    use crate::core::breaker::{admit, record, Admission, Call};
     use crate::core::outcome::{Failure, Outcome};
     use crate::core::settings::Settings;
     use crate::core::state::State;
@@ -226,7 +226,7 @@ mod tests {
         update(&store, "k", 3, bump).unwrap();
         let cas_before = load(&store, "k").unwrap().cas;
         let s = Settings::default();
-        let out = update(&store, "k", 3, |r| admit(r, &s, 0)).unwrap();
+        let out = update(&store, "k", 3, |r| admit(r, &s, 0, 0)).unwrap();
         assert!(matches!(out.value, Admission::Admitted(_)));
         assert_eq!(load(&store, "k").unwrap().cas, cas_before);
     }
@@ -272,11 +272,18 @@ mod tests {
             ..Settings::default()
         };
         for i in 0..2 {
-            let ticket = match update(&store, "k", 3, |r| admit(r, &s, i)).unwrap().value {
+            let ticket = match update(&store, "k", 3, |r| admit(r, &s, i, 0))
+                .unwrap()
+                .value
+            {
                 Admission::Admitted(t) => t,
                 other => panic!("{other:?}"),
             };
-            let fail = Outcome::Failure(Failure::Status(500));
+            let fail = Call {
+                outcome: Outcome::Failure(Failure::Status(500)),
+                elapsed_ms: 1,
+                retry_after_ms: None,
+            };
             update(&store, "k", 3, |r| record(r, &s, ticket, fail, i)).unwrap();
         }
         assert_eq!(load(&store, "k").unwrap().record.state, State::Open);

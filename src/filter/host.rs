@@ -12,6 +12,7 @@ const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
 
+const BUFFER_RESPONSE_BODY: u32 = 1;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
 const METRIC_GAUGE: u32 = 1;
@@ -33,6 +34,13 @@ extern "C" {
         kind: u32,
         start: usize,
         max: usize,
+        out: *mut *mut u8,
+        out_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
         out: *mut *mut u8,
         out_size: *mut usize,
     ) -> u32;
@@ -110,6 +118,41 @@ pub fn set_tick_period_ms(period: u32) -> Result<(), HostError> {
     unsafe { check(proxy_set_tick_period_milliseconds(period)) }
 }
 
+/// Header maps of the current stream.
+#[derive(Debug, Clone, Copy)]
+pub enum Map {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+    ResponseTrailers = 3,
+}
+
+/// One header of the current stream; `None` when absent.
+pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data = null_mut();
+    let mut len = 0;
+    let status = unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut len)
+    };
+    match status {
+        OK => Ok(unsafe { owned(data, len) }),
+        NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+/// The response body chunk the current `on_http_response_body` call is about.
+pub fn response_body(size: usize) -> Result<Vec<u8>, HostError> {
+    let mut data = null_mut();
+    let mut len = 0;
+    let status =
+        unsafe { proxy_get_buffer_bytes(BUFFER_RESPONSE_BODY, 0, size, &mut data, &mut len) };
+    match status {
+        OK => Ok(unsafe { owned(data, len) }.unwrap_or_default()),
+        NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
 /// The plugin configuration handed to `on_configure`.
 pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, HostError> {
     let mut data = null_mut();
@@ -177,12 +220,14 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<Saved, HostE
 }
 
 /// Answers the current request locally; `details` shows in Envoy's access log as the
-/// response code details.
+/// response code details. With `grpc_status`, a gRPC caller gets a gRPC answer (HTTP 200,
+/// `grpc-status`, and the body as `grpc-message`).
 pub fn send_local_response(
     status: u32,
     details: &str,
     headers: &[(&str, &str)],
     body: &[u8],
+    grpc_status: Option<u32>,
 ) -> Result<(), HostError> {
     let headers = serialize_map(headers);
     unsafe {
@@ -198,7 +243,9 @@ pub fn send_local_response(
             body.len(),
             headers.as_ptr(),
             headers.len(),
-            -1,
+            grpc_status
+                .and_then(|g| i32::try_from(g).ok())
+                .unwrap_or(-1),
         ))
     }
 }

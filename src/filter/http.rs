@@ -1,6 +1,7 @@
 //! One HTTP stream: ask the breaker when the request headers arrive, answer locally if it
-//! is open, and record the outcome in `on_log`, which Envoy calls for every stream, also
-//! after resets and local replies.
+//! is open, note what the response says (gRPC status, an upstream's Retry-After, a body
+//! worth caching), and record the outcome in `on_log`, which Envoy calls for every stream,
+//! also after resets and local replies.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,20 +10,33 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::core::breaker::Ticket;
-use crate::core::outcome::{classify, StreamEnd};
+use crate::core::outcome::StreamEnd;
 
-use super::host::{self, Level};
-use super::worker::{Decision, Worker};
+use super::host::{self, Level, Map};
+use super::worker::{Captured, Decision, Reply, Worker};
 
 /// Property paths, NUL-separated as the ABI wants them.
 const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
+const ROUTE_NAME: &[u8] = b"xds\0route_name";
 const RESPONSE_CODE: &[u8] = b"response\0code";
 const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 
+/// What an admitted request carries until its outcome is recorded.
+struct Admitted {
+    slot: usize,
+    ticket: Ticket,
+    started_ms: u64,
+    grpc: bool,
+    /// Honour an upstream's Retry-After (the cluster asks for it).
+    watch_retry_after: bool,
+    grpc_status: Option<u32>,
+    retry_after: Option<Vec<u8>>,
+    capture: Option<Captured>,
+}
+
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
-    /// Slot and ticket of an admitted request; `None` for anything not to be recorded.
-    admitted: Option<(usize, Ticket)>,
+    admitted: Option<Admitted>,
 }
 
 impl Stream {
@@ -48,42 +62,117 @@ impl HttpContext for Stream {
         let Ok(mut worker) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        let Some(slot) = worker.slot_for(&cluster) else {
+        let Some(mut slot) = worker.slot_for(&cluster) else {
             return Action::Continue;
         };
-        match worker.admit(slot, host::now_ms()) {
+        let Some(settings) = worker.settings(slot) else {
+            return Action::Continue;
+        };
+        let per_route = settings.max_route_breakers.is_some();
+        let wants_path = !settings.exclude_paths.is_empty() || settings.cache.is_some();
+        let path = if wants_path {
+            request_header(":path")
+        } else {
+            None
+        };
+        if let Some(path) = &path {
+            if settings.excludes(path) {
+                return Action::Continue;
+            }
+        }
+        let watch_retry_after = settings.honor_retry_after;
+        let caches = settings.cache.is_some();
+        if per_route {
+            if let Ok(Some(route)) = host::property(ROUTE_NAME) {
+                slot = worker.route_slot(slot, &route);
+            }
+        }
+        let grpc =
+            request_header("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        let cache_key = match (caches, &path) {
+            (true, Some(p)) if request_header(":method").as_deref() == Some(b"GET") => {
+                String::from_utf8(p.clone()).ok()
+            }
+            _ => None,
+        };
+        let now_ms = host::now_ms();
+        match worker.admit(slot, now_ms, grpc, cache_key.as_deref()) {
             Decision::Admitted(ticket) => {
-                self.admitted = Some((slot, ticket));
+                let capture = cache_key
+                    .filter(|k| !grpc && worker.wants_capture(slot, k, now_ms))
+                    .map(|key| Captured {
+                        key,
+                        status: 0,
+                        content_type: None,
+                        body: Vec::new(),
+                    });
+                self.admitted = Some(Admitted {
+                    slot,
+                    ticket,
+                    started_ms: now_ms,
+                    grpc,
+                    watch_retry_after,
+                    grpc_status: None,
+                    retry_after: None,
+                    capture,
+                });
                 Action::Continue
             }
-            Decision::Untracked => Action::Continue,
-            Decision::Rejected(answer) => {
-                let headers: Vec<(&str, &str)> = answer
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
-                match host::send_local_response(
-                    answer.status,
-                    "circuit_breaker_open",
-                    &headers,
-                    answer.body.as_bytes(),
-                ) {
-                    Ok(()) => Action::Pause,
-                    Err(e) => {
-                        host::log(
-                            Level::Warn,
-                            &format!("[CIRCUIT_BREAKER] could not send the local reply (host status {}); letting the request through", e.0),
-                        );
-                        Action::Continue
-                    }
-                }
-            }
+            Decision::Pass => Action::Continue,
+            Decision::Reject(reply) => answer(reply),
         }
     }
 
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(a) = &mut self.admitted else {
+            return Action::Continue;
+        };
+        if a.grpc {
+            a.grpc_status = header_u32(Map::ResponseHeaders, "grpc-status");
+        }
+        if a.watch_retry_after || a.capture.is_some() {
+            let status = header_u32(Map::ResponseHeaders, ":status").unwrap_or(0);
+            if a.watch_retry_after && (status == 429 || status == 503) {
+                a.retry_after = host::header(Map::ResponseHeaders, "retry-after")
+                    .ok()
+                    .flatten();
+            }
+            if status == 200 {
+                if let Some(c) = &mut a.capture {
+                    c.status = status;
+                    c.content_type = host::header(Map::ResponseHeaders, "content-type")
+                        .ok()
+                        .flatten()
+                        .and_then(|v| String::from_utf8(v).ok());
+                }
+            } else {
+                a.capture = None;
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(c) = self.admitted.as_mut().and_then(|a| a.capture.as_mut()) {
+            match host::response_body(body_size) {
+                Ok(chunk) => c.body.extend_from_slice(&chunk),
+                Err(_) => self.admitted.as_mut().map_or((), |a| a.capture = None),
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if let Some(a) = self.admitted.as_mut().filter(|a| a.grpc) {
+            if let Some(status) = header_u32(Map::ResponseTrailers, "grpc-status") {
+                a.grpc_status = Some(status);
+            }
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
-        let (Some((slot, ticket)), Some(worker)) = (self.admitted.take(), &self.worker) else {
+        let (Some(a), Some(worker)) = (self.admitted.take(), &self.worker) else {
             return;
         };
         let end = StreamEnd {
@@ -96,9 +185,53 @@ impl HttpContext for Stream {
                 .ok()
                 .flatten()
                 .unwrap_or(0),
+            grpc_status: a.grpc_status,
         };
         if let Ok(mut worker) = worker.try_borrow_mut() {
-            worker.record(slot, ticket, classify(end));
+            worker.record(
+                a.slot,
+                a.ticket,
+                end,
+                a.started_ms,
+                a.retry_after.as_deref(),
+                a.capture,
+            );
+        }
+    }
+}
+
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    host::header(Map::RequestHeaders, name).ok().flatten()
+}
+
+fn header_u32(map: Map, name: &str) -> Option<u32> {
+    let value = host::header(map, name).ok().flatten()?;
+    std::str::from_utf8(&value).ok()?.trim().parse().ok()
+}
+
+fn answer(reply: Reply) -> Action {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    match host::send_local_response(
+        reply.status,
+        "circuit_breaker_open",
+        &headers,
+        &reply.body,
+        reply.grpc_status,
+    ) {
+        Ok(()) => Action::Pause,
+        Err(e) => {
+            host::log(
+                Level::Warn,
+                &format!(
+                    "[CIRCUIT_BREAKER] could not send the local reply (host status {}); letting the request through",
+                    e.0
+                ),
+            );
+            Action::Continue
         }
     }
 }

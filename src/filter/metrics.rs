@@ -1,9 +1,9 @@
-//! Envoy stats for one cluster's breaker. The ABI has no labels, so labels ride in the stat
-//! name (`circuit_breaker_requests_total.outcome=success.cluster=auth`) and the
-//! `stats_tags` in Envoy's bootstrap turn them into Prometheus labels. Request counts are
-//! kept locally and added on the timer, so the request path makes no metric call.
+//! Envoy stats for one breaker. The ABI has no labels, so labels ride in the stat name
+//! (`circuit_breaker_requests_total.outcome=success.cluster=auth`) and the `stats_tags` in
+//! Envoy's bootstrap turn them into Prometheus labels. Request counts are kept locally and
+//! added on the timer, so the request path makes no metric call.
 
-use crate::core::state::{State, Transition, TripReason};
+use crate::core::state::{Cause, Counts, State, Transition, TripReason};
 
 use super::host::{self, MetricKind};
 
@@ -12,17 +12,26 @@ use super::host::{self, MetricKind};
 pub enum Counted {
     Success = 0,
     Failure = 1,
-    Rejected = 2,
-    Ignored = 3,
+    /// Succeeded, but slower than `slow_call_duration` (with the slow-call rule on).
+    Slow = 2,
+    Rejected = 3,
+    Ignored = 4,
+    /// Let through in `dry_run` where `enforce` would have refused it.
+    WouldReject = 5,
+    /// Took a half-open probe slot.
+    Probe = 6,
 }
 
-const OUTCOMES: [&str; 4] = ["success", "failure", "rejected", "ignored"];
-/// The transitions that can happen, in the order their stats are defined.
-const MOVES: [(State, State); 4] = [
+const OUTCOMES: [&str; 5] = ["success", "failure", "slow", "rejected", "ignored"];
+
+/// Every transition that moves the breaker somewhere else, in stat order.
+const MOVES: [(State, State); 6] = [
     (State::Closed, State::Open),
     (State::Open, State::HalfOpen),
     (State::HalfOpen, State::Closed),
     (State::HalfOpen, State::Open),
+    (State::Open, State::Closed),
+    (State::Closed, State::HalfOpen),
 ];
 
 /// Stat name with labels appended; `cluster` goes last because its value may hold dots.
@@ -39,26 +48,38 @@ pub fn stat_name(base: &str, labels: &[(&str, &str)], cluster: &str) -> String {
     name
 }
 
-/// One cluster's stat ids and not-yet-published request counts.
+/// One breaker's stat ids and not-yet-published request counts.
 pub struct Metrics {
-    requests: [Option<u32>; 4],
-    pending: [u64; 4],
-    transitions: [Option<u32>; 4],
-    trips: [Option<u32>; 3],
+    /// Ids of the request outcomes, then would-reject, then probes.
+    counted: [Option<u32>; 7],
+    pending: [u64; 7],
+    transitions: [Option<u32>; 6],
+    trips: [Option<u32>; 7],
     state: Option<u32>,
+    failure_rate: Option<u32>,
+    slow_rate: Option<u32>,
     store_give_ups: Option<u32>,
 }
 
 impl Metrics {
-    /// Defines the cluster's stats; a stat the host refuses is skipped, never fatal.
+    /// Defines the breaker's stats; a stat the host refuses is skipped, never fatal.
     pub fn define(cluster: &str) -> Metrics {
-        let counter = |base: &str, labels: &[(&str, &str)]| {
-            host::define_metric(MetricKind::Counter, &stat_name(base, labels, cluster)).ok()
+        let define = |kind, base: &str, labels: &[(&str, &str)]| {
+            host::define_metric(kind, &stat_name(base, labels, cluster)).ok()
         };
+        let counter =
+            |base: &str, labels: &[(&str, &str)]| define(MetricKind::Counter, base, labels);
+        let gauge = |base: &str| define(MetricKind::Gauge, base, &[]);
+        let mut counted = [None; 7];
+        for (i, o) in OUTCOMES.iter().enumerate() {
+            counted[i] = counter("circuit_breaker_requests_total", &[("outcome", o)]);
+        }
+        counted[Counted::WouldReject as usize] =
+            counter("circuit_breaker_dry_run_rejections_total", &[]);
+        counted[Counted::Probe as usize] = counter("circuit_breaker_probes_total", &[]);
         Metrics {
-            requests: OUTCOMES
-                .map(|o| counter("circuit_breaker_requests_total", &[("outcome", o)])),
-            pending: [0; 4],
+            counted,
+            pending: [0; 7],
             transitions: MOVES.map(|(from, to)| {
                 counter(
                     "circuit_breaker_transitions_total",
@@ -67,11 +88,9 @@ impl Metrics {
             }),
             trips: TripReason::ALL
                 .map(|r| counter("circuit_breaker_trips_total", &[("reason", r.as_str())])),
-            state: host::define_metric(
-                MetricKind::Gauge,
-                &stat_name("circuit_breaker_state", &[], cluster),
-            )
-            .ok(),
+            state: gauge("circuit_breaker_state"),
+            failure_rate: gauge("circuit_breaker_failure_rate_percent"),
+            slow_rate: gauge("circuit_breaker_slow_call_rate_percent"),
             store_give_ups: counter("circuit_breaker_store_give_ups_total", &[]),
         }
     }
@@ -80,9 +99,9 @@ impl Metrics {
         self.pending[what as usize] += 1;
     }
 
-    /// Publishes the request counts gathered since the last flush.
+    /// Publishes the counts gathered since the last flush.
     pub fn flush(&mut self) {
-        for (pending, id) in self.pending.iter_mut().zip(self.requests) {
+        for (pending, id) in self.pending.iter_mut().zip(self.counted) {
             if *pending > 0 {
                 if let Some(id) = id {
                     let _ = host::increment_metric(id, *pending);
@@ -96,18 +115,28 @@ impl Metrics {
         if let Some(i) = MOVES.iter().position(|m| *m == (t.from, t.to)) {
             bump(self.transitions[i]);
         }
-        if let crate::core::state::Cause::Tripped(reason) = t.cause {
+        if let Some(reason) = t.cause.reason() {
             if let Some(i) = TripReason::ALL.iter().position(|r| *r == reason) {
                 bump(self.trips[i]);
             }
+        }
+        if t.cause == Cause::Reset {
+            self.rates(&Counts::default());
         }
         self.state(t.to);
     }
 
     pub fn state(&self, state: State) {
-        if let Some(id) = self.state {
-            let _ = host::record_metric(id, state.gauge());
-        }
+        set(self.state, state.gauge());
+    }
+
+    /// The window's failure and slow-call rates, in whole percent.
+    pub fn rates(&self, counts: &Counts) {
+        set(
+            self.failure_rate,
+            (counts.failure_rate() * 100.0).round() as u64,
+        );
+        set(self.slow_rate, (counts.slow_rate() * 100.0).round() as u64);
     }
 
     pub fn store_give_up(&self) {
@@ -118,6 +147,12 @@ impl Metrics {
 fn bump(id: Option<u32>) {
     if let Some(id) = id {
         let _ = host::increment_metric(id, 1);
+    }
+}
+
+fn set(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = host::record_metric(id, value);
     }
 }
 

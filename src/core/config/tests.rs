@@ -1,0 +1,270 @@
+//! The plugin JSON: what is accepted, what each field becomes, and how refusals read.
+
+use super::*;
+
+fn parse(json: &str) -> Result<PluginConfig, ConfigError> {
+    PluginConfig::parse(json.as_bytes())
+}
+
+fn refusal(json: &str) -> String {
+    parse(json).unwrap_err().to_string()
+}
+
+const ISSUE_EXAMPLE: &str = r#"{
+  "default": {
+    "failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20,
+    "window": "10s", "open_duration": "60s", "half_open_max_requests": 1,
+    "success_threshold": 1
+  },
+  "clusters": {
+    "auth":    { "failure_threshold": 5, "open_duration": "60s" },
+    "student": { "failure_threshold": 3, "open_duration": "30s",
+                 "half_open_max_requests": 2, "success_threshold": 2 }
+  }
+}"#;
+
+#[test]
+fn clusters_override_the_default_field_by_field() {
+    let config = parse(ISSUE_EXAMPLE).unwrap();
+    let student = config.settings_for("student");
+    assert_eq!(student.failure_threshold, 3);
+    assert_eq!(student.open_duration_ms, 30_000);
+    assert_eq!(student.half_open_max_requests, 2);
+    assert_eq!(student.success_threshold, 2);
+    assert_eq!(
+        student.window,
+        WindowSpec::Time { window_ms: 10_000 },
+        "inherited"
+    );
+    assert_eq!(student.minimum_requests, 20, "inherited from default");
+}
+
+#[test]
+fn unnamed_clusters_use_the_default_block() {
+    let config = parse(r#"{"default": {"failure_threshold": 9}}"#).unwrap();
+    assert_eq!(config.settings_for("anything").failure_threshold, 9);
+    assert_eq!(config.settings_for("anything").open_duration_ms, 60_000);
+}
+
+#[test]
+fn an_empty_configuration_means_all_defaults() {
+    assert_eq!(parse("").unwrap().default, Settings::default());
+    assert_eq!(parse("  {} ").unwrap().default, Settings::default());
+}
+
+#[test]
+fn every_new_field_reaches_the_settings() {
+    let config = parse(
+        r#"{"default": {
+            "slow_call_duration": "750ms", "slow_call_rate_threshold": 0.4,
+            "window_type": "count", "window_size": 50,
+            "backoff_multiplier": 2, "max_open_duration": "5m", "jitter": 0.1,
+            "half_open_max_duration": "20s", "recovery_duration": "30s",
+            "honor_retry_after": true,
+            "failure_status": ["5xx", 429], "ignore_status": ["501-502"],
+            "count_connect_failures": false, "count_resets": false, "count_timeouts": false,
+            "grpc_failure_codes": ["UNAVAILABLE", 13, "resource_exhausted"],
+            "mode": "dry_run", "exclude_paths": ["/health"],
+            "per_route": true, "max_route_breakers": 4,
+            "fallback": {"status": 200, "body": "{cluster} later", "headers": {"X-Mode": "degraded"}},
+            "fallback_cache": {"max_entries": 10, "max_bytes": 5000, "max_age": "1m"}
+        }}"#,
+    )
+    .unwrap();
+    let s = config.default;
+    assert_eq!(s.slow_call_duration_ms, 750);
+    assert_eq!(s.slow_call_rate_threshold, 0.4);
+    assert_eq!(s.window, WindowSpec::Count { size: 50 });
+    assert_eq!(
+        (s.backoff_multiplier, s.max_open_duration_ms, s.jitter),
+        (2.0, 300_000, 0.1)
+    );
+    assert_eq!(
+        (s.half_open_max_duration_ms, s.recovery_duration_ms),
+        (20_000, 30_000)
+    );
+    assert!(s.honor_retry_after);
+    assert!(s.classifier.failure_status.contains(429));
+    assert!(s.classifier.failure_status.contains(503));
+    assert!(s.classifier.ignore_status.contains(502));
+    assert!(!s.classifier.connect_failures && !s.classifier.resets && !s.classifier.timeouts);
+    assert_eq!(
+        s.classifier.grpc_failure_codes,
+        (1 << 14) | (1 << 13) | (1 << 8)
+    );
+    assert_eq!(s.mode, Mode::DryRun);
+    assert_eq!(s.exclude_paths, ["/health"]);
+    assert_eq!(s.max_route_breakers, Some(4));
+    let fallback = s.fallback.unwrap();
+    assert_eq!(fallback.status, 200);
+    assert_eq!(fallback.headers[0].0, "x-mode");
+    let cache = s.cache.unwrap();
+    assert_eq!(
+        (cache.max_entries, cache.max_bytes, cache.max_age_ms),
+        (10, 5000, 60_000)
+    );
+}
+
+#[test]
+fn the_open_time_cap_follows_a_long_open_duration() {
+    let config = parse(r#"{"clusters": {"slow": {"open_duration": "20m"}}}"#).unwrap();
+    assert_eq!(config.settings_for("slow").max_open_duration_ms, 1_200_000);
+    assert_eq!(config.default.max_open_duration_ms, 600_000);
+    let msg = refusal(r#"{"default": {"open_duration": "5m", "max_open_duration": "1m"}}"#);
+    assert!(
+        msg.contains("default.max_open_duration: must not be shorter than open_duration (300s)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_inherited_value_is_blamed_on_the_block_that_set_it() {
+    let msg = refusal(
+        r#"{"default": {"max_open_duration": "1m"}, "clusters": {"auth": {"open_duration": "2m"}}}"#,
+    );
+    assert!(msg.contains("default.max_open_duration"), "{msg}");
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_path() {
+    let msg = refusal(r#"{"clusters": {"auth": {"failure_treshold": 3}}}"#);
+    assert!(msg.contains("clusters.auth"), "{msg}");
+    assert!(msg.contains("failure_treshold"), "{msg}");
+    let msg = refusal(r#"{"defaults": {}}"#);
+    assert!(msg.contains("unknown field `defaults`"), "{msg}");
+    let msg = refusal(r#"{"default": {"fallback": {"stauts": 200}}}"#);
+    assert!(msg.contains("default.fallback"), "{msg}");
+}
+
+#[test]
+fn wrong_types_are_refused_with_their_path() {
+    let msg = refusal(r#"{"default": {"failure_threshold": "5"}}"#);
+    assert!(msg.contains("default.failure_threshold"), "{msg}");
+    assert!(msg.contains("invalid type"), "{msg}");
+    let msg = refusal(r#"{"default": {"minimum_requests": -1}}"#);
+    assert!(msg.contains("default.minimum_requests"), "{msg}");
+    let msg = refusal(r#"{"default": {"mode": "panic"}}"#);
+    assert!(
+        msg.contains("default.mode") && msg.contains("unknown variant `panic`"),
+        "{msg}"
+    );
+    let msg = refusal(r#"{"default": {"window_type": "sliding"}}"#);
+    assert!(msg.contains("default.window_type"), "{msg}");
+}
+
+#[test]
+fn out_of_range_values_name_the_rule_and_the_value() {
+    assert_eq!(
+        refusal(r#"{"clusters": {"student": {"success_threshold": 0}}}"#),
+        "invalid plugin configuration: clusters.student.success_threshold: \
+         must be between 1 and 10000, but was 0"
+    );
+    for (json, expected) in [
+        (
+            r#"{"default": {"failure_rate_threshold": 1.5}}"#,
+            "failure_rate_threshold: must be between 0 and 1, but was 1.5",
+        ),
+        (
+            r#"{"default": {"jitter": 0.9}}"#,
+            "jitter: must be between 0 and 0.5, but was 0.9",
+        ),
+        (
+            r#"{"default": {"backoff_multiplier": 0.5}}"#,
+            "backoff_multiplier: must be between 1 and 10, but was 0.5",
+        ),
+        (
+            r#"{"default": {"window_type": "count", "window_size": 5000}}"#,
+            "window_size: must be between 1 and 1000",
+        ),
+        (
+            r#"{"default": {"half_open_max_duration": "50ms"}}"#,
+            "must be \"0s\" (off) or at least 100ms",
+        ),
+        (
+            r#"{"default": {"per_route": true, "max_route_breakers": 0}}"#,
+            "max_route_breakers: must be between 1 and 256",
+        ),
+        (
+            r#"{"default": {"failure_status": ["6xx"]}}"#,
+            "failure_status: items must be status codes",
+        ),
+        (
+            r#"{"default": {"ignore_status": [700]}}"#,
+            "ignore_status: items must be status codes",
+        ),
+        (
+            r#"{"default": {"grpc_failure_codes": ["UNAVAILBLE"]}}"#,
+            "grpc_failure_codes: items must be gRPC status codes",
+        ),
+        (
+            r#"{"default": {"grpc_failure_codes": [0]}}"#,
+            "but one was 0",
+        ),
+        (
+            r#"{"default": {"exclude_paths": ["health"]}}"#,
+            "exclude_paths: items must be path prefixes",
+        ),
+        (
+            r#"{"default": {"fallback": {"status": 99}}}"#,
+            "fallback: status must be between 200 and 599",
+        ),
+        (
+            r#"{"default": {"fallback": {"headers": {"content-length": "1"}}}}"#,
+            "is not a header Envoy lets a filter set",
+        ),
+        (
+            r#"{"default": {"fallback": {"headers": {"x-a": "b\r\nc"}}}}"#,
+            "holds a control character",
+        ),
+        (
+            r#"{"default": {"fallback_cache": {"max_entries": 0}}}"#,
+            "fallback_cache: max_entries must be between 1 and 10000",
+        ),
+        (
+            r#"{"default": {"fallback_cache": {"max_age": "10ms"}}}"#,
+            "fallback_cache: max_age must be between 1s and 24h",
+        ),
+    ] {
+        let msg = refusal(json);
+        assert!(msg.contains(expected), "{json}: {msg}");
+    }
+}
+
+#[test]
+fn malformed_durations_are_refused_with_the_text_given() {
+    let msg = refusal(r#"{"default": {"open_duration": "60 seconds"}}"#);
+    assert!(msg.contains("default.open_duration"), "{msg}");
+    assert!(msg.contains("\"60 seconds\""), "{msg}");
+    let msg = refusal(r#"{"default": {"window": "5ms"}}"#);
+    assert!(msg.contains("between 100ms and 1h"), "{msg}");
+}
+
+#[test]
+fn malformed_json_is_refused() {
+    let msg = refusal(r#"{"default": {"failure_threshold": 5"#);
+    assert!(msg.starts_with("invalid plugin configuration"), "{msg}");
+    let msg = refusal(r#"{} trailing"#);
+    assert!(msg.contains("trailing"), "{msg}");
+}
+
+#[test]
+fn a_bad_cluster_refuses_the_whole_document() {
+    let msg = refusal(
+        r#"{"clusters": {"auth": {"failure_threshold": 2}, "school": {"open_duration": "x"}}}"#,
+    );
+    assert!(msg.contains("clusters.school.open_duration"), "{msg}");
+}
+
+#[test]
+fn rules_can_be_switched_off_with_zero() {
+    let config =
+        parse(r#"{"default": {"failure_threshold": 0, "failure_rate_threshold": 0}}"#).unwrap();
+    assert_eq!(config.default.failure_threshold, 0);
+    assert_eq!(config.default.failure_rate_threshold, 0.0);
+}
+
+#[test]
+fn per_route_is_off_unless_asked_for() {
+    let config = parse(r#"{"default": {"max_route_breakers": 8}}"#).unwrap();
+    assert_eq!(config.default.max_route_breakers, None);
+}
