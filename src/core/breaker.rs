@@ -134,6 +134,9 @@ pub fn admit(record: &mut Record, settings: &Settings, now_ms: u64, roll: u32) -
             },
         }),
         State::HalfOpen if record.probes_in_flight < settings.half_open_max_requests => {
+            if record.probes_in_flight == 0 {
+                record.probing_since_ms = now_ms;
+            }
             record.probes_in_flight += 1;
             took_probe = true;
             Admission::Admitted(Ticket {
@@ -174,7 +177,8 @@ fn follow_mode(record: &mut Record, s: &Settings, mode: Mode, now_ms: u64) -> Op
 }
 
 /// Moves the breaker on with time alone: an open breaker whose time is up goes half-open,
-/// a half-open one whose probes never finished goes back to open.
+/// a half-open one whose probes never finished goes back to open. A half-open breaker with
+/// no probe out is not stuck, only waiting for traffic, so it stays.
 fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transition> {
     match record.state {
         State::Open if now_ms >= record.open_until_ms => {
@@ -182,7 +186,9 @@ fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transit
         }
         State::HalfOpen
             if s.half_open_max_duration_ms > 0
-                && now_ms.saturating_sub(record.changed_at_ms) >= s.half_open_max_duration_ms =>
+                && record.probes_in_flight > 0
+                && now_ms.saturating_sub(record.probing_since_ms)
+                    >= s.half_open_max_duration_ms =>
         {
             Some(record.transition(Cause::Tripped(TripReason::HalfOpenTimeout), s, now_ms))
         }

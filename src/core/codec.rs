@@ -10,7 +10,7 @@ use super::window::{cells_bytes, Bucket, CountWindow, TimeWindow, Window, BUCKET
 
 const MAGIC: u8 = 0xCB;
 const VERSION: u8 = 2;
-const HEADER_LEN: usize = 45;
+const HEADER_LEN: usize = 53;
 const TIME_LEN: usize = 16 + BUCKETS * 12;
 const COUNT_FIXED_LEN: usize = 24;
 
@@ -56,6 +56,7 @@ pub fn encode(r: &Record) -> Vec<u8> {
     out.extend_from_slice(&r.generation.to_le_bytes());
     out.extend_from_slice(&r.changed_at_ms.to_le_bytes());
     out.extend_from_slice(&r.open_until_ms.to_le_bytes());
+    out.extend_from_slice(&r.probing_since_ms.to_le_bytes());
     for v in [
         r.consecutive_failures,
         r.probes_in_flight,
@@ -134,6 +135,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         generation: rd.u32(),
         changed_at_ms: rd.u64(),
         open_until_ms: rd.u64(),
+        probing_since_ms: rd.u64(),
         consecutive_failures: rd.u32(),
         probes_in_flight: rd.u32(),
         probe_successes: rd.u32(),
@@ -283,12 +285,12 @@ mod tests {
     prop_compose! {
         fn any_record()(
             state in state(), reason in reason(), mode_override in mode(), ramping: bool,
-            generation: u32, changed_at_ms: u64, open_until_ms: u64,
+            generation: u32, changed_at_ms: u64, open_until_ms: u64, probing_since_ms: u64,
             consecutive_failures: u32, probes_in_flight: u32, probe_successes: u32,
             trips_in_row: u32, window in window(),
         ) -> Record {
             Record { state, reason, mode_override, ramping, generation, changed_at_ms,
-                open_until_ms, consecutive_failures, probes_in_flight, probe_successes,
+                open_until_ms, probing_since_ms, consecutive_failures, probes_in_flight, probe_successes,
                 trips_in_row, window }
         }
     }

@@ -270,6 +270,8 @@ pub struct Record {
     pub changed_at_ms: u64,
     /// While open: when half-open may start.
     pub open_until_ms: u64,
+    /// While half-open: when the oldest probe still in flight was admitted.
+    pub probing_since_ms: u64,
     /// Why it last opened.
     pub reason: Option<TripReason>,
     pub consecutive_failures: u32,

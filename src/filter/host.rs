@@ -188,7 +188,8 @@ pub fn property_u64(path: &[u8]) -> Result<Option<u64>, HostError> {
     }))
 }
 
-/// Shared-data bytes of `key` and their compare-and-swap stamp; `None` when absent.
+/// Shared-data bytes of `key` and their compare-and-swap stamp; `None` when absent. Envoy
+/// hands back an empty value as a null pointer; the key still exists then.
 pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
     let mut data = null_mut();
     let mut len = 0;
@@ -196,7 +197,7 @@ pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
     let status =
         unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas) };
     match status {
-        OK => Ok(unsafe { owned(data, len) }.map(|bytes| (bytes, cas))),
+        OK => Ok(Some((unsafe { owned(data, len) }.unwrap_or_default(), cas))),
         NOT_FOUND => Ok(None),
         other => Err(HostError(other)),
     }

@@ -116,3 +116,125 @@ pub fn is_rejection(r: &Response) -> bool {
             .map(|j| j["error"] == "CIRCUIT_BREAKER_OPEN")
             .unwrap_or(false)
 }
+
+/// Inserts routes (YAML list items at the sample's route indentation) before `/auth`.
+pub fn add_routes(yaml: &str, routes: &str) -> String {
+    let anchor = "              - match: { prefix: \"/auth\" }";
+    assert!(yaml.contains(anchor), "the sample's /auth route moved");
+    yaml.replacen(anchor, &format!("{routes}{anchor}"), 1)
+}
+
+/// Appends clusters (YAML list items at the sample's cluster indentation).
+pub fn add_clusters(yaml: &str, clusters: &str) -> String {
+    assert!(
+        yaml.trim_end().ends_with('}'),
+        "the sample no longer ends with its clusters"
+    );
+    format!("{}\n{clusters}", yaml.trim_end())
+}
+
+/// An HTTP/2 cluster named `name` pointing at `port`.
+pub fn h2_cluster(name: &str, port: u16) -> String {
+    format!(
+        "  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"
+    )
+}
+
+/// The Python in the virtualenv `make` sets up (it has grpcio for the gRPC peer).
+pub fn venv_python() -> std::path::PathBuf {
+    root().join(".venv/bin/python")
+}
+
+/// The real gRPC peer of `tests/grpc/school_grpc.py`, running.
+pub struct GrpcSchool {
+    child: std::process::Child,
+    pub addr: String,
+}
+
+impl GrpcSchool {
+    pub fn start() -> GrpcSchool {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(venv_python())
+            .arg(root().join("tests/grpc/school_grpc.py"))
+            .arg("serve")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python from .venv (run `make test`)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(addr.starts_with("127.0.0.1:"), "{line:?}");
+        GrpcSchool { child, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Calls that reached this server.
+    pub fn served(&self) -> u64 {
+        let out = std::process::Command::new(venv_python())
+            .arg(root().join("tests/grpc/school_grpc.py"))
+            .args(["count", &self.addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for GrpcSchool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes `n` gRPC calls to `addr` with `payload`; one JSON object per call.
+pub fn grpc_calls(addr: &str, payload: &str, n: usize) -> Vec<Value> {
+    let out = std::process::Command::new(venv_python())
+        .arg(root().join("tests/grpc/school_grpc.py"))
+        .args(["call", addr, payload, &n.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Sends `n` GETs one after another and returns the responses.
+pub fn calls(envoy: &Envoy, path: &str, n: usize) -> Vec<Response> {
+    (0..n).map(|_| envoy.call(path)).collect()
+}
+
+/// Points the endpoint of cluster `name` at `port`.
+pub fn point_cluster(yaml: &str, name: &str, port: u16) -> String {
+    let at = yaml
+        .find(&format!("cluster_name: {name}\n"))
+        .unwrap_or_else(|| panic!("no cluster {name}"));
+    let value_at = yaml[at..].find("port_value: ").unwrap() + at + "port_value: ".len();
+    let digits = yaml[value_at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .count();
+    format!("{}{port}{}", &yaml[..value_at], &yaml[value_at + digits..])
+}

@@ -127,7 +127,8 @@ pub fn post_json(addr: &str, path: &str, body: &serde_json::Value) -> io::Result
     )
 }
 
-fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
+/// Reads a chunked body, trailers dropped.
+pub fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut line = String::new();
     loop {

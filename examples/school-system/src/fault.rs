@@ -20,6 +20,12 @@ pub struct Faults {
     /// Delay added before every answer.
     #[serde(default)]
     pub response_time_ms: u64,
+    /// Status of a failed answer, instead of 500 (random failure) or 503 (down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_status: Option<u16>,
+    /// A `Retry-After` header to send with failed answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
 }
 
 fn yes() -> bool {
@@ -32,6 +38,8 @@ impl Default for Faults {
             failure_rate: 0.0,
             is_healthy: true,
             response_time_ms: 0,
+            failure_status: None,
+            retry_after: None,
         }
     }
 }
@@ -74,6 +82,20 @@ impl FaultSwitch {
     }
 
     pub fn set(&self, faults: Faults) -> Result<(), String> {
+        if let Some(status) = faults.failure_status.filter(|s| !(200..=599).contains(s)) {
+            return Err(format!(
+                "failure_status must be between 200 and 599, but was {status}"
+            ));
+        }
+        if let Some(v) = faults
+            .retry_after
+            .as_ref()
+            .filter(|v| v.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "retry_after must not hold control characters, but was {v:?}"
+            ));
+        }
         if !(0.0..=1.0).contains(&faults.failure_rate) {
             return Err(format!(
                 "failure_rate must be between 0 and 1, but was {}",
@@ -87,8 +109,8 @@ impl FaultSwitch {
         Ok(())
     }
 
-    /// Decides one request's fate, and returns the delay to apply first.
-    pub fn judge(&self) -> (Verdict, u64) {
+    /// Decides one request's fate; the caller applies `faults.response_time_ms` first.
+    pub fn judge(&self) -> (Verdict, Faults) {
         let f = self.get();
         let verdict = if !f.is_healthy {
             Verdict::Down
@@ -97,7 +119,7 @@ impl FaultSwitch {
         } else {
             Verdict::Serve
         };
-        (verdict, f.response_time_ms)
+        (verdict, f)
     }
 
     /// A uniform draw in [0, 1) from a xorshift generator; good enough to shape load.
@@ -118,7 +140,7 @@ mod tests {
     #[test]
     fn healthy_by_default() {
         let s = FaultSwitch::default();
-        assert_eq!(s.judge(), (Verdict::Serve, 0));
+        assert_eq!(s.judge(), (Verdict::Serve, Faults::default()));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The loop every service runs: a pool of threads answering HTTP, with the fault switch,
+//! The loop every service runs: a small HTTP/1.1 server (a thread per keep-alive
+//! connection, each response in one write with Nagle off) with the fault switch,
 //! `GET /health` and a request counter built in, so each service only writes its API.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -11,8 +13,10 @@ use serde_json::{json, Value};
 
 use crate::fault::{FaultSwitch, Faults, Verdict};
 
-/// Threads answering requests; enough for the concurrency tests' slow upstreams.
-const THREADS: usize = 64;
+/// Connections served at once (a thread each); more are closed at once.
+const MAX_CONNECTIONS: u64 = 2_048;
+/// A keep-alive connection idle this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest request body read.
 const MAX_BODY: u64 = 64 * 1024;
 
@@ -35,6 +39,7 @@ impl Incoming {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -42,6 +47,7 @@ impl Reply {
         Reply {
             status,
             body: json!({"success": true, "data": data}),
+            headers: Vec::new(),
         }
     }
 
@@ -50,6 +56,7 @@ impl Reply {
         Reply {
             status,
             body: json!({"success": false, "error": code, "message": message}),
+            headers: Vec::new(),
         }
     }
 
@@ -69,34 +76,28 @@ pub fn run(
     let port = crate::arg("--port")
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or(default_port);
-    let server = tiny_http::Server::http((host.as_str(), port)).map_err(|e| {
+    let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| {
         std::io::Error::other(format!("{name}: cannot listen on {host}:{port}: {e}"))
     })?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    println!("{name} listening on {addr}");
-    let server = Arc::new(server);
+    println!("{name} listening on {}", listener.local_addr()?);
     let service = Arc::new(Service {
         name,
         faults: FaultSwitch::default(),
         served: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         handler: Box::new(handler),
     });
-    let mut threads = Vec::new();
-    for _ in 0..THREADS {
-        let server = Arc::clone(&server);
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if service.connections.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            continue;
+        }
         let service = Arc::clone(&service);
-        threads.push(thread::spawn(move || {
-            while let Ok(request) = server.recv() {
-                service.answer(request);
-            }
-        }));
-    }
-    for t in threads {
-        let _ = t.join();
+        service.connections.fetch_add(1, Ordering::Relaxed);
+        thread::spawn(move || {
+            let _ = service.serve_connection(stream);
+            service.connections.fetch_sub(1, Ordering::Relaxed);
+        });
     }
     Ok(())
 }
@@ -107,30 +108,25 @@ struct Service {
     name: &'static str,
     faults: FaultSwitch,
     served: AtomicU64,
+    connections: AtomicU64,
     handler: Handler,
 }
 
 impl Service {
-    fn answer(&self, mut request: tiny_http::Request) {
-        let mut body = Vec::new();
-        let _ = request.as_reader().take(MAX_BODY).read_to_end(&mut body);
-        let incoming = Incoming {
-            method: request.method().as_str().to_ascii_uppercase(),
-            path: request
-                .url()
-                .split('?')
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-            body,
-            authorization: request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("authorization"))
-                .map(|h| h.value.as_str().to_string()),
-        };
-        let reply = self.route(&incoming);
-        respond(request, reply);
+    /// Answers requests on one keep-alive connection until the peer closes it.
+    fn serve_connection(&self, stream: TcpStream) -> std::io::Result<()> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        while let Some((incoming, keep_alive)) = read_request(&mut reader)? {
+            let reply = self.route(&incoming);
+            writer.write_all(&encode(&reply, keep_alive))?;
+            if !keep_alive {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn route(&self, req: &Incoming) -> Reply {
@@ -156,6 +152,7 @@ impl Service {
         Reply {
             status,
             body: json!({"service": self.name, "status": word, "faults": faults}),
+            headers: Vec::new(),
         }
     }
 
@@ -175,27 +172,114 @@ impl Service {
 
     fn serve_api(&self, req: &Incoming) -> Reply {
         self.served.fetch_add(1, Ordering::Relaxed);
-        let (verdict, delay_ms) = self.faults.judge();
-        if delay_ms > 0 {
-            thread::sleep(Duration::from_millis(delay_ms));
+        let (verdict, faults) = self.faults.judge();
+        if faults.response_time_ms > 0 {
+            thread::sleep(Duration::from_millis(faults.response_time_ms));
         }
-        match verdict {
-            Verdict::Serve => (self.handler)(req),
+        let mut reply = match verdict {
+            Verdict::Serve => return (self.handler)(req),
             Verdict::Fail => Reply::error(500, "SIMULATED_FAILURE", "simulated failure"),
             Verdict::Down => Reply::error(
                 503,
                 "SERVICE_UNAVAILABLE",
                 &format!("{} is down (simulated)", self.name),
             ),
+        };
+        if let Some(status) = faults.failure_status {
+            reply.status = status;
         }
+        if let Some(wait) = faults.retry_after {
+            reply.headers.push(("retry-after".into(), wait));
+        }
+        reply
     }
 }
 
-fn respond(request: tiny_http::Request, reply: Reply) {
-    let body = reply.body.to_string();
-    let mut response = tiny_http::Response::from_string(body).with_status_code(reply.status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"content-type"[..], &b"application/json"[..]) {
-        response.add_header(h);
+/// Reads one request; `None` when the peer closed the connection between requests.
+fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<(Incoming, bool)>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
     }
-    let _ = request.respond(response);
+    let mut words = line.split_whitespace();
+    let (Some(method), Some(target), version) = (words.next(), words.next(), words.next()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
+    };
+    let mut keep_alive = version != Some("HTTP/1.0");
+    let (mut length, mut chunked, mut authorization) = (0u64, false, None);
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Ok(None);
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.parse().unwrap_or(0),
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            "connection" => keep_alive = !value.eq_ignore_ascii_case("close"),
+            "authorization" => authorization = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    let body = if chunked {
+        crate::client::read_chunked(reader)?
+    } else {
+        let mut body = Vec::new();
+        reader.take(length.min(MAX_BODY)).read_to_end(&mut body)?;
+        body
+    };
+    let incoming = Incoming {
+        method: method.to_ascii_uppercase(),
+        path: target.split('?').next().unwrap_or_default().to_string(),
+        body,
+        authorization,
+    };
+    Ok(Some((incoming, keep_alive)))
+}
+
+/// The whole response in one buffer, so it leaves in one write.
+fn encode(reply: &Reply, keep_alive: bool) -> Vec<u8> {
+    let body = reply.body.to_string();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        reply.status,
+        reason(reply.status),
+        body.len()
+    );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !keep_alive {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
 }

@@ -348,6 +348,27 @@ fn a_half_open_whose_probes_never_finish_opens_again() {
 }
 
 #[test]
+fn a_half_open_with_no_probe_out_waits_for_traffic() {
+    let s = Settings {
+        half_open_max_duration_ms: 5_000,
+        ..settings()
+    };
+    let mut r = Record::default();
+    open(&mut r, &s, 0);
+    tick(&mut r, &s, 30_000);
+    assert!(!tick(&mut r, &s, 90_000).dirty, "nothing to wait for yet");
+    admitted(admit(&mut r, &s, 90_000, 0));
+    assert!(
+        !tick(&mut r, &s, 94_999).dirty,
+        "the clock starts with the probe"
+    );
+    assert_eq!(
+        tick(&mut r, &s, 95_000).transition.map(|t| t.to),
+        Some(State::Open)
+    );
+}
+
+#[test]
 fn a_half_open_without_a_limit_waits_for_its_probes() {
     let s = Settings {
         half_open_max_duration_ms: 0,
