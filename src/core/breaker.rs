@@ -196,14 +196,21 @@ fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transit
     }
 }
 
-/// The timer's step: mode and time move the breaker, and a finished ramp is cleared.
+/// The timer's step: mode and time move the breaker, a finished ramp is cleared, and the
+/// rate rules are checked again, since successes folded in from worker tallies can bring
+/// the window up to `minimum_requests` without any new failure being written.
 pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
     let mode = record.mode(settings);
     if mode == Mode::Disabled {
         return Step::new((), false, None);
     }
     let transition = follow_mode(record, settings, mode, now_ms)
-        .or_else(|| follow_time(record, settings, now_ms));
+        .or_else(|| follow_time(record, settings, now_ms))
+        .or_else(|| {
+            let closed = record.state == State::Closed;
+            let reason = trip_reason(record, settings, now_ms).filter(|_| closed)?;
+            Some(record.transition(Cause::Tripped(reason), settings, now_ms))
+        });
     let ramp_over = record.ramping && ramp_share(record, settings, now_ms).is_none();
     if ramp_over {
         record.ramping = false;

@@ -135,7 +135,7 @@ impl Settings {
     pub fn open_time(&self, trips_in_row: u32, draw: f64) -> u64 {
         let growth = self
             .backoff_multiplier
-            .powi(trips_in_row.saturating_sub(1).min(64) as i32);
+            .powi(trips_in_row.saturating_sub(1).min(100_000) as i32);
         let base = (self.open_duration_ms as f64 * growth).min(self.max_open_duration_ms as f64);
         let spread = 1.0 + self.jitter * (2.0 * draw.clamp(0.0, 1.0) - 1.0);
         ((base * spread).round() as u64).clamp(1, self.max_open_duration_ms.max(1))

@@ -151,6 +151,8 @@ pub struct Envoy {
     pub admin: String,
     pub log_path: PathBuf,
     pub config_path: PathBuf,
+    /// Keep the config and log when dropped (always kept if a test is failing).
+    pub keep_files: bool,
 }
 
 impl Envoy {
@@ -200,6 +202,7 @@ impl Envoy {
                         admin: admin.to_string(),
                         log_path,
                         config_path,
+                        keep_files: false,
                     });
                 }
             }
@@ -271,6 +274,13 @@ impl Envoy {
 impl Drop for Envoy {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("envoy log kept: {}", self.log_path.display());
+        } else if !self.keep_files {
+            if let Some(dir) = self.log_path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 

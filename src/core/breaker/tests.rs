@@ -673,6 +673,50 @@ fn only_plain_fast_successes_are_deferred() {
 }
 
 #[test]
+fn the_timer_trips_when_folded_successes_complete_the_minimum() {
+    let s = Settings {
+        failure_threshold: 0,
+        ..settings()
+    };
+    let mut r = Record::default();
+    let mut tally = Tally::default();
+    tally.defer(0);
+    for i in 0..5 {
+        assert_eq!(call(&mut r, &s, FAIL, 0), None);
+        if i < 4 {
+            assert_eq!(call(&mut r, &s, OK, 0), None);
+        }
+    }
+    assert_eq!(
+        r.counts(&s, 0).calls,
+        9,
+        "one success still waits in the tally"
+    );
+    assert!(tally.fold_into(&mut r, &s, 50));
+    let t = tick(&mut r, &s, 100)
+        .transition
+        .expect("5 of 10 once folded");
+    assert_eq!(t.cause, Cause::Tripped(TripReason::FailureRate));
+}
+
+#[test]
+fn the_timer_never_trips_a_disabled_breaker() {
+    let s = Settings {
+        failure_threshold: 0,
+        minimum_requests: 1,
+        ..settings()
+    };
+    let mut r = Record::default();
+    r.window.add_call(true, false, 0, s.window);
+    let disabled = Settings {
+        mode: Mode::Disabled,
+        ..s.clone()
+    };
+    assert!(!tick(&mut r, &disabled, 1).dirty);
+    assert!(tick(&mut r, &s, 1).transition.is_some());
+}
+
+#[test]
 fn a_tally_from_before_a_trip_is_dropped() {
     let s = settings();
     let mut r = Record::default();

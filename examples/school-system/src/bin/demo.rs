@@ -37,7 +37,8 @@ fn run() -> Result<()> {
         "envoy-circuit-breaker demo: Envoy 1.40 with the breaker in front of the school system"
     );
     println!("  starting the auth, school and student services and Envoy (2 workers)...");
-    let stack = Stack::start(Some(&plugin), 2, |y| y)?;
+    let mut stack = Stack::start(Some(&plugin), 2, |y| y)?;
+    stack.envoy.keep_files = true;
     println!(
         "  gateway {}  envoy admin {}",
         stack.envoy.gateway, stack.envoy.admin
