@@ -218,6 +218,32 @@ pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
     Step::new((), ramp_over, transition)
 }
 
+/// An operator's reset: closed, counts and backoff forgotten, from whatever state. A
+/// breaker held open by `forced_open` stays forced; the mode decides that, not a reset.
+pub fn reset(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
+    let t = record.transition(Cause::Reset, settings, now_ms);
+    let forced = follow_mode(record, settings, record.mode(settings), now_ms);
+    Step::new((), true, forced.or(Some(t)))
+}
+
+/// An operator's mode override (`None` goes back to the configured mode), applied at once:
+/// forcing open or releasing happens in the same step.
+pub fn set_mode(
+    record: &mut Record,
+    settings: &Settings,
+    mode: Option<Mode>,
+    now_ms: u64,
+) -> Step<()> {
+    record.mode_override = mode;
+    let effective = record.mode(settings);
+    let t = if effective == Mode::Disabled {
+        None
+    } else {
+        follow_mode(record, settings, effective, now_ms)
+    };
+    Step::new((), true, t)
+}
+
 /// Records how a request admitted with `ticket` ended.
 pub fn record(
     record: &mut Record,

@@ -48,6 +48,31 @@ pub struct PluginConfigDoc {
     /// Per-cluster overrides of `default`, field by field, keyed by Envoy cluster name.
     #[serde(default)]
     pub clusters: BTreeMap<String, SettingsDoc>,
+    /// Where to POST a JSON event for every transition (optional).
+    #[serde(default)]
+    pub events: Option<EventsDoc>,
+}
+
+/// A webhook for transitions: an Envoy cluster and a path on it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsDoc {
+    /// The Envoy cluster the events go to (it must exist in Envoy's configuration).
+    pub cluster: String,
+    /// The path POSTed to, starting with "/".
+    pub path: String,
+    /// How long one delivery may take. "1ms" to "60s", default "5s".
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// A checked webhook target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsTarget {
+    pub cluster: String,
+    pub path: String,
+    pub timeout_ms: u64,
 }
 
 /// Defines [`SettingsDoc`] (every field optional, since blocks override each other) with
@@ -215,6 +240,7 @@ pub struct CacheDoc {
 pub struct PluginConfig {
     pub default: Settings,
     pub clusters: HashMap<String, Settings>,
+    pub events: Option<EventsTarget>,
 }
 
 impl PluginConfig {
@@ -261,13 +287,44 @@ impl PluginConfig {
             };
             clusters.insert(name.clone(), compile_block(&merged, &at)?);
         }
-        Ok(PluginConfig { default, clusters })
+        let events = doc.events.as_ref().map(compile_events).transpose()?;
+        Ok(PluginConfig {
+            default,
+            clusters,
+            events,
+        })
     }
 
     /// The settings that govern `cluster`.
     pub fn settings_for(&self, cluster: &str) -> &Settings {
         self.clusters.get(cluster).unwrap_or(&self.default)
     }
+}
+
+fn compile_events(e: &EventsDoc) -> Result<EventsTarget, ConfigError> {
+    let check = Check {
+        at: &|f| format!("events.{f}"),
+    };
+    if e.cluster.is_empty() || e.cluster.len() > 200 || e.cluster.chars().any(char::is_control) {
+        return Err(check.bad(
+            "cluster",
+            format!("must name an Envoy cluster, but was {:?}", e.cluster),
+        ));
+    }
+    if !e.path.starts_with('/')
+        || e.path.len() > 200
+        || e.path.chars().any(|c| c.is_control() || c == ' ')
+    {
+        return Err(check.bad(
+            "path",
+            format!("must be a path starting with \"/\", but was {:?}", e.path),
+        ));
+    }
+    Ok(EventsTarget {
+        cluster: e.cluster.clone(),
+        path: e.path.clone(),
+        timeout_ms: check.duration("timeout", &e.timeout, 1, 60_000, 5_000)?,
+    })
 }
 
 /// Checks one merged block; `at` names the field in the block that set it.

@@ -12,6 +12,7 @@ const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
 
+const BUFFER_REQUEST_BODY: u32 = 0;
 const BUFFER_RESPONSE_BODY: u32 = 1;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
@@ -118,12 +119,13 @@ pub fn set_tick_period_ms(period: u32) -> Result<(), HostError> {
     unsafe { check(proxy_set_tick_period_milliseconds(period)) }
 }
 
-/// Header maps of the current stream.
+/// Header maps of the current stream, or of the answer to an HTTP callout.
 #[derive(Debug, Clone, Copy)]
 pub enum Map {
     RequestHeaders = 0,
     ResponseHeaders = 2,
     ResponseTrailers = 3,
+    CallResponseHeaders = 6,
 }
 
 /// One header of the current stream; `None` when absent.
@@ -142,15 +144,44 @@ pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
 
 /// The response body chunk the current `on_http_response_body` call is about.
 pub fn response_body(size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(BUFFER_RESPONSE_BODY, size)
+}
+
+/// The request body buffered so far.
+pub fn request_body(size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(BUFFER_REQUEST_BODY, size)
+}
+
+fn buffer(kind: u32, size: usize) -> Result<Vec<u8>, HostError> {
     let mut data = null_mut();
     let mut len = 0;
-    let status =
-        unsafe { proxy_get_buffer_bytes(BUFFER_RESPONSE_BODY, 0, size, &mut data, &mut len) };
+    let status = unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut len) };
     match status {
         OK => Ok(unsafe { owned(data, len) }.unwrap_or_default()),
         NOT_FOUND => Ok(Vec::new()),
         other => Err(HostError(other)),
     }
+}
+
+/// Sends an HTTP request to an Envoy cluster; the answer comes to the calling context's
+/// `on_http_call_response` with the returned token. This one goes through the SDK: its
+/// dispatcher must record the token, or the answer would arrive for a token it does not
+/// know and trap the VM. The SDK only panics on statuses Envoy's `httpCall` never returns
+/// (it answers Ok, BadArgument or InternalFailure).
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Result<u32, HostError> {
+    proxy_wasm::hostcalls::dispatch_http_call(
+        cluster,
+        headers.to_vec(),
+        Some(body),
+        Vec::new(),
+        std::time::Duration::from_millis(u64::from(timeout_ms)),
+    )
+    .map_err(|status| HostError(status as u32))
 }
 
 /// The plugin configuration handed to `on_configure`.

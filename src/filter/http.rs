@@ -10,6 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::core::breaker::Ticket;
+use crate::core::control::{self, ApiError, Command};
 use crate::core::outcome::StreamEnd;
 
 use super::host::{self, Level, Map};
@@ -37,6 +38,8 @@ struct Admitted {
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
     admitted: Option<Admitted>,
+    /// A control API command waiting for its request body.
+    control: Option<Command>,
 }
 
 impl Stream {
@@ -44,6 +47,67 @@ impl Stream {
         Stream {
             worker,
             admitted: None,
+            control: None,
+        }
+    }
+
+    /// A request on the control API's route: decide, check the token, and answer (or wait
+    /// for the body first).
+    fn control_request(&mut self, end_of_stream: bool) -> Action {
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
+        let command = control::route(
+            &String::from_utf8_lossy(&method),
+            &String::from_utf8_lossy(&path),
+        );
+        let command = match command {
+            Ok(c) => c,
+            Err(e) => return api_error(&e),
+        };
+        if command.mutates() {
+            let authorization = request_header("authorization");
+            let allowed = self.worker.as_ref().and_then(|w| {
+                w.try_borrow()
+                    .ok()
+                    .map(|w| w.authorize(authorization.as_deref()))
+            });
+            match allowed {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return api_error(&e),
+                None => return api_error(&ApiError::unavailable("the breaker is not configured")),
+            }
+        }
+        if command.needs_body() && !end_of_stream {
+            // Envoy turns a pause here into "stop everything", body included, so the
+            // headers go on to the buffer filter behind this one, which holds the request
+            // back from the router while the body arrives here.
+            self.control = Some(command);
+            return Action::Continue;
+        }
+        self.run_control(&command, &[])
+    }
+
+    fn run_control(&mut self, command: &Command, body: &[u8]) -> Action {
+        let Some(worker) = &self.worker else {
+            return api_error(&ApiError::unavailable("the breaker is not configured"));
+        };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return api_error(&ApiError::unavailable("busy, try again"));
+        };
+        match worker.control(command, body, host::now_ms()) {
+            Ok((status, content_type, body)) => answer(
+                Reply {
+                    status,
+                    headers: vec![
+                        ("content-type".into(), content_type.into()),
+                        ("cache-control".into(), "no-store".into()),
+                    ],
+                    body: body.into_bytes(),
+                    grpc_status: None,
+                },
+                CONTROL_DETAILS,
+            ),
+            Err(e) => api_error(&e),
         }
     }
 }
@@ -51,12 +115,16 @@ impl Stream {
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(worker) = &self.worker else {
             return Action::Continue;
         };
-        // No cluster (a direct response, an unknown route): not ours to judge.
+        // No cluster: the control API's route, or a direct response that is not ours to judge.
         let Ok(Some(cluster)) = host::property(CLUSTER_NAME) else {
+            let route = host::property(ROUTE_NAME).ok().flatten();
+            if route.as_deref() == Some(control::ROUTE_NAME.as_bytes()) {
+                return self.control_request(end_of_stream);
+            }
             return Action::Continue;
         };
         let Ok(mut worker) = worker.try_borrow_mut() else {
@@ -119,7 +187,26 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             Decision::Pass => Action::Continue,
-            Decision::Reject(reply) => answer(reply),
+            Decision::Reject(reply) => answer(reply, REFUSAL_DETAILS),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(command) = &self.control else {
+            return Action::Continue;
+        };
+        if body_size > control::MAX_BODY {
+            self.control = None;
+            return api_error(&ApiError::too_large());
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let command = command.clone();
+        self.control = None;
+        match host::request_body(body_size) {
+            Ok(body) => self.run_control(&command, &body),
+            Err(_) => api_error(&ApiError::unavailable("could not read the request body")),
         }
     }
 
@@ -209,7 +296,25 @@ fn header_u32(map: Map, name: &str) -> Option<u32> {
     std::str::from_utf8(&value).ok()?.trim().parse().ok()
 }
 
-fn answer(reply: Reply) -> Action {
+fn api_error(e: &ApiError) -> Action {
+    let reply = Reply {
+        status: e.status,
+        headers: e
+            .headers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        body: e.body().into_bytes(),
+        grpc_status: None,
+    };
+    answer(reply, CONTROL_DETAILS)
+}
+
+/// What Envoy's access log shows as the response code details of the filter's answers.
+const REFUSAL_DETAILS: &str = "circuit_breaker_open";
+const CONTROL_DETAILS: &str = "circuit_breaker_control";
+
+fn answer(reply: Reply, details: &str) -> Action {
     let headers: Vec<(&str, &str)> = reply
         .headers
         .iter()
@@ -217,7 +322,7 @@ fn answer(reply: Reply) -> Action {
         .collect();
     match host::send_local_response(
         reply.status,
-        "circuit_breaker_open",
+        details,
         &headers,
         &reply.body,
         reply.grpc_status,

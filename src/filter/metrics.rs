@@ -59,6 +59,9 @@ pub struct Metrics {
     failure_rate: Option<u32>,
     slow_rate: Option<u32>,
     store_give_ups: Option<u32>,
+    events_sent: Option<u32>,
+    event_failures: Option<u32>,
+    changed_at: Option<u32>,
 }
 
 impl Metrics {
@@ -92,6 +95,9 @@ impl Metrics {
             failure_rate: gauge("circuit_breaker_failure_rate_percent"),
             slow_rate: gauge("circuit_breaker_slow_call_rate_percent"),
             store_give_ups: counter("circuit_breaker_store_give_ups_total", &[]),
+            events_sent: counter("circuit_breaker_events_delivered_total", &[]),
+            event_failures: counter("circuit_breaker_event_delivery_failures_total", &[]),
+            changed_at: gauge("circuit_breaker_last_state_change_seconds"),
         }
     }
 
@@ -124,10 +130,25 @@ impl Metrics {
             self.rates(&Counts::default());
         }
         self.state(t.to);
+        self.changed_at(t.at_ms);
     }
 
     pub fn state(&self, state: State) {
         set(self.state, state.gauge());
+    }
+
+    /// When the breaker last changed state, in seconds since the epoch.
+    pub fn changed_at(&self, at_ms: u64) {
+        set(self.changed_at, at_ms / 1_000);
+    }
+
+    /// Counts one webhook delivery.
+    pub fn event_delivered(&self, ok: bool) {
+        bump(if ok {
+            self.events_sent
+        } else {
+            self.event_failures
+        });
     }
 
     /// The window's failure and slow-call rates, in whole percent.

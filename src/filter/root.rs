@@ -22,7 +22,30 @@ pub struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// The webhook's answer to an event delivery.
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let status = (headers > 0)
+            .then(|| {
+                host::header(host::Map::CallResponseHeaders, ":status")
+                    .ok()
+                    .flatten()
+            })
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.delivered(token, status);
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {

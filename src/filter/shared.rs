@@ -15,6 +15,11 @@ pub fn record_key(cluster: &str) -> String {
     format!("{KEY_PREFIX}record/{cluster}")
 }
 
+/// The shared-data key of one breaker's recent transitions.
+pub fn history_key(cluster: &str) -> String {
+    format!("{KEY_PREFIX}history/{cluster}")
+}
+
 /// The host's shared data.
 pub struct SharedData;
 

@@ -7,23 +7,28 @@ use std::collections::HashMap;
 
 use crate::core::breaker::{self, Admission, Call, RejectKind, Rejection, Step, Tally, Ticket};
 use crate::core::cache::{Entry, ResponseCache};
-use crate::core::config::PluginConfig;
+use crate::core::config::{EventsTarget, PluginConfig};
+use crate::core::control::{self, ApiError, Command};
+use crate::core::history::{self, Event};
 use crate::core::outcome::{Outcome, StreamEnd};
 use crate::core::registry;
 use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, Transition};
 use crate::core::store::{self, StateStore, Updated};
+use crate::core::view;
 
 use super::host::{self, Level};
 use super::metrics::{Counted, Metrics};
-use super::shared::{record_key, SharedData, REGISTRY_KEY};
+use super::shared::{history_key, record_key, SharedData, REGISTRY_KEY};
 
 /// Compare-and-swap attempts before a write gives up; contention between a handful of
 /// workers settles in two or three.
 const CAS_ATTEMPTS: u32 = 16;
 /// Shortest gap between two dry-run summary lines for one breaker.
 const DRY_RUN_LOG_EVERY_MS: u64 = 10_000;
+/// Event deliveries awaiting an answer, at most; beyond, new events count as failed.
+const MAX_DELIVERIES_IN_FLIGHT: usize = 1_024;
 
 /// A local answer.
 pub struct Reply {
@@ -62,6 +67,14 @@ struct Slot {
     cache: Option<ResponseCache>,
     dry_run_unlogged: u64,
     dry_run_logged_at_ms: u64,
+    /// Events this worker made, waiting for the timer to deliver them.
+    outbox: Vec<Event>,
+    events_on: bool,
+}
+
+/// An event sent to the webhook, by delivery token.
+struct Delivery {
+    slot: usize,
 }
 
 pub struct Worker {
@@ -71,6 +84,9 @@ pub struct Worker {
     /// Whether this worker has already said that the breaker list is full.
     warned_full: bool,
     rng: u64,
+    /// The bearer token for control API changes, from the host environment.
+    token: Option<String>,
+    deliveries: HashMap<u32, Delivery>,
 }
 
 impl Worker {
@@ -81,6 +97,10 @@ impl Worker {
             slots: Vec::new(),
             warned_full: false,
             rng: host::now_ms() | 1,
+            token: std::env::var(control::TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty()),
+            deliveries: HashMap::new(),
         };
         let mut named: Vec<String> = worker.config.clusters.keys().cloned().collect();
         named.sort();
@@ -166,6 +186,8 @@ impl Worker {
             key,
             dry_run_unlogged: 0,
             dry_run_logged_at_ms: 0,
+            outbox: Vec::new(),
+            events_on: self.config.events.is_some(),
         };
         slot.metrics.state(slot.last_seen.state);
         self.slots.push(slot);
@@ -346,7 +368,155 @@ impl Worker {
             return;
         }
         let now = *now_ms.get_or_insert_with(host::now_ms);
-        slot.write(now, |r, s| breaker::record(r, s, ticket, call, now));
+        let _ = slot.write(now, |r, s| breaker::record(r, s, ticket, call, now));
+    }
+
+    /// Runs a control API command against the shared state; the caller has checked the
+    /// token for commands that change anything. Answers with status, content type, body.
+    pub fn control(
+        &mut self,
+        command: &Command,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<(u32, &'static str, String), ApiError> {
+        let names = self.registered();
+        if let Some(name) = command.breaker() {
+            if !names.iter().any(|n| n == name) {
+                return Err(ApiError::not_found(format!(
+                    "no circuit breaker named {name:?}; known: {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        let json = |v: serde_json::Value| Ok((200, "application/json", v.to_string()));
+        match command {
+            Command::Dashboard => Ok((
+                200,
+                "text/html; charset=utf-8",
+                control::DASHBOARD_HTML.to_string(),
+            )),
+            Command::Health => {
+                let mut rows = Vec::new();
+                for name in &names {
+                    if let Some((record, settings, _)) = self.current(name) {
+                        rows.push((name.clone(), record, settings));
+                    }
+                }
+                json(view::health(&rows, now_ms))
+            }
+            Command::List => {
+                let views: Vec<_> = names.iter().filter_map(|n| self.view(n, now_ms)).collect();
+                json(serde_json::json!({ "circuit_breakers": views }))
+            }
+            Command::Show(name) => json(self.view(name, now_ms).unwrap_or_default()),
+            Command::Reset(name) => {
+                self.change(name, now_ms, |r, s| breaker::reset(r, s, now_ms))?;
+                json(self.view(name, now_ms).unwrap_or_default())
+            }
+            Command::ResetAll => {
+                for name in &names {
+                    self.change(name, now_ms, |r, s| breaker::reset(r, s, now_ms))?;
+                }
+                json(serde_json::json!({ "reset": names }))
+            }
+            Command::SetMode(name) => {
+                let mode = control::parse_mode(body)?;
+                self.change(name, now_ms, |r, s| breaker::set_mode(r, s, mode, now_ms))?;
+                json(self.view(name, now_ms).unwrap_or_default())
+            }
+        }
+    }
+
+    /// Whether control API changes are allowed for a caller offering `authorization`.
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
+        control::authorize(self.token.as_deref(), authorization)
+    }
+
+    fn registered(&self) -> Vec<String> {
+        let mut names = match SharedData.load(REGISTRY_KEY) {
+            Ok(Some((bytes, _))) => registry::names(&bytes),
+            _ => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+
+    /// The record as stored now, with the breaker's settings and history.
+    fn current(&mut self, name: &str) -> Option<(Record, Settings, Vec<Event>)> {
+        let i = self.slot_for(name.as_bytes())?;
+        let slot = &self.slots[i];
+        let record = store::load(&SharedData, &slot.key).ok()?.record;
+        let history = match SharedData.load(&history_key(name)) {
+            Ok(Some((bytes, _))) => history::read(&bytes),
+            _ => Vec::new(),
+        };
+        Some((record, slot.settings.clone(), history))
+    }
+
+    fn view(&mut self, name: &str, now_ms: u64) -> Option<serde_json::Value> {
+        let (record, settings, history) = self.current(name)?;
+        Some(view::breaker(name, &record, &settings, &history, now_ms))
+    }
+
+    fn change(
+        &mut self,
+        name: &str,
+        now_ms: u64,
+        decide: impl Fn(&mut Record, &Settings) -> Step<()>,
+    ) -> Result<(), ApiError> {
+        let i = self
+            .slot_for(name.as_bytes())
+            .ok_or_else(|| ApiError::not_found(format!("no circuit breaker named {name:?}")))?;
+        if self.slots[i].write(now_ms, decide) {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable(
+                "the shared state could not be updated; nothing was changed, try again",
+            ))
+        }
+    }
+
+    /// Sends the events made since the last call to the webhook, if one is configured.
+    pub fn deliver_events(&mut self) {
+        let Some(target) = self.config.events.clone() else {
+            return;
+        };
+        for i in 0..self.slots.len() {
+            for event in std::mem::take(&mut self.slots[i].outbox) {
+                match self.send(&target, &event) {
+                    Some(token) => {
+                        self.deliveries.insert(token, Delivery { slot: i });
+                    }
+                    None => self.slots[i].metrics.event_delivered(false),
+                }
+            }
+        }
+    }
+
+    fn send(&self, target: &EventsTarget, event: &Event) -> Option<u32> {
+        if self.deliveries.len() >= MAX_DELIVERIES_IN_FLIGHT {
+            return None;
+        }
+        let body = serde_json::to_vec(event).ok()?;
+        let headers = [
+            (":method", "POST"),
+            (":path", target.path.as_str()),
+            (":authority", target.cluster.as_str()),
+            ("content-type", "application/json"),
+            ("user-agent", "envoy-circuit-breaker"),
+        ];
+        let timeout = u32::try_from(target.timeout_ms).unwrap_or(u32::MAX);
+        host::http_call(&target.cluster, &headers, &body, timeout).ok()
+    }
+
+    /// Notes the answer to delivery `token`: a 2xx is delivered, anything else failed.
+    pub fn delivered(&mut self, token: u32, status: Option<u32>) {
+        if let Some(d) = self.deliveries.remove(&token) {
+            if let Some(slot) = self.slots.get(d.slot) {
+                slot.metrics
+                    .event_delivered(status.is_some_and(|s| (200..300).contains(&s)));
+            }
+        }
     }
 
     /// The timer: publishes stats, writes batched successes and lets time and modes move
@@ -361,7 +531,7 @@ impl Worker {
         }
         for slot in &mut self.slots {
             slot.metrics.flush();
-            slot.write(now_ms, |r, s| breaker::tick(r, s, now_ms));
+            let _ = slot.write(now_ms, |r, s| breaker::tick(r, s, now_ms));
             slot.metrics.state(slot.last_seen.state);
             slot.metrics
                 .rates(&slot.last_seen.counts(&slot.settings, now_ms));
@@ -376,6 +546,7 @@ impl Worker {
         for name in unlisted {
             self.register(&name, "", usize::MAX);
         }
+        self.deliver_events();
     }
 }
 
@@ -400,8 +571,9 @@ fn cached_reply(entry: &Entry, age_secs: u64, rejection: &Rejection) -> Reply {
 }
 
 impl Slot {
-    /// Writes a change through compare-and-swap, folding in the batched successes first.
-    fn write(&mut self, now_ms: u64, decide: impl Fn(&mut Record, &Settings) -> Step<()>) {
+    /// Writes a change through compare-and-swap, folding in the batched successes first;
+    /// false if the store gave up.
+    fn write(&mut self, now_ms: u64, decide: impl Fn(&mut Record, &Settings) -> Step<()>) -> bool {
         let pending = std::mem::take(&mut self.tally);
         let settings = &self.settings;
         let result = store::update(&SharedData, &self.key, CAS_ATTEMPTS, |r| {
@@ -411,10 +583,14 @@ impl Slot {
             step
         });
         match result {
-            Ok(updated) => self.absorb(updated),
+            Ok(updated) => {
+                self.absorb(updated);
+                true
+            }
             Err(_) => {
                 self.tally.restore(pending);
                 self.metrics.store_give_up();
+                false
             }
         }
     }
@@ -436,13 +612,26 @@ impl Slot {
         self.last_seen = updated.record;
     }
 
-    fn announce(&self, t: &Transition, mode: Mode) {
+    /// Everything that hangs off a transition: the log line, stats, the stored history and
+    /// the webhook event. Only the worker whose compare-and-swap made it gets here.
+    fn announce(&mut self, t: &Transition, mode: Mode) {
         let mut line = t.log_line(&self.name);
         if mode == Mode::DryRun && t.to != State::Closed {
             line.push_str(" [dry run: nothing is refused]");
         }
         host::log(Level::Info, &line);
         self.metrics.transition(t);
+        let event = Event::of(&self.name, t);
+        let _ = store::compare_and_swap(
+            &SharedData,
+            &history_key(&self.name),
+            b"[]",
+            CAS_ATTEMPTS,
+            |b| ((), Some(history::with(b, &event))),
+        );
+        if self.events_on {
+            self.outbox.push(event);
+        }
     }
 
     fn log_dry_run(&mut self, now_ms: u64) {

@@ -238,3 +238,78 @@ pub fn point_cluster(yaml: &str, name: &str, port: u16) -> String {
         .count();
     format!("{}{port}{}", &yaml[..value_at], &yaml[value_at + digits..])
 }
+
+/// The admin token the control tests hand to Envoy.
+pub const TOKEN: &str = "test-token-7f3a";
+
+/// The sample stack with the control API's admin token set.
+pub fn stack_with_token(plugin_json: Option<&str>, workers: u32) -> Stack {
+    Stack::start_with_env(
+        plugin_json,
+        workers,
+        &[("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)],
+        |y| y,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A control API request; `token` becomes `Authorization: Bearer <token>`.
+pub fn api(
+    envoy: &Envoy,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Response {
+    let control = envoy.control.clone().expect("a control listener");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    client::request(
+        method,
+        &control,
+        path,
+        &headers,
+        body.map(str::as_bytes),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+/// Headless Chromium, as Debian installs it.
+pub fn chromium() -> Option<std::path::PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Loads `url` in headless Chromium, lets its scripts run for `budget_ms` of virtual
+/// time, and returns the resulting DOM.
+pub fn browser_dom(url: &str, budget_ms: u32) -> String {
+    let browser = chromium().expect("chromium (make test installs it)");
+    let profile = scratch_dir().unwrap();
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(profile);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

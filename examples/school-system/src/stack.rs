@@ -148,6 +148,8 @@ pub struct Envoy {
     child: Child,
     /// The gateway listener, `127.0.0.1:port`.
     pub gateway: String,
+    /// The control API listener, if the config has one.
+    pub control: Option<String>,
     pub admin: String,
     pub log_path: PathBuf,
     pub config_path: PathBuf,
@@ -159,14 +161,22 @@ impl Envoy {
     /// Starts Envoy with `yaml` and `workers` worker threads and waits until it serves.
     /// A refusal comes back as an error holding Envoy's log.
     pub fn start(yaml: &str, workers: u32) -> Result<Envoy, String> {
+        Envoy::start_with_env(yaml, workers, &[])
+    }
+
+    /// Like [`Envoy::start`], with extra environment variables for the Envoy process.
+    pub fn start_with_env(yaml: &str, workers: u32, env: &[(&str, &str)]) -> Result<Envoy, String> {
         let dir = scratch_dir().map_err(|e| e.to_string())?;
         let config_path = dir.join("envoy.yaml");
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin.txt");
         std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
         let gateway = listener_of(yaml, "gateway").ok_or("no listener named gateway")?;
+        let control = listener_of(yaml, "control");
         let mut child = Command::new(envoy_bin())
             .current_dir(root())
+            .env_remove("CIRCUIT_BREAKER_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", &workers.to_string()])
@@ -199,6 +209,7 @@ impl Envoy {
                     return Ok(Envoy {
                         child,
                         gateway,
+                        control,
                         admin: admin.to_string(),
                         log_path,
                         config_path,
@@ -354,6 +365,17 @@ impl Stack {
         workers: u32,
         edit: impl FnOnce(String) -> String,
     ) -> Result<Stack, String> {
+        Stack::start_with_env(plugin_json, workers, &[], edit)
+    }
+
+    /// Like [`Stack::start`], with extra environment variables for Envoy (such as the
+    /// control API's admin token).
+    pub fn start_with_env(
+        plugin_json: Option<&str>,
+        workers: u32,
+        env: &[(&str, &str)],
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Stack, String> {
         let err = |e: io::Error| e.to_string();
         let gateway_port = free_port().map_err(err)?;
         let gateway = format!("127.0.0.1:{gateway_port}");
@@ -363,13 +385,14 @@ impl Stack {
         let mut yaml = sample_yaml().map_err(err)?;
         yaml = with_port(&yaml, 10000, gateway_port);
         yaml = with_port(&yaml, 9901, 0);
+        yaml = with_port(&yaml, 9902, free_port().map_err(err)?);
         yaml = with_port(&yaml, 8081, auth.port());
         yaml = with_port(&yaml, 8082, school.port());
         yaml = with_port(&yaml, 8083, student.port());
         if let Some(json) = plugin_json {
             yaml = with_plugin_json(&yaml, json).ok_or("the sample has no plugin JSON")?;
         }
-        let envoy = Envoy::start(&edit(yaml), workers)?;
+        let envoy = Envoy::start_with_env(&edit(yaml), workers, env)?;
         Ok(Stack {
             envoy,
             auth,

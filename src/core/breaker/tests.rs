@@ -577,6 +577,54 @@ fn a_runtime_override_wins_over_the_configured_mode() {
 }
 
 #[test]
+fn a_reset_closes_from_anywhere_and_forgets_the_backoff() {
+    let s = settings();
+    let mut r = Record::default();
+    open(&mut r, &s, 0);
+    let step = reset(&mut r, &s, 10);
+    let t = step.transition.unwrap();
+    assert_eq!(
+        (t.from, t.to, t.cause),
+        (State::Open, State::Closed, Cause::Reset)
+    );
+    assert_eq!((r.trips_in_row, r.consecutive_failures), (0, 0));
+    admitted(admit(&mut r, &s, 11, 0));
+}
+
+#[test]
+fn a_reset_does_not_lift_a_forced_open() {
+    let s = Settings {
+        mode: Mode::ForcedOpen,
+        ..settings()
+    };
+    let mut r = Record::default();
+    rejected(admit(&mut r, &s, 0, 0));
+    let t = reset(&mut r, &s, 5).transition.unwrap();
+    assert_eq!(t.cause, Cause::Forced);
+    rejected(admit(&mut r, &s, 6, 0));
+}
+
+#[test]
+fn a_mode_override_takes_effect_in_the_same_step() {
+    let s = settings();
+    let mut r = Record::default();
+    let t = set_mode(&mut r, &s, Some(Mode::ForcedOpen), 0)
+        .transition
+        .unwrap();
+    assert_eq!(t.cause, Cause::Forced);
+    assert_eq!(
+        rejected(admit(&mut r, &s, 1, 0)).reason,
+        Some(TripReason::Forced)
+    );
+    let t = set_mode(&mut r, &s, None, 2).transition.unwrap();
+    assert_eq!((t.cause, t.to), (Cause::Released, State::HalfOpen));
+    assert!(set_mode(&mut r, &s, Some(Mode::DryRun), 3)
+        .transition
+        .is_none());
+    assert_eq!(r.mode_override, Some(Mode::DryRun));
+}
+
+#[test]
 fn disabled_passes_everything_and_moves_nothing() {
     let s = Settings {
         mode: Mode::Disabled,

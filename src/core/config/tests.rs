@@ -268,3 +268,29 @@ fn per_route_is_off_unless_asked_for() {
     let config = parse(r#"{"default": {"max_route_breakers": 8}}"#).unwrap();
     assert_eq!(config.default.max_route_breakers, None);
 }
+
+#[test]
+fn an_events_webhook_is_checked() {
+    let c =
+        parse(r#"{"events": {"cluster": "sink", "path": "/events", "timeout": "2s"}}"#).unwrap();
+    assert_eq!(
+        c.events,
+        Some(EventsTarget {
+            cluster: "sink".into(),
+            path: "/events".into(),
+            timeout_ms: 2_000
+        })
+    );
+    assert_eq!(parse("{}").unwrap().events, None);
+    let msg = refusal(r#"{"events": {"cluster": "sink", "path": "events"}}"#);
+    assert!(msg.contains("events.path: must be a path"), "{msg}");
+    let msg = refusal(r#"{"events": {"cluster": "", "path": "/e"}}"#);
+    assert!(msg.contains("events.cluster"), "{msg}");
+    let msg = refusal(r#"{"events": {"cluster": "s", "path": "/e", "timeout": "2m"}}"#);
+    assert!(
+        msg.contains("events.timeout: must be between 1ms and 60s"),
+        "{msg}"
+    );
+    let msg = refusal(r#"{"events": {"cluster": "s", "path": "/e", "url": "x"}}"#);
+    assert!(msg.contains("unknown field `url`"), "{msg}");
+}
