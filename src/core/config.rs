@@ -38,7 +38,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// The plugin JSON as written by the user.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfigDoc {
@@ -54,16 +54,17 @@ pub struct PluginConfigDoc {
 }
 
 /// A webhook for transitions: an Envoy cluster and a path on it.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsDoc {
     /// The Envoy cluster the events go to (it must exist in Envoy's configuration).
     pub cluster: String,
     /// The path POSTed to, starting with "/".
+    #[schemars(regex(pattern = "^/"))]
     pub path: String,
     /// How long one delivery may take. "1ms" to "60s", default "5s".
-    #[serde(default)]
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     pub timeout: Option<String>,
 }
 
@@ -79,12 +80,13 @@ pub struct EventsTarget {
 /// the field-by-field merge and the "which block set it" lookup that error paths need.
 macro_rules! settings_doc {
     ($( $(#[$meta:meta])* $field:ident : $ty:ty, )*) => {
-        /// One settings block.
-        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+        /// One settings block: every field is optional, since a cluster's block overrides
+        /// `default` field by field and `default` overrides the built-in defaults.
+        #[derive(schemars::JsonSchema)]
         #[derive(Debug, Default, Clone, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct SettingsDoc {
-            $( $(#[$meta])* #[serde(default)] pub $field: Option<$ty>, )*
+            $( $(#[$meta])* pub $field: Option<$ty>, )*
         }
 
         impl SettingsDoc {
@@ -106,44 +108,59 @@ macro_rules! settings_doc {
 
 settings_doc! {
     /// Consecutive failures that open the breaker. 0 to 10000, default 5; 0 switches the rule off.
+    #[schemars(range(min = 0, max = 10_000))]
     failure_threshold: u32,
     /// Failure share over the window that opens the breaker, once the window holds
     /// `minimum_requests` calls. 0 to 1, default 0.5; 0 switches the rule off.
+    #[schemars(range(min = 0.0, max = 1.0))]
     failure_rate_threshold: f64,
     /// A call slower than this (request start to response end) counts as slow.
     /// "1ms" to "1h", default "60s".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     slow_call_duration: String,
     /// Slow share over the window that opens the breaker. 0 to 1, default 0 (off).
+    #[schemars(range(min = 0.0, max = 1.0))]
     slow_call_rate_threshold: f64,
     /// Calls the window must hold before either rate counts. 1 to 1000000, default 20.
+    #[schemars(range(min = 1, max = 1_000_000))]
     minimum_requests: u32,
     /// `time` (a sliding window of `window`, 10 buckets) or `count` (the last `window_size`
     /// calls). Default `time`.
     window_type: WindowTypeDoc,
     /// Length of the time window. "100ms" to "1h", default "10s".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     window: String,
     /// Calls in the count window. 1 to 1000, default 100.
+    #[schemars(range(min = 1, max = 1_000))]
     window_size: u32,
     /// Time open after a first trip. "10ms" to "24h", default "60s".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     open_duration: String,
     /// Open time multiplier per consecutive trip. 1 to 10, default 1 (no growth).
+    #[schemars(range(min = 1.0, max = 10.0))]
     backoff_multiplier: f64,
     /// Cap on the open time (also for an upstream's Retry-After); the growth starts over
     /// after the breaker stays closed this long. "10ms" to "24h", at least `open_duration`;
     /// default the larger of "10m" and `open_duration`.
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     max_open_duration: String,
     /// Each open time is randomly lengthened or shortened by up to this fraction, so
     /// instances do not probe in lockstep. 0 to 0.5, default 0.
+    #[schemars(range(min = 0.0, max = 0.5))]
     jitter: f64,
     /// Probes in flight at once in half-open, across all workers. 1 to 10000, default 1.
+    #[schemars(range(min = 1, max = 10_000))]
     half_open_max_requests: u32,
     /// Successful probes that close the breaker; one failed probe reopens it. 1 to 10000, default 1.
+    #[schemars(range(min = 1, max = 10_000))]
     success_threshold: u32,
     /// Longest stay in half-open before opening again, so a lost probe cannot wedge the
     /// breaker. "0s" (wait forever) or "100ms" to "1h", default "60s".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     half_open_max_duration: String,
     /// After closing, admit a share of requests growing linearly from 0 to 100 % over this
     /// time, refusing the rest. "0s" (off, the default) to "1h".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     recovery_duration: String,
     /// Open for as long as an upstream's Retry-After on a 429 or 503 asks (capped by
     /// `max_open_duration`). Default false.
@@ -168,12 +185,14 @@ settings_doc! {
     mode: Mode,
     /// Path prefixes that are never counted and never refused, such as health checks.
     /// Each starts with "/"; at most 64.
+    #[schemars(length(max = 64))]
     exclude_paths: Vec<String>,
     /// One breaker per route name inside the cluster instead of one for the cluster.
     /// Default false.
     per_route: bool,
     /// Most route breakers one cluster may have; further routes share the cluster's
     /// breaker. 1 to 256, default 16.
+    #[schemars(range(min = 1, max = 256))]
     max_route_breakers: u32,
     /// A custom answer while open, instead of the default JSON error.
     fallback: FallbackDoc,
@@ -182,7 +201,7 @@ settings_doc! {
 }
 
 /// Kind of window.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowTypeDoc {
@@ -191,7 +210,7 @@ pub enum WindowTypeDoc {
 }
 
 /// A status code (`429`), a range (`"502-504"`) or a class (`"5xx"`).
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum StatusItemDoc {
@@ -200,7 +219,7 @@ pub enum StatusItemDoc {
 }
 
 /// A gRPC status code by number (`14`) or name (`"UNAVAILABLE"`).
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum GrpcCodeDoc {
@@ -209,13 +228,15 @@ pub enum GrpcCodeDoc {
 }
 
 /// A custom answer while open; `{cluster}` and `{retry_after}` are filled in.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackDoc {
     /// HTTP status. 200 to 599, default 503.
+    #[schemars(range(min = 200, max = 599))]
     pub status: Option<u32>,
     /// Body. At most 64 KiB, default empty.
+    #[schemars(length(max = 65_536))]
     pub body: Option<String>,
     /// Extra headers. `content-type` defaults to application/json; `retry-after` is added
     /// unless set here.
@@ -223,15 +244,18 @@ pub struct FallbackDoc {
 }
 
 /// Bounds of the answer cache, per worker and breaker.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheDoc {
     /// Paths remembered. 1 to 10000, default 100.
+    #[schemars(range(min = 1, max = 10_000))]
     pub max_entries: Option<u32>,
     /// Bytes remembered. 1 to 67108864, default 1048576.
+    #[schemars(range(min = 1, max = 67_108_864))]
     pub max_bytes: Option<u64>,
     /// Oldest answer served. "1s" to "24h", default "5m".
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     pub max_age: Option<String>,
 }
 

@@ -8,7 +8,7 @@ use super::reply::Fallback;
 use super::window::WindowSpec;
 
 /// How a breaker acts on its decisions.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(schemars::JsonSchema)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {

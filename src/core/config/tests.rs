@@ -294,3 +294,20 @@ fn an_events_webhook_is_checked() {
     let msg = refusal(r#"{"events": {"cluster": "s", "path": "/e", "url": "x"}}"#);
     assert!(msg.contains("unknown field `url`"), "{msg}");
 }
+
+/// The JSON Schema editors use is generated from these types; `make schema` rewrites it.
+#[test]
+fn the_committed_json_schema_matches_the_rust_types() {
+    let mut schema = schemars::schema_for!(PluginConfigDoc);
+    schema.insert("$id".into(), "https://github.com/envoy-circuit-breaker/envoy-circuit-breaker/schema/plugin-config.schema.json".into());
+    schema.insert("title".into(), "envoy-circuit-breaker plugin configuration".into());
+    let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+    if std::env::var_os("UPDATE_SCHEMA").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/plugin-config.schema.json");
+        std::fs::write(path, &text).unwrap();
+    }
+    assert!(
+        text == include_str!("../../../schema/plugin-config.schema.json"),
+        "schema/plugin-config.schema.json is out of date: run `make schema`"
+    );
+}
