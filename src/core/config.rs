@@ -38,8 +38,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// The plugin JSON as written by the user.
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Default, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfigDoc {
     /// Settings for every cluster that has no entry of its own.
@@ -54,8 +53,7 @@ pub struct PluginConfigDoc {
 }
 
 /// A webhook for transitions: an Envoy cluster and a path on it.
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsDoc {
     /// The Envoy cluster the events go to (it must exist in Envoy's configuration).
@@ -201,8 +199,7 @@ settings_doc! {
 }
 
 /// Kind of window.
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowTypeDoc {
     Time,
@@ -210,8 +207,7 @@ pub enum WindowTypeDoc {
 }
 
 /// A status code (`429`), a range (`"502-504"`) or a class (`"5xx"`).
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum StatusItemDoc {
     Code(u16),
@@ -219,8 +215,7 @@ pub enum StatusItemDoc {
 }
 
 /// A gRPC status code by number (`14`) or name (`"UNAVAILABLE"`).
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum GrpcCodeDoc {
     Number(u32),
@@ -228,8 +223,7 @@ pub enum GrpcCodeDoc {
 }
 
 /// A custom answer while open; `{cluster}` and `{retry_after}` are filled in.
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackDoc {
     /// HTTP status. 200 to 599, default 503.
@@ -244,8 +238,7 @@ pub struct FallbackDoc {
 }
 
 /// Bounds of the answer cache, per worker and breaker.
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheDoc {
     /// Paths remembered. 1 to 10000, default 100.

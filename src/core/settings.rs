@@ -8,8 +8,7 @@ use super::reply::Fallback;
 use super::window::WindowSpec;
 
 /// How a breaker acts on its decisions.
-#[derive(schemars::JsonSchema)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Refuse while open (the default).

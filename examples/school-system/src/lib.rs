@@ -3,6 +3,7 @@
 //! plain HTTP/1.1 client, which the integration tests use too.
 
 pub mod client;
+pub mod docker;
 pub mod fault;
 pub mod server;
 pub mod stack;

@@ -300,10 +300,16 @@ fn an_events_webhook_is_checked() {
 fn the_committed_json_schema_matches_the_rust_types() {
     let mut schema = schemars::schema_for!(PluginConfigDoc);
     schema.insert("$id".into(), "https://github.com/envoy-circuit-breaker/envoy-circuit-breaker/schema/plugin-config.schema.json".into());
-    schema.insert("title".into(), "envoy-circuit-breaker plugin configuration".into());
+    schema.insert(
+        "title".into(),
+        "envoy-circuit-breaker plugin configuration".into(),
+    );
     let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
     if std::env::var_os("UPDATE_SCHEMA").is_some() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/plugin-config.schema.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schema/plugin-config.schema.json"
+        );
         std::fs::write(path, &text).unwrap();
     }
     assert!(

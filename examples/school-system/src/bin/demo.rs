@@ -260,9 +260,16 @@ impl Demo {
         let profile = school_system::stack::scratch_dir().map_err(|e| e.to_string())?;
         let out = std::process::Command::new("chromium")
             .args([
-                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--hide-scrollbars", "--window-size=1280,760", "--virtual-time-budget=4000",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=1280,760",
+                "--virtual-time-budget=4000",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(format!("--screenshot={path}"))
@@ -271,7 +278,10 @@ impl Demo {
             .map_err(|e| format!("chromium: {e}"))?;
         let _ = std::fs::remove_dir_all(profile);
         if !out.status.success() {
-            return Err(format!("chromium failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "chromium failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         println!("   dashboard screenshot saved to {path}");
         Ok(())
@@ -369,10 +379,18 @@ impl Demo {
             "7. An operator steps in through the control API",
             "forcing the auth breaker open for maintenance, then handing it back; every worker obeys at once",
         );
-        self.change("PUT", "/circuit-breakers/auth/mode", Some(json!({"mode": "forced_open"})))?;
+        self.change(
+            "PUT",
+            "/circuit-breakers/auth/mode",
+            Some(json!({"mode": "forced_open"})),
+        )?;
         let login = json!({"email": "test@example.com", "password": "test123"});
         self.send("auth", "POST", "/auth/login", Some(login.clone()))?;
-        self.change("PUT", "/circuit-breakers/auth/mode", Some(json!({"mode": null})))?;
+        self.change(
+            "PUT",
+            "/circuit-breakers/auth/mode",
+            Some(json!({"mode": null})),
+        )?;
         self.change("POST", "/circuit-breakers/auth/reset", None)?;
         self.send("auth", "POST", "/auth/login", Some(login))?;
         Ok(())
@@ -385,7 +403,10 @@ impl Demo {
             method,
             &self.control,
             path,
-            &[("authorization", &auth), ("content-type", "application/json")],
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
             bytes.as_deref(),
             Duration::from_secs(5),
         )
@@ -436,12 +457,19 @@ impl Demo {
                 samples.len()
             );
         }
-        println!("\n   Where to look next (this stack stops with the demo; `make run` keeps one up):");
-        println!("   - metrics:     curl -s 127.0.0.1:9901/stats/prometheus | grep circuit_breaker_");
+        println!(
+            "\n   Where to look next (this stack stops with the demo; `make run` keeps one up):"
+        );
+        println!(
+            "   - metrics:     curl -s 127.0.0.1:9901/stats/prometheus | grep circuit_breaker_"
+        );
         println!("   - control API: curl -s 127.0.0.1:9902/health ; curl -s 127.0.0.1:9902/circuit-breakers");
         println!("   - dashboard:   http://127.0.0.1:9902/circuit-breakers/dashboard");
         println!("   - faults:      curl -XPOST 127.0.0.1:8082/simulate/failure -d '{{\"is_healthy\": false}}'");
-        println!("   - this run's Envoy log: grep CIRCUIT_BREAKER {}", envoy.log_path.display());
+        println!(
+            "   - this run's Envoy log: grep CIRCUIT_BREAKER {}",
+            envoy.log_path.display()
+        );
         Ok(())
     }
 }
