@@ -385,8 +385,12 @@ fn failed_deliveries_are_counted_and_never_touch_traffic() {
 fn promtool_accepts_envoys_prometheus_output() {
     let stack = stack(None, 2);
     trip_school(&stack);
-    std::thread::sleep(Duration::from_millis(300));
-    let text = stack.envoy.metrics();
+    // Gauges follow the shared record on the timer.
+    let gauge = r#"circuit_breaker_failure_rate_percent{cluster="school"} 100"#;
+    let text = wait_for("the failure-rate gauge", Duration::from_secs(5), || {
+        let text = stack.envoy.metrics();
+        text.contains(gauge).then_some(text)
+    });
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -437,5 +441,4 @@ fn promtool_accepts_envoys_prometheus_output() {
             "{metric} missing"
         );
     }
-    assert!(text.contains(r#"circuit_breaker_failure_rate_percent{cluster="school"} 100"#));
 }

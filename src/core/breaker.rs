@@ -4,6 +4,7 @@
 //! say whether it must be written back, so the common case (closed, success) can skip the
 //! shared-data write.
 
+use super::codec::Glance;
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings};
 use super::state::{Cause, Record, State, Transition, TripReason};
@@ -99,6 +100,23 @@ impl<T> Step<T> {
 /// How long a caller refused in half-open or during the ramp is told to wait: which
 /// requests get through next is not known in advance, so a short retry is the honest answer.
 const SHORT_RETRY_MS: u64 = 1_000;
+
+/// The decision for the common case, made from a [`Glance`] with no clock and no write:
+/// a closed breaker that is not ramping admits (and a disabled one passes). `None` means
+/// the full [`admit`] must decide.
+pub fn admit_at_a_glance(g: &Glance, settings: &Settings) -> Option<Admission> {
+    let mode = g.mode_override.unwrap_or(settings.mode);
+    match mode {
+        Mode::Disabled => Some(Admission::Passed { would_reject: None }),
+        Mode::ForcedOpen => None,
+        Mode::Enforce | Mode::DryRun => {
+            (g.state == State::Closed && !g.ramping).then_some(Admission::Admitted(Ticket {
+                generation: g.generation,
+                probe: false,
+            }))
+        }
+    }
+}
 
 /// Decides whether a request may go upstream now. `roll` is a uniform random number, used
 /// only while ramping traffic back up.
@@ -335,7 +353,7 @@ pub struct Tally {
 impl Tally {
     /// Whether the call may wait in the tally instead of being written now, judged against
     /// the freshest record this worker has seen.
-    pub fn can_defer(last_seen: &Record, settings: &Settings, ticket: Ticket, call: &Call) -> bool {
+    pub fn can_defer(last_seen: &Glance, settings: &Settings, ticket: Ticket, call: &Call) -> bool {
         call.outcome == Outcome::Success
             && !ticket.probe
             && !settings.is_slow(call.elapsed_ms)

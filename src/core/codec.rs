@@ -92,6 +92,57 @@ fn put_bucket(out: &mut Vec<u8>, b: &Bucket) {
     }
 }
 
+/// The fields the request path needs, read from the front of a record without decoding
+/// its window: admitting a request to a closed breaker looks at nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Glance {
+    pub state: State,
+    pub generation: u32,
+    pub consecutive_failures: u32,
+    pub ramping: bool,
+    pub mode_override: Option<Mode>,
+}
+
+impl Glance {
+    pub fn of(r: &Record) -> Glance {
+        Glance {
+            state: r.state,
+            generation: r.generation,
+            consecutive_failures: r.consecutive_failures,
+            ramping: r.ramping,
+            mode_override: r.mode_override,
+        }
+    }
+}
+
+/// Reads the [`Glance`] of stored bytes; `None` for anything [`decode`] would refuse in the
+/// header (the full decode on the write path deals with it).
+pub fn glance(bytes: &[u8]) -> Option<Glance> {
+    if bytes.len() < HEADER_LEN + 1 || bytes[0] != MAGIC || bytes[1] != VERSION {
+        return None;
+    }
+    let state = match bytes[2] {
+        0 => State::Closed,
+        1 => State::Open,
+        2 => State::HalfOpen,
+        _ => return None,
+    };
+    let mode_override = match bytes[4] {
+        0 => None,
+        m => Some(*Mode::ALL.get(usize::from(m) - 1)?),
+    };
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    Some(Glance {
+        state,
+        generation: u32_at(8)?,
+        consecutive_failures: u32_at(36)?,
+        ramping: bytes[5] == 1,
+        mode_override,
+    })
+}
+
 /// Reads a record back, refusing anything [`encode`] would not have written.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if bytes.len() < HEADER_LEN + 1 {
@@ -311,6 +362,16 @@ mod tests {
             let bytes = encode(&r);
             let cut = cut % bytes.len();
             prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn a_glance_agrees_with_the_full_decode(r in any_record()) {
+            prop_assert_eq!(glance(&encode(&r)), Some(Glance::of(&r)));
+        }
+
+        #[test]
+        fn glancing_at_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let _ = glance(&bytes);
         }
 
         #[test]

@@ -155,6 +155,26 @@ impl Default for Classifier {
 }
 
 impl Classifier {
+    /// The outcome from the status alone, when the response completed and its status (or
+    /// gRPC status) says success: no flag can change that, so the caller need not read
+    /// them. `None`: read the flags and [`Classifier::classify`].
+    pub fn success_without_flags(
+        &self,
+        status: u32,
+        grpc_status: Option<u32>,
+        complete: bool,
+    ) -> Option<Outcome> {
+        if !complete || !(100..600).contains(&status) {
+            return None;
+        }
+        let end = StreamEnd {
+            status,
+            flags: 0,
+            grpc_status,
+        };
+        (self.classify(end) == Outcome::Success).then_some(Outcome::Success)
+    }
+
     /// Decides the outcome of one finished call.
     pub fn classify(&self, end: StreamEnd) -> Outcome {
         let f = end.flags;
@@ -334,6 +354,46 @@ mod tests {
             assert_eq!(at(code), Outcome::Failure(Failure::Grpc(code)));
         }
         assert_eq!(at(99), Outcome::Success);
+    }
+
+    #[test]
+    fn only_complete_successes_skip_the_flags() {
+        let c = Classifier::default();
+        assert_eq!(
+            c.success_without_flags(200, None, true),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            c.success_without_flags(404, None, true),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            c.success_without_flags(200, None, false),
+            None,
+            "a reset mid-body"
+        );
+        assert_eq!(c.success_without_flags(503, None, true), None);
+        assert_eq!(c.success_without_flags(0, None, true), None);
+        assert_eq!(c.success_without_flags(200, Some(14), true), None);
+        assert_eq!(
+            c.success_without_flags(200, Some(0), true),
+            Some(Outcome::Success)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn skipping_the_flags_never_changes_a_complete_success(
+            status in 0u32..700, grpc in proptest::option::of(0u32..20), flags_seen: u64,
+        ) {
+            let c = Classifier::default();
+            if let Some(quick) = c.success_without_flags(status, grpc, true) {
+                // Whatever the flags, a complete answer that says success is one, except
+                // for flags that only accompany Envoy's own error replies.
+                let full = c.classify(StreamEnd { status, flags: flags_seen & flags::CLIENT_GONE, grpc_status: grpc });
+                prop_assert!(full == quick || full == Outcome::Ignored);
+            }
+        }
     }
 
     #[test]

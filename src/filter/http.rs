@@ -11,26 +11,23 @@ use proxy_wasm::types::Action;
 
 use crate::core::breaker::Ticket;
 use crate::core::control::{self, ApiError, Command};
-use crate::core::outcome::StreamEnd;
 
 use super::host::{self, Level, Map};
-use super::worker::{Captured, Decision, Reply, Worker};
+use super::worker::{Captured, Decision, Reply, Seen, Worker};
 
 /// Property paths, NUL-separated as the ABI wants them.
 const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
-const RESPONSE_CODE: &[u8] = b"response\0code";
-const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 
 /// What an admitted request carries until its outcome is recorded.
 struct Admitted {
     slot: usize,
     ticket: Ticket,
+    /// When the request arrived, if the cluster measures latency (slow-call rule on).
     started_ms: u64,
-    grpc: bool,
     /// Honour an upstream's Retry-After (the cluster asks for it).
     watch_retry_after: bool,
-    grpc_status: Option<u32>,
+    seen: Seen,
     retry_after: Option<Vec<u8>>,
     capture: Option<Captured>,
 }
@@ -150,13 +147,27 @@ impl HttpContext for Stream {
         }
         let watch_retry_after = settings.honor_retry_after;
         let caches = settings.cache.is_some();
+        let measures = settings.slow_call_rate_threshold > 0.0;
         if per_route {
             if let Ok(Some(route)) = host::property(ROUTE_NAME) {
                 slot = worker.route_slot(slot, &route);
             }
         }
-        let grpc =
-            request_header("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        if !caches {
+            if let Some(decision) = worker.admit_at_a_glance(slot) {
+                if let Decision::Admitted(ticket) = decision {
+                    let started_ms = if measures { host::now_ms() } else { 0 };
+                    self.admitted = Some(Admitted::new(
+                        slot,
+                        ticket,
+                        started_ms,
+                        watch_retry_after,
+                        None,
+                    ));
+                }
+                return Action::Continue;
+            }
+        }
         let cache_key = match (caches, &path) {
             (true, Some(p)) if request_header(":method").as_deref() == Some(b"GET") => {
                 String::from_utf8(p.clone()).ok()
@@ -164,26 +175,25 @@ impl HttpContext for Stream {
             _ => None,
         };
         let now_ms = host::now_ms();
-        match worker.admit(slot, now_ms, grpc, cache_key.as_deref()) {
+        // Only a refusal needs to know whether the caller speaks gRPC; the header is read
+        // then, not on every request.
+        match worker.admit(slot, now_ms, is_grpc_request, cache_key.as_deref()) {
             Decision::Admitted(ticket) => {
                 let capture = cache_key
-                    .filter(|k| !grpc && worker.wants_capture(slot, k, now_ms))
+                    .filter(|k| worker.wants_capture(slot, k, now_ms))
                     .map(|key| Captured {
                         key,
                         status: 0,
                         content_type: None,
                         body: Vec::new(),
                     });
-                self.admitted = Some(Admitted {
+                self.admitted = Some(Admitted::new(
                     slot,
                     ticket,
-                    started_ms: now_ms,
-                    grpc,
+                    now_ms,
                     watch_retry_after,
-                    grpc_status: None,
-                    retry_after: None,
                     capture,
-                });
+                ));
                 Action::Continue
             }
             Decision::Pass => Action::Continue,
@@ -210,28 +220,29 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(a) = &mut self.admitted else {
             return Action::Continue;
         };
-        if a.grpc {
-            a.grpc_status = header_u32(Map::ResponseHeaders, "grpc-status");
+        a.seen.status = header_u32(Map::ResponseHeaders, ":status").unwrap_or(0);
+        if end_of_stream {
+            a.seen.complete = true;
+            // A gRPC error without a body is "trailers-only": its status rides here.
+            a.seen.grpc_status = header_u32(Map::ResponseHeaders, "grpc-status");
         }
-        if a.watch_retry_after || a.capture.is_some() {
-            let status = header_u32(Map::ResponseHeaders, ":status").unwrap_or(0);
-            if a.watch_retry_after && (status == 429 || status == 503) {
-                a.retry_after = host::header(Map::ResponseHeaders, "retry-after")
-                    .ok()
-                    .flatten();
-            }
+        let status = a.seen.status;
+        if a.watch_retry_after && (status == 429 || status == 503) {
+            a.retry_after = host::header(Map::ResponseHeaders, "retry-after")
+                .ok()
+                .flatten();
+        }
+        if let Some(c) = &mut a.capture {
             if status == 200 {
-                if let Some(c) = &mut a.capture {
-                    c.status = status;
-                    c.content_type = host::header(Map::ResponseHeaders, "content-type")
-                        .ok()
-                        .flatten()
-                        .and_then(|v| String::from_utf8(v).ok());
-                }
+                c.status = status;
+                c.content_type = host::header(Map::ResponseHeaders, "content-type")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| String::from_utf8(v).ok());
             } else {
                 a.capture = None;
             }
@@ -239,20 +250,25 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if let Some(c) = self.admitted.as_mut().and_then(|a| a.capture.as_mut()) {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(a) = &mut self.admitted else {
+            return Action::Continue;
+        };
+        a.seen.complete |= end_of_stream;
+        if let Some(c) = &mut a.capture {
             match host::response_body(body_size) {
                 Ok(chunk) => c.body.extend_from_slice(&chunk),
-                Err(_) => self.admitted.as_mut().map_or((), |a| a.capture = None),
+                Err(_) => a.capture = None,
             }
         }
         Action::Continue
     }
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        if let Some(a) = self.admitted.as_mut().filter(|a| a.grpc) {
+        if let Some(a) = &mut self.admitted {
+            a.seen.complete = true;
             if let Some(status) = header_u32(Map::ResponseTrailers, "grpc-status") {
-                a.grpc_status = Some(status);
+                a.seen.grpc_status = Some(status);
             }
         }
         Action::Continue
@@ -262,29 +278,41 @@ impl HttpContext for Stream {
         let (Some(a), Some(worker)) = (self.admitted.take(), &self.worker) else {
             return;
         };
-        let end = StreamEnd {
-            status: host::property_u64(RESPONSE_CODE)
-                .ok()
-                .flatten()
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(0),
-            flags: host::property_u64(RESPONSE_FLAGS)
-                .ok()
-                .flatten()
-                .unwrap_or(0),
-            grpc_status: a.grpc_status,
-        };
         if let Ok(mut worker) = worker.try_borrow_mut() {
             worker.record(
                 a.slot,
                 a.ticket,
-                end,
+                a.seen,
                 a.started_ms,
                 a.retry_after.as_deref(),
                 a.capture,
             );
         }
     }
+}
+
+impl Admitted {
+    fn new(
+        slot: usize,
+        ticket: Ticket,
+        started_ms: u64,
+        watch_retry_after: bool,
+        capture: Option<Captured>,
+    ) -> Admitted {
+        Admitted {
+            slot,
+            ticket,
+            started_ms,
+            watch_retry_after,
+            seen: Seen::default(),
+            retry_after: None,
+            capture,
+        }
+    }
+}
+
+fn is_grpc_request() -> bool {
+    request_header("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
 fn request_header(name: &str) -> Option<Vec<u8>> {

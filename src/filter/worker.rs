@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use crate::core::breaker::{self, Admission, Call, RejectKind, Rejection, Step, Tally, Ticket};
 use crate::core::cache::{Entry, ResponseCache};
+use crate::core::codec::{self, Glance};
 use crate::core::config::{EventsTarget, PluginConfig};
 use crate::core::control::{self, ApiError, Command};
 use crate::core::history::{self, Event};
@@ -47,6 +48,21 @@ pub enum Decision {
     Reject(Reply),
 }
 
+/// What the filter saw of a response before `on_log`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    /// `:status` of the response headers; 0 if none passed the filter.
+    pub status: u32,
+    /// `grpc-status`, from the headers of a trailers-only answer or from the trailers.
+    pub grpc_status: Option<u32>,
+    /// Whether the response reached its end (an end-of-stream flag or trailers).
+    pub complete: bool,
+}
+
+/// Property paths, NUL-separated as the ABI wants them.
+const RESPONSE_CODE: &[u8] = b"response\0code";
+const RESPONSE_FLAGS: &[u8] = b"response\0flags";
+
 /// A response captured for the fallback cache.
 pub struct Captured {
     pub key: String,
@@ -61,6 +77,8 @@ struct Slot {
     key: String,
     settings: Settings,
     last_seen: Record,
+    /// The freshest header of the record: updated by every admission, read or write.
+    glance: Glance,
     tally: Tally,
     metrics: Metrics,
     reply: RejectReply,
@@ -176,6 +194,7 @@ impl Worker {
             .map(|l| l.record)
             .unwrap_or_default();
         let slot = Slot {
+            glance: Glance::of(&last_seen),
             name: name.to_string(),
             reply: RejectReply::new(name, settings.fallback.as_ref()),
             cache: settings.cache.map(ResponseCache::new),
@@ -234,13 +253,29 @@ impl Worker {
         (x >> 32) as u32
     }
 
-    /// Decides whether a request to slot `i` goes upstream. `grpc` shapes a refusal for a
-    /// gRPC caller; `cache_key` is the path of a GET that a cached answer may serve.
+    /// The decision for a request to slot `i` when a glance at the stored record settles it
+    /// (closed, or disabled): one shared-data read, no clock, no write. `None`: call
+    /// [`Worker::admit`].
+    pub fn admit_at_a_glance(&mut self, i: usize) -> Option<Decision> {
+        let slot = self.slots.get_mut(i)?;
+        let (bytes, _) = SharedData.load(&slot.key).ok()??;
+        let glance = codec::glance(&bytes)?;
+        slot.glance = glance;
+        match breaker::admit_at_a_glance(&glance, &slot.settings)? {
+            Admission::Admitted(ticket) => Some(Decision::Admitted(ticket)),
+            Admission::Passed { .. } => Some(Decision::Pass),
+            Admission::Rejected(_) => None,
+        }
+    }
+
+    /// Decides whether a request to slot `i` goes upstream. `grpc` says whether the caller
+    /// speaks gRPC (asked only to shape a refusal); `cache_key` is the path of a GET that a
+    /// cached answer may serve.
     pub fn admit(
         &mut self,
         i: usize,
         now_ms: u64,
-        grpc: bool,
+        grpc: impl FnOnce() -> bool,
         cache_key: Option<&str>,
     ) -> Decision {
         let roll = self.roll();
@@ -289,6 +324,7 @@ impl Worker {
             }
             Admission::Rejected(rejection) => {
                 slot.metrics.count(Counted::Rejected);
+                let grpc = grpc();
                 let cached = match (&slot.cache, cache_key) {
                     (Some(cache), Some(key)) if !grpc => cache.get(key, now_ms),
                     _ => None,
@@ -315,12 +351,14 @@ impl Worker {
             .is_some_and(|c| c.wants(key, now_ms))
     }
 
-    /// Records how a request admitted with `ticket` ended.
+    /// Records how a request admitted with `ticket` ended. The response flags (and code, if
+    /// no response headers came by) are read only when what was seen does not already say
+    /// success.
     pub fn record(
         &mut self,
         i: usize,
         ticket: Ticket,
-        end: StreamEnd,
+        seen: Seen,
         started_ms: u64,
         retry_after: Option<&[u8]>,
         captured: Option<Captured>,
@@ -328,7 +366,28 @@ impl Worker {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        let outcome = slot.settings.classifier.classify(end);
+        let classifier = &slot.settings.classifier;
+        let outcome = classifier
+            .success_without_flags(seen.status, seen.grpc_status, seen.complete)
+            .unwrap_or_else(|| {
+                let status = match seen.status {
+                    0 => host::property_u64(RESPONSE_CODE)
+                        .ok()
+                        .flatten()
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(0),
+                    s => s,
+                };
+                let flags = host::property_u64(RESPONSE_FLAGS)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                classifier.classify(StreamEnd {
+                    status,
+                    flags,
+                    grpc_status: seen.grpc_status,
+                })
+            });
         let needs_clock = slot.settings.slow_call_rate_threshold > 0.0
             || retry_after.is_some()
             || captured.is_some();
@@ -360,7 +419,7 @@ impl Worker {
                 },
             );
         }
-        if Tally::can_defer(&slot.last_seen, &slot.settings, ticket, &call) {
+        if Tally::can_defer(&slot.glance, &slot.settings, ticket, &call) {
             slot.tally.defer(ticket.generation);
             return;
         }
@@ -609,6 +668,7 @@ impl Slot {
         if let Some(t) = &updated.transition {
             self.announce(t, updated.record.mode(&self.settings));
         }
+        self.glance = Glance::of(&updated.record);
         self.last_seen = updated.record;
     }
 

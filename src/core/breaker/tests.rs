@@ -1,6 +1,7 @@
 //! The breaker's rules, one behaviour per test, on a fake clock.
 
 use super::*;
+use crate::core::codec::Glance;
 use crate::core::outcome::Failure;
 use crate::core::window::WindowSpec;
 use proptest::prelude::*;
@@ -72,6 +73,62 @@ fn closed_admits_without_touching_the_record() {
             probe: false
         })
     );
+}
+
+#[test]
+fn a_glance_admits_only_where_no_clock_is_needed() {
+    let s = settings();
+    let mut r = Record::default();
+    assert_eq!(
+        admit_at_a_glance(&Glance::of(&r), &s),
+        Some(Admission::Admitted(Ticket {
+            generation: 0,
+            probe: false
+        }))
+    );
+    r.ramping = true;
+    assert_eq!(
+        admit_at_a_glance(&Glance::of(&r), &s),
+        None,
+        "the ramp needs the clock"
+    );
+    r.ramping = false;
+    r.mode_override = Some(Mode::Disabled);
+    assert_eq!(
+        admit_at_a_glance(&Glance::of(&r), &s),
+        Some(Admission::Passed { would_reject: None })
+    );
+    r.mode_override = Some(Mode::ForcedOpen);
+    assert_eq!(admit_at_a_glance(&Glance::of(&r), &s), None);
+    r.mode_override = None;
+    open(&mut r, &s, 0);
+    assert_eq!(
+        admit_at_a_glance(&Glance::of(&r), &s),
+        None,
+        "open needs the clock"
+    );
+}
+
+proptest! {
+    #[test]
+    fn a_glance_never_contradicts_the_full_admission(
+        state in 0u8..3, ramping: bool, mode in 0usize..5, now in 0u64..100_000,
+    ) {
+        let s = settings();
+        let mut r = Record {
+            state: [State::Closed, State::Open, State::HalfOpen][state as usize],
+            ramping,
+            changed_at_ms: 0,
+            open_until_ms: 50_000,
+            mode_override: mode.checked_sub(1).map(|i| Mode::ALL[i]),
+            ..Record::default()
+        };
+        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s) {
+            let full = admit(&mut r, &s, now, 0);
+            prop_assert_eq!(quick, full.value);
+            prop_assert!(!full.dirty);
+        }
+    }
 }
 
 #[test]
@@ -679,7 +736,7 @@ fn deferred_successes_count_toward_the_rate_once_folded() {
     let mut tally = Tally::default();
     for _ in 0..10 {
         let ticket = admitted(admit(&mut r, &s, 0, 0));
-        assert!(Tally::can_defer(&r, &s, ticket, &quick(OK)));
+        assert!(Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(OK)));
         tally.defer(ticket.generation);
     }
     assert!(tally.fold_into(&mut r, &s, 0));
@@ -699,23 +756,23 @@ fn only_plain_fast_successes_are_deferred() {
     };
     let mut r = Record::default();
     let ticket = admitted(admit(&mut r, &s, 0, 0));
-    assert!(Tally::can_defer(&r, &s, ticket, &quick(OK)));
-    assert!(!Tally::can_defer(&r, &s, ticket, &quick(FAIL)));
+    assert!(Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(OK)));
+    assert!(!Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(FAIL)));
     let slow = Call {
         outcome: OK,
         elapsed_ms: 100,
         retry_after_ms: None,
     };
-    assert!(!Tally::can_defer(&r, &s, ticket, &slow));
+    assert!(!Tally::can_defer(&Glance::of(&r), &s, ticket, &slow));
     let asked = Call {
         outcome: OK,
         elapsed_ms: 1,
         retry_after_ms: Some(1),
     };
-    assert!(!Tally::can_defer(&r, &s, ticket, &asked));
+    assert!(!Tally::can_defer(&Glance::of(&r), &s, ticket, &asked));
     call(&mut r, &s, FAIL, 0);
     assert!(
-        !Tally::can_defer(&r, &s, ticket, &quick(OK)),
+        !Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(OK)),
         "a streak is open"
     );
 }
