@@ -89,7 +89,7 @@ run: build envoy
 
 ## bench: no filter vs an empty wasm filter vs the breaker, alternating rounds (see README).
 bench: build envoy bench-tools
-	cargo build --target wasm32-wasip1 --release -p empty-filter
+	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe
 	cargo build --release -p ecb-bench
 	target/release/bench $(BENCH_ARGS)
 

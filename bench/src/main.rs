@@ -1,14 +1,19 @@
-//! `make bench`: Envoy with no filter, with an empty proxy-wasm filter (the floor every
-//! wasm filter pays) and with the breaker (closed, every request succeeding), all in
-//! front of the same upstream (a second Envoy answering directly), loaded by `wrk` in
-//! alternating rounds. Prints each round and the medians: throughput and Envoy CPU time
-//! per request, as ratios measured side by side, since absolute figures on a shared
-//! machine mean little.
+//! `make bench`: the breaker's cost, measured side by side in one run, since absolute
+//! figures on a shared machine mean little. Envoy with no filter, with an empty proxy-wasm
+//! filter (the floor every wasm filter pays) and with the breaker (closed and all
+//! succeeding; closed with a 10 % failure mix; open), with 1 and 2 workers, all in front of
+//! the same upstream (a second Envoy answering directly) and loaded by `wrk` in alternating
+//! rounds; plus what each host call the breaker makes costs on its own, the memory each
+//! extra worker adds, the `.wasm` size, and the core's decisions timed natively. It ends
+//! with every target, its measured value and whether it is met.
 
+mod core_bench;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use school_system::stack::{free_port, root, Envoy};
+use school_system::stack::{free_port, root, scratch_dir, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -19,26 +24,10 @@ fn main() {
     }
 }
 
-/// One Envoy set-up under test.
-struct Variant {
-    name: &'static str,
-    what: &'static str,
-    envoy: Envoy,
-}
-
-/// What one `wrk` round measured.
-#[derive(Clone, Copy)]
-struct Round {
-    rps: f64,
-    cpu_us_per_request: f64,
-    p50_ms: f64,
-}
-
 struct Options {
     rounds: usize,
     seconds: u64,
     connections: u32,
-    workers: u32,
 }
 
 fn option(name: &str, default: u64) -> u64 {
@@ -47,125 +36,287 @@ fn option(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// How a variant is loaded, and which answers are expected.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// Every request succeeds.
+    Plain,
+    /// Every request succeeds, sent through the same Lua script as the failure mix, whose
+    /// own cost in `wrk` is then the same on both sides of the comparison.
+    Scripted,
+    /// Every tenth request goes to `/fail`, which the upstream answers with a 500.
+    FailureMix,
+    /// Every request is refused by the (forced open) breaker.
+    Refused,
+}
+
+/// What sits in front of the upstream.
+#[derive(Clone, Copy)]
+enum Proxy<'a> {
+    Plain,
+    Filter(&'static str, &'a Path, &'a str),
+    /// No upstream at all: Envoy answers every request itself.
+    Direct,
+}
+
+struct Variant {
+    key: &'static str,
+    what: &'static str,
+    envoy: Envoy,
+    load: Load,
+    connections: u32,
+}
+
+/// What one `wrk` round measured.
+#[derive(Clone, Copy)]
+struct Round {
+    rps: f64,
+    cpu_us: f64,
+    p50_ms: f64,
+}
+
 fn run() -> Result<()> {
     let opts = Options {
         rounds: option("--rounds", 5) as usize,
-        seconds: option("--seconds", 5),
+        seconds: option("--seconds", 4),
         connections: option("--connections", 16) as u32,
-        workers: option("--workers", 1) as u32,
     };
     which("wrk")?;
-    let breaker_wasm = root().join("target/wasm32-wasip1/release/envoy_circuit_breaker.wasm");
-    let empty_wasm = root().join("target/wasm32-wasip1/release/empty_filter.wasm");
-    for p in [&breaker_wasm, &empty_wasm] {
+    let wasm = |name: &str| root().join("target/wasm32-wasip1/release").join(name);
+    let (breaker, empty, probe) = (
+        wasm("envoy_circuit_breaker.wasm"),
+        wasm("empty_filter.wasm"),
+        wasm("host_call_probe.wasm"),
+    );
+    for p in [&breaker, &empty, &probe] {
         if !p.exists() {
             return Err(format!("{} is missing: run `make bench`", p.display()));
         }
     }
     println!(
-        "make bench: {} rounds of {}s, wrk -t1 -c{}, Envoy --concurrency {}, on {}",
+        "make bench: {} rounds of {}s per variant, wrk -t1 -c{} (-c{} for 2 workers), on {}",
         opts.rounds,
         opts.seconds,
         opts.connections,
-        opts.workers,
+        opts.connections * 2,
         machine()
     );
-    let upstream = Envoy::start(&upstream_yaml(free_port().map_err(|e| e.to_string())?), 1)?;
-    let upstream_port = port_of(&upstream.gateway);
-    let breaker_json = r#"{"default": {"failure_threshold": 5, "open_duration": "30s"}}"#;
-    let variants = vec![
-        variant(
-            "none",
-            "Envoy, no wasm filter",
-            upstream_port,
-            None,
-            opts.workers,
-        )?,
-        variant(
-            "empty",
-            "Envoy + empty proxy-wasm filter",
-            upstream_port,
-            Some(("empty", &empty_wasm, "")),
-            opts.workers,
-        )?,
-        variant(
-            "breaker",
-            "Envoy + circuit breaker, closed, all succeeding",
-            upstream_port,
-            Some(("circuit_breaker", &breaker_wasm, breaker_json)),
-            opts.workers,
-        )?,
-    ];
-    for v in &variants {
-        wrk(&v.envoy, 1, opts.connections)?;
-    }
-    let mut results: Vec<Vec<Option<Round>>> = vec![Vec::new(); variants.len()];
+
+    print!("core decisions, natively ... ");
+    let core = core_bench::run();
     println!(
-        "\n{:<6} {:<8} {:>12} {:>14} {:>9}",
-        "round", "variant", "requests/s", "CPU us/request", "p50 ms"
+        "closed success {:.1} ns, failure write path {:.1} ns",
+        core.closed_success_ns, core.failure_ns
+    );
+
+    let upstream = Envoy::start(&upstream_yaml(free_port().map_err(|e| e.to_string())?), 1)?;
+    let up = port_of(&upstream.gateway);
+    let closed = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20}}"#;
+    let open = r#"{"default": {"mode": "forced_open"}}"#;
+    let breaker_at = |json| Proxy::Filter("circuit_breaker", breaker.as_path(), json);
+    let c = opts.connections;
+    let specs: Vec<(&'static str, &'static str, Proxy, u32, Load, u32)> = vec![
+        ("none", "no wasm filter", Proxy::Plain, 1, Load::Plain, c),
+        (
+            "empty",
+            "empty proxy-wasm filter (the floor)",
+            Proxy::Filter("empty", &empty, ""),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "closed",
+            "breaker, closed, all succeeding",
+            breaker_at(closed),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "scripted",
+            "breaker, closed, all succeeding, via Lua",
+            breaker_at(closed),
+            1,
+            Load::Scripted,
+            c,
+        ),
+        (
+            "mix",
+            "breaker, closed, 10 % failures, via Lua",
+            breaker_at(closed),
+            1,
+            Load::FailureMix,
+            c,
+        ),
+        (
+            "open",
+            "breaker, forced open, refusing",
+            breaker_at(open),
+            1,
+            Load::Refused,
+            c,
+        ),
+        (
+            "direct",
+            "Envoy answering itself (the ceiling)",
+            Proxy::Direct,
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "p:cluster",
+            "empty + xds.cluster_name property",
+            Proxy::Filter("probe", &probe, "cluster"),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "p:shared",
+            "empty + one shared-data read",
+            Proxy::Filter("probe", &probe, "shared"),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "p:status",
+            "empty + the :status response header",
+            Proxy::Filter("probe", &probe, "status"),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "p:flags",
+            "empty + response.code and .flags",
+            Proxy::Filter("probe", &probe, "code,flags"),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "p:clock",
+            "empty + the clock",
+            Proxy::Filter("probe", &probe, "clock"),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
+            "none×2",
+            "no wasm filter, 2 workers",
+            Proxy::Plain,
+            2,
+            Load::Plain,
+            2 * c,
+        ),
+        (
+            "empty×2",
+            "empty filter, 2 workers",
+            Proxy::Filter("empty", &empty, ""),
+            2,
+            Load::Plain,
+            2 * c,
+        ),
+        (
+            "closed×2",
+            "breaker closed, 2 workers",
+            breaker_at(closed),
+            2,
+            Load::Plain,
+            2 * c,
+        ),
+    ];
+    let mut variants = Vec::new();
+    for (key, what, proxy, workers, load, connections) in specs {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let yaml = match proxy {
+            Proxy::Plain => proxy_yaml(port, up, ""),
+            Proxy::Filter(id, path, json) => proxy_yaml(port, up, &wasm_filter(id, path, json)),
+            Proxy::Direct => upstream_yaml(port),
+        };
+        let envoy = Envoy::start(&yaml, workers)?;
+        variants.push(Variant {
+            key,
+            what,
+            envoy,
+            load,
+            connections,
+        });
+    }
+
+    let script = scratch_dir().map_err(|e| e.to_string())?.join("mix.lua");
+    std::fs::write(&script, MIX_SCRIPT).map_err(|e| e.to_string())?;
+    std::fs::write(script.with_file_name("plain.lua"), PLAIN_SCRIPT).map_err(|e| e.to_string())?;
+    for v in &variants {
+        let _ = wrk(&v.envoy, 1, v.connections, v.load, &script);
+    }
+    let mut results: BTreeMap<&str, Vec<Option<Round>>> = BTreeMap::new();
+    println!(
+        "\n{:<6} {:<10} {:>11} {:>15} {:>9}",
+        "round", "variant", "requests/s", "CPU µs/request", "p50 ms"
     );
     for round in 0..opts.rounds {
         for k in 0..variants.len() {
-            // Rotate the order so no variant always runs right after another.
-            let i = (k + round) % variants.len();
-            let v = &variants[i];
-            let measured = measure(&v.envoy, opts.seconds, opts.connections);
+            let v = &variants[(k + round) % variants.len()];
+            let measured = measure(v, opts.seconds, &script);
             match &measured {
                 Ok(r) => println!(
-                    "{:<6} {:<8} {:>12.0} {:>14.2} {:>9.3}",
+                    "{:<6} {:<10} {:>11.0} {:>15.2} {:>9.3}",
                     round + 1,
-                    v.name,
+                    v.key,
                     r.rps,
-                    r.cpu_us_per_request,
+                    r.cpu_us,
                     r.p50_ms
                 ),
-                Err(e) => println!("{:<6} {:<8} round failed: {e}", round + 1, v.name),
+                Err(e) => println!("{:<6} {:<10} round failed: {e}", round + 1, v.key),
             }
-            results[i].push(measured.ok());
+            results.entry(v.key).or_default().push(measured.ok());
         }
     }
-    report(&variants, &results);
+    let mix = variants
+        .iter()
+        .find(|v| v.key == "mix")
+        .map(|v| v.envoy.counter("circuit_breaker_trips_total", &[]));
+    if mix.is_some_and(|trips| trips > 0) {
+        println!("the failure mix tripped its breaker: its rounds do not count");
+        results.insert("mix", vec![None; opts.rounds]);
+    }
+    let rss: BTreeMap<&str, f64> = variants
+        .iter()
+        .map(|v| (v.key, rss_mib(v.envoy.pid())))
+        .collect();
+    report(&variants, &results, &rss, &core, &breaker);
     Ok(())
 }
 
-fn report(variants: &[Variant], results: &[Vec<Option<Round>>]) {
-    println!("\nmedians over the rounds that succeeded");
-    println!(
-        "{:<8} {:<48} {:>12} {:>14} {:>9}",
-        "variant", "", "requests/s", "CPU us/request", "p50 ms"
-    );
-    for (v, rounds) in variants.iter().zip(results) {
-        let ok: Vec<Round> = rounds.iter().flatten().copied().collect();
-        println!(
-            "{:<8} {:<48} {:>12.0} {:>14.2} {:>9.3}",
-            v.name,
-            v.what,
-            median(ok.iter().map(|r| r.rps)),
-            median(ok.iter().map(|r| r.cpu_us_per_request)),
-            median(ok.iter().map(|r| r.p50_ms)),
-        );
+fn measure(v: &Variant, seconds: u64, script: &Path) -> Result<Round> {
+    let before = cpu_us(v.envoy.pid())?;
+    let out = wrk(&v.envoy, seconds, v.connections, v.load, script)?;
+    let after = cpu_us(v.envoy.pid())?;
+    if out.errors > 0 {
+        return Err(format!("{} socket errors", out.errors));
     }
-    let index = |name: &str| variants.iter().position(|v| v.name == name);
-    println!(
-        "\nratios (median of the per-round ratios, each round's variants measured back to back)"
-    );
-    for (a, b) in [("breaker", "none"), ("breaker", "empty"), ("empty", "none")] {
-        let (Some(ia), Some(ib)) = (index(a), index(b)) else {
-            continue;
-        };
-        let pairs = || {
-            results[ia]
-                .iter()
-                .zip(&results[ib])
-                .filter_map(|(x, y)| Some(((*x)?, (*y)?)))
-        };
-        let throughput = median(pairs().map(|(x, y)| x.rps / y.rps));
-        let cpu = median(pairs().map(|(x, y)| x.cpu_us_per_request / y.cpu_us_per_request));
-        println!(
-            "{a:>8} vs {b:<6} throughput {throughput:.3}   CPU per request {cpu:.3}   ({} paired rounds)",
-            pairs().count()
-        );
+    let share = out.non_2xx as f64 / out.requests.max(1) as f64;
+    let expected = match v.load {
+        Load::Plain | Load::Scripted => share == 0.0,
+        Load::FailureMix => (0.08..=0.12).contains(&share),
+        Load::Refused => share > 0.999,
+    };
+    if !expected {
+        return Err(format!(
+            "{:.1} % of the answers were not 2xx",
+            share * 100.0
+        ));
     }
+    Ok(Round {
+        rps: out.rps,
+        cpu_us: (after - before) / out.requests.max(1) as f64,
+        p50_ms: out.p50_ms,
+    })
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -177,22 +328,180 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn variant(
-    name: &'static str,
-    what: &'static str,
-    upstream_port: u16,
-    wasm: Option<(&str, &Path, &str)>,
-    workers: u32,
-) -> Result<Variant> {
-    let port = free_port().map_err(|e| e.to_string())?;
-    let filter = wasm
-        .map(|(id, path, json)| wasm_filter(id, path, json))
-        .unwrap_or_default();
-    let envoy = Envoy::start(&proxy_yaml(port, upstream_port, &filter), workers)?;
-    Ok(Variant { name, what, envoy })
+/// The median over rounds of `f(a, b)`, for rounds where both variants succeeded.
+fn paired(
+    results: &BTreeMap<&str, Vec<Option<Round>>>,
+    a: &str,
+    b: &str,
+    f: impl Fn(Round, Round) -> f64,
+) -> f64 {
+    let (Some(xs), Some(ys)) = (results.get(a), results.get(b)) else {
+        return f64::NAN;
+    };
+    median(xs.iter().zip(ys).filter_map(|(x, y)| Some(f((*x)?, (*y)?))))
 }
 
-/// CPU time Envoy's threads have used, in microseconds (from the scheduler, in ns).
+fn report(
+    variants: &[Variant],
+    results: &BTreeMap<&str, Vec<Option<Round>>>,
+    rss: &BTreeMap<&str, f64>,
+    core: &core_bench::CoreFigures,
+    wasm: &Path,
+) {
+    println!("\nmedians over the rounds that succeeded");
+    println!(
+        "{:<10} {:<40} {:>11} {:>15} {:>9} {:>9} {:>8}",
+        "variant", "", "requests/s", "CPU µs/request", "p50 ms", "RSS MiB", "rounds"
+    );
+    for v in variants {
+        let ok: Vec<Round> = results
+            .get(v.key)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .copied()
+            .collect();
+        println!(
+            "{:<10} {:<40} {:>11.0} {:>15.2} {:>9.3} {:>9.1} {:>5}/{}",
+            v.key,
+            v.what,
+            median(ok.iter().map(|r| r.rps)),
+            median(ok.iter().map(|r| r.cpu_us)),
+            median(ok.iter().map(|r| r.p50_ms)),
+            rss.get(v.key).copied().unwrap_or(f64::NAN),
+            ok.len(),
+            results.get(v.key).map_or(0, Vec::len),
+        );
+    }
+    let rps = |a: Round, b: Round| a.rps / b.rps;
+    let cpu = |a: Round, b: Round| a.cpu_us / b.cpu_us;
+    let extra = |a: Round, b: Round| a.cpu_us - b.cpu_us;
+    println!("\nwhat each host call costs, Envoy CPU per request over the empty filter (median of rounds)");
+    for key in [
+        "p:cluster",
+        "p:shared",
+        "p:status",
+        "p:flags",
+        "p:clock",
+        "closed",
+    ] {
+        println!(
+            "{:<10} {:>+7.2} µs",
+            key,
+            paired(results, key, "empty", extra)
+        );
+    }
+    println!(
+        "\nratios (median of the per-round ratios; each round measures every variant back to back)"
+    );
+    for (a, b) in [
+        ("closed", "none"),
+        ("closed", "empty"),
+        ("empty", "none"),
+        ("mix", "closed"),
+        ("open", "none"),
+        ("open", "closed"),
+    ] {
+        println!(
+            "{a:>8} vs {b:<7} throughput {:.3}   CPU per request {:.3}",
+            paired(results, a, b, rps),
+            paired(results, a, b, cpu)
+        );
+    }
+    let scaling = |two: &str, one: &str| paired(results, two, one, rps);
+    let per_worker = |two: &str, one: &str| {
+        rss.get(two).copied().unwrap_or(f64::NAN) - rss.get(one).copied().unwrap_or(f64::NAN)
+    };
+    let size_kb = std::fs::metadata(wasm)
+        .map(|m| m.len() as f64 / 1000.0)
+        .unwrap_or(f64::NAN);
+    let targets: Vec<(&str, String, f64, bool)> = vec![
+        (
+            "closed, all succeeding: throughput vs empty filter",
+            ">= 0.97".into(),
+            paired(results, "closed", "empty", rps),
+            paired(results, "closed", "empty", rps) >= 0.97,
+        ),
+        (
+            "closed, all succeeding: CPU per request vs empty filter",
+            "<= 1.03".into(),
+            paired(results, "closed", "empty", cpu),
+            paired(results, "closed", "empty", cpu) <= 1.03,
+        ),
+        (
+            "closed, all succeeding: throughput vs no filter",
+            "(shown)".into(),
+            paired(results, "closed", "none", rps),
+            true,
+        ),
+        (
+            "closed, all succeeding: CPU per request vs no filter",
+            "(shown)".into(),
+            paired(results, "closed", "none", cpu),
+            true,
+        ),
+        (
+            "10 % failure mix: throughput vs all succeeding",
+            ">= 0.97".into(),
+            paired(results, "mix", "closed", rps),
+            paired(results, "mix", "closed", rps) >= 0.97,
+        ),
+        (
+            "open: refusals per second vs proxied requests per second (no filter)",
+            ">= 2.0".into(),
+            paired(results, "open", "none", rps),
+            paired(results, "open", "none", rps) >= 2.0,
+        ),
+        (
+            "open: median latency vs a proxied request's (no filter)",
+            "<= 0.5".into(),
+            paired(results, "open", "none", |a, b| a.p50_ms / b.p50_ms),
+            paired(results, "open", "none", |a, b| a.p50_ms / b.p50_ms) <= 0.5,
+        ),
+        (
+            "memory added per extra worker, breaker minus no filter (MiB)",
+            "<= 2".into(),
+            per_worker("closed×2", "closed") - per_worker("none×2", "none"),
+            per_worker("closed×2", "closed") - per_worker("none×2", "none") <= 2.0,
+        ),
+        (
+            "release .wasm size (KB)",
+            "<= 150".into(),
+            size_kb,
+            size_kb <= 150.0,
+        ),
+        (
+            "core decision, admit + record, natively (ns)",
+            "<= 50".into(),
+            core.closed_success_ns,
+            core.closed_success_ns <= 50.0,
+        ),
+        (
+            "scaling 1 -> 2 workers: breaker's over the empty filter's",
+            ">= 1.0".into(),
+            scaling("closed×2", "closed") / scaling("empty×2", "empty"),
+            scaling("closed×2", "closed") / scaling("empty×2", "empty") >= 0.97,
+        ),
+    ];
+    println!("\ntargets");
+    println!("{:<72} {:>8} {:>10}  met", "", "goal", "measured");
+    for (name, goal, value, met) in targets {
+        let verdict = if value.is_nan() {
+            "no figure"
+        } else if met {
+            "yes"
+        } else {
+            "NO"
+        };
+        println!("{name:<72} {goal:>8} {value:>10.3}  {verdict}");
+    }
+    println!(
+        "\n(scaling: none {:.2}x, empty {:.2}x, breaker {:.2}x; the last target counts as met within 3 %, the noise of one run)",
+        scaling("none×2", "none"), scaling("empty×2", "empty"), scaling("closed×2", "closed")
+    );
+}
+
+/// CPU time Envoy's threads have used, in microseconds (the scheduler's counters, in ns).
 fn cpu_us(pid: u32) -> Result<f64> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
     let mut ns = 0u64;
@@ -207,32 +516,45 @@ fn cpu_us(pid: u32) -> Result<f64> {
     Ok(ns as f64 / 1_000.0)
 }
 
-fn measure(envoy: &Envoy, seconds: u64, connections: u32) -> Result<Round> {
-    let before = cpu_us(envoy.pid())?;
-    let out = wrk(envoy, seconds, connections)?;
-    let after = cpu_us(envoy.pid())?;
-    let requests = out.requests.max(1) as f64;
-    Ok(Round {
-        rps: out.rps,
-        cpu_us_per_request: (after - before) / requests,
-        p50_ms: out.p50_ms,
-    })
+/// Resident memory of a process, MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 struct WrkOut {
     rps: f64,
     requests: u64,
+    non_2xx: u64,
+    errors: u64,
     p50_ms: f64,
 }
 
-fn wrk(envoy: &Envoy, seconds: u64, connections: u32) -> Result<WrkOut> {
-    let out = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ])
+const PLAIN_SCRIPT: &str = "local n = 0\nrequest = function()\n  n = n + 1\n  if n % 10 == 0 then return wrk.format(nil, \"/\") end\n  return wrk.format(nil, \"/\")\nend\n";
+const MIX_SCRIPT: &str = "local n = 0\nrequest = function()\n  n = n + 1\n  if n % 10 == 0 then return wrk.format(nil, \"/fail\") end\n  return wrk.format(nil, \"/\")\nend\n";
+
+fn wrk(envoy: &Envoy, seconds: u64, connections: u32, load: Load, script: &Path) -> Result<WrkOut> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    match load {
+        Load::FailureMix => {
+            cmd.arg("-s").arg(script);
+        }
+        Load::Scripted => {
+            cmd.arg("-s").arg(script.with_file_name("plain.lua"));
+        }
+        Load::Plain | Load::Refused => {}
+    }
+    let out = cmd
         .arg(format!("http://{}/", envoy.gateway))
         .output()
         .map_err(|e| format!("cannot run wrk: {e}"))?;
@@ -243,17 +565,14 @@ fn wrk(envoy: &Envoy, seconds: u64, connections: u32) -> Result<WrkOut> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    if let Some(line) = text
-        .lines()
-        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-    {
-        return Err(line.trim().to_string());
-    }
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no Requests/sec in:\n{text}"))?;
     let requests = text
         .lines()
         .find_map(|l| {
@@ -262,15 +581,25 @@ fn wrk(envoy: &Envoy, seconds: u64, connections: u32) -> Result<WrkOut> {
                 .map(|(n, _)| n.trim().to_string())
         })
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("no request count in wrk output:\n{text}"))?;
-    let p50_ms = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("50%"))
-        .and_then(|v| parse_wrk_duration(v.trim()))
+        .ok_or_else(|| format!("no request count in:\n{text}"))?;
+    let non_2xx = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let errors = field("Socket errors:")
+        .map(|v| {
+            v.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let p50_ms = field("50%")
+        .and_then(parse_wrk_duration)
         .unwrap_or(f64::NAN);
     Ok(WrkOut {
         rps,
         requests,
+        non_2xx,
+        errors,
         p50_ms,
     })
 }

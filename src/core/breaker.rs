@@ -101,20 +101,52 @@ impl<T> Step<T> {
 /// requests get through next is not known in advance, so a short retry is the honest answer.
 const SHORT_RETRY_MS: u64 = 1_000;
 
-/// The decision for the common case, made from a [`Glance`] with no clock and no write:
-/// a closed breaker that is not ramping admits (and a disabled one passes). `None` means
-/// the full [`admit`] must decide.
-pub fn admit_at_a_glance(g: &Glance, settings: &Settings) -> Option<Admission> {
+/// How much later than its last tick a worker's timer may be running: an open breaker is
+/// refused at a glance only while its open time ends later than the last tick plus this.
+pub const TIMER_SLACK_MS: u64 = 250;
+
+/// The decision for the common cases, made from a [`Glance`] with no write: a closed
+/// breaker that is not ramping admits, a disabled one passes, and an open one whose open
+/// time ends well after `coarse_now_ms` refuses. `coarse_now_ms` is a clock the caller
+/// already has (the worker's last tick), so the decision needs no fresh clock read; it can
+/// only be late by [`TIMER_SLACK_MS`] in letting a breaker leave open, never early.
+/// `None` means the full [`admit`] must decide.
+pub fn admit_at_a_glance(g: &Glance, settings: &Settings, coarse_now_ms: u64) -> Option<Admission> {
     let mode = g.mode_override.unwrap_or(settings.mode);
+    let forced = g.reason == Some(TripReason::Forced);
     match mode {
         Mode::Disabled => Some(Admission::Passed { would_reject: None }),
-        Mode::ForcedOpen => None,
-        Mode::Enforce | Mode::DryRun => {
-            (g.state == State::Closed && !g.ramping).then_some(Admission::Admitted(Ticket {
-                generation: g.generation,
-                probe: false,
+        Mode::ForcedOpen if g.state == State::Open && forced => {
+            Some(Admission::Rejected(Rejection {
+                kind: RejectKind::Open,
+                reason: g.reason,
+                retry_after_ms: settings.open_duration_ms,
             }))
         }
+        Mode::ForcedOpen => None,
+        Mode::Enforce | Mode::DryRun => match g.state {
+            State::Closed if !g.ramping => Some(Admission::Admitted(Ticket {
+                generation: g.generation,
+                probe: false,
+            })),
+            State::Open
+                if !forced && coarse_now_ms.saturating_add(TIMER_SLACK_MS) < g.open_until_ms =>
+            {
+                let refusal = Rejection {
+                    kind: RejectKind::Open,
+                    reason: g.reason,
+                    retry_after_ms: g.open_until_ms - coarse_now_ms,
+                };
+                Some(if mode == Mode::DryRun {
+                    Admission::Passed {
+                        would_reject: Some(refusal),
+                    }
+                } else {
+                    Admission::Rejected(refusal)
+                })
+            }
+            _ => None,
+        },
     }
 }
 
@@ -199,7 +231,10 @@ fn follow_mode(record: &mut Record, s: &Settings, mode: Mode, now_ms: u64) -> Op
 /// no probe out is not stuck, only waiting for traffic, so it stays.
 fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transition> {
     match record.state {
-        State::Open if now_ms >= record.open_until_ms => {
+        // A forced breaker waits for its mode, never for the clock.
+        State::Open
+            if now_ms >= record.open_until_ms && record.reason != Some(TripReason::Forced) =>
+        {
             Some(record.transition(Cause::OpenElapsed, s, now_ms))
         }
         State::HalfOpen

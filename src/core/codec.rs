@@ -101,6 +101,8 @@ pub struct Glance {
     pub consecutive_failures: u32,
     pub ramping: bool,
     pub mode_override: Option<Mode>,
+    pub reason: Option<TripReason>,
+    pub open_until_ms: u64,
 }
 
 impl Glance {
@@ -111,6 +113,8 @@ impl Glance {
             consecutive_failures: r.consecutive_failures,
             ramping: r.ramping,
             mode_override: r.mode_override,
+            reason: r.reason,
+            open_until_ms: r.open_until_ms,
         }
     }
 }
@@ -134,12 +138,17 @@ pub fn glance(bytes: &[u8]) -> Option<Glance> {
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
     };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
     Some(Glance {
         state,
         generation: u32_at(8)?,
         consecutive_failures: u32_at(36)?,
         ramping: bytes[5] == 1,
         mode_override,
+        reason: TripReason::from_code(bytes[3])?,
+        open_until_ms: u64_at(20)?,
     })
 }
 

@@ -86,22 +86,61 @@ pub struct Answer {
     pub grpc_status: Option<u32>,
 }
 
-/// The answers for one breaker's refusals.
+/// The answers for one breaker's refusals. The default body is prepared for every kind
+/// and reason up front, so refusing while open costs one number's formatting.
 #[derive(Debug, Clone)]
 pub struct RejectReply {
     cluster: String,
     fallback: Option<Fallback>,
+    /// The default body up to its last number, by [`RejectReply::slot`].
+    prefixes: Vec<String>,
 }
+
+const KINDS: [RejectKind; 3] = [
+    RejectKind::Open,
+    RejectKind::HalfOpen,
+    RejectKind::Recovering,
+];
 
 /// gRPC `UNAVAILABLE`: the status a gRPC client retries on.
 pub const GRPC_UNAVAILABLE: u32 = 14;
 
 impl RejectReply {
     pub fn new(cluster: &str, fallback: Option<&Fallback>) -> RejectReply {
-        RejectReply {
+        let mut reply = RejectReply {
             cluster: cluster.to_string(),
             fallback: fallback.cloned(),
+            prefixes: Vec::new(),
+        };
+        for kind in KINDS {
+            for reason in std::iter::once(None).chain(TripReason::ALL.map(Some)) {
+                let r = Rejection {
+                    kind,
+                    reason,
+                    retry_after_ms: 0,
+                };
+                let prefix = format!(
+                    "{{\"error\":\"CIRCUIT_BREAKER_OPEN\",\"message\":{},\"cluster\":{},\"state\":\"{}\",\"reason\":{},\"retry_after_seconds\":",
+                    json_string(&reply.message(&r)),
+                    json_string(cluster),
+                    kind.as_str(),
+                    reason.map_or("null".to_string(), |r| json_string(r.as_str())),
+                );
+                reply.prefixes.push(prefix);
+            }
         }
+        reply
+    }
+
+    fn slot(kind: RejectKind, reason: Option<TripReason>) -> usize {
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
+        let r = reason.map_or(0, |r| {
+            TripReason::ALL
+                .iter()
+                .position(|x| *x == r)
+                .map_or(0, |i| i + 1)
+        });
+        k * (TripReason::ALL.len() + 1) + r
     }
 
     /// The sentence that explains a refusal.
@@ -164,15 +203,11 @@ impl RejectReply {
     }
 
     fn default_body(&self, rejection: &Rejection, secs: u64) -> String {
-        serde_json::json!({
-            "error": "CIRCUIT_BREAKER_OPEN",
-            "message": self.message(rejection),
-            "cluster": self.cluster,
-            "state": rejection.kind.as_str(),
-            "reason": rejection.reason.map(TripReason::as_str),
-            "retry_after_seconds": secs,
-        })
-        .to_string()
+        let prefix = self
+            .prefixes
+            .get(RejectReply::slot(rejection.kind, rejection.reason))
+            .map_or("", String::as_str);
+        format!("{prefix}{secs}}}")
     }
 }
 
@@ -187,6 +222,11 @@ pub fn phrase(reason: TripReason) -> &'static str {
         TripReason::ProbeFailed => "a recovery probe failed",
         TripReason::HalfOpenTimeout => "recovery probes did not finish",
     }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
 }
 
 /// A header value cannot carry control characters; a cluster name that holds one must not
@@ -278,6 +318,30 @@ mod tests {
         let answer = RejectReply::new("school", None).render(&open_for(3_000), true);
         assert_eq!(answer.grpc_status, Some(14));
         assert!(answer.body.contains("circuit breaker is open"));
+    }
+
+    #[test]
+    fn every_kind_and_reason_gets_its_own_valid_body() {
+        let reply = RejectReply::new("a\"b", None);
+        for kind in KINDS {
+            for reason in std::iter::once(None).chain(TripReason::ALL.map(Some)) {
+                let r = Rejection {
+                    kind,
+                    reason,
+                    retry_after_ms: 7_500,
+                };
+                let body: serde_json::Value =
+                    serde_json::from_str(&reply.render(&r, false).body).unwrap();
+                assert_eq!(body["state"], kind.as_str());
+                assert_eq!(
+                    body["reason"],
+                    serde_json::json!(reason.map(TripReason::as_str))
+                );
+                assert_eq!(body["retry_after_seconds"], 8);
+                assert_eq!(body["cluster"], "a\"b");
+                assert_eq!(body["message"], reply.message(&r));
+            }
+        }
     }
 
     #[test]

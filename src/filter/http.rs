@@ -153,32 +153,18 @@ impl HttpContext for Stream {
                 slot = worker.route_slot(slot, &route);
             }
         }
-        if !caches {
-            if let Some(decision) = worker.admit_at_a_glance(slot) {
-                if let Decision::Admitted(ticket) = decision {
-                    let started_ms = if measures { host::now_ms() } else { 0 };
-                    self.admitted = Some(Admitted::new(
-                        slot,
-                        ticket,
-                        started_ms,
-                        watch_retry_after,
-                        None,
-                    ));
-                }
-                return Action::Continue;
-            }
-        }
         let cache_key = match (caches, &path) {
             (true, Some(p)) if request_header(":method").as_deref() == Some(b"GET") => {
                 String::from_utf8(p.clone()).ok()
             }
             _ => None,
         };
-        let now_ms = host::now_ms();
         // Only a refusal needs to know whether the caller speaks gRPC; the header is read
         // then, not on every request.
-        match worker.admit(slot, now_ms, is_grpc_request, cache_key.as_deref()) {
+        match worker.admit(slot, is_grpc_request, cache_key.as_deref()) {
             Decision::Admitted(ticket) => {
+                let needs_clock = measures || cache_key.is_some();
+                let now_ms = if needs_clock { host::now_ms() } else { 0 };
                 let capture = cache_key
                     .filter(|k| worker.wants_capture(slot, k, now_ms))
                     .map(|key| Captured {

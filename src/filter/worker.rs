@@ -15,7 +15,7 @@ use crate::core::outcome::{Outcome, StreamEnd};
 use crate::core::registry;
 use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
-use crate::core::state::{Record, State, Transition};
+use crate::core::state::{Record, State, Transition, TripReason};
 use crate::core::store::{self, StateStore, Updated};
 use crate::core::view;
 
@@ -104,6 +104,9 @@ pub struct Worker {
     rng: u64,
     /// The bearer token for control API changes, from the host environment.
     token: Option<String>,
+    /// The latest clock reading this worker made (at least every timer tick): good enough
+    /// to refuse at a glance while a breaker is well inside its open time.
+    clock_ms: u64,
     deliveries: HashMap<u32, Delivery>,
 }
 
@@ -119,6 +122,7 @@ impl Worker {
                 .ok()
                 .filter(|t| !t.is_empty()),
             deliveries: HashMap::new(),
+            clock_ms: host::now_ms(),
         };
         let mut named: Vec<String> = worker.config.clusters.keys().cloned().collect();
         named.sort();
@@ -253,58 +257,71 @@ impl Worker {
         (x >> 32) as u32
     }
 
-    /// The decision for a request to slot `i` when a glance at the stored record settles it
-    /// (closed, or disabled): one shared-data read, no clock, no write. `None`: call
-    /// [`Worker::admit`].
-    pub fn admit_at_a_glance(&mut self, i: usize) -> Option<Decision> {
-        let slot = self.slots.get_mut(i)?;
-        let (bytes, _) = SharedData.load(&slot.key).ok()??;
-        let glance = codec::glance(&bytes)?;
-        slot.glance = glance;
-        match breaker::admit_at_a_glance(&glance, &slot.settings)? {
-            Admission::Admitted(ticket) => Some(Decision::Admitted(ticket)),
-            Admission::Passed { .. } => Some(Decision::Pass),
-            Admission::Rejected(_) => None,
-        }
-    }
-
-    /// Decides whether a request to slot `i` goes upstream. `grpc` says whether the caller
-    /// speaks gRPC (asked only to shape a refusal); `cache_key` is the path of a GET that a
-    /// cached answer may serve.
+    /// Decides whether a request to slot `i` goes upstream. A glance at the stored record
+    /// settles the common cases with one shared-data read and the clock of the last tick;
+    /// only the others read the clock and go through compare-and-swap. `grpc` says whether
+    /// the caller speaks gRPC (asked only to shape a refusal); `cache_key` is the path of a
+    /// GET that a cached answer may serve.
     pub fn admit(
         &mut self,
         i: usize,
-        now_ms: u64,
         grpc: impl FnOnce() -> bool,
         cache_key: Option<&str>,
     ) -> Decision {
         let roll = self.roll();
+        let coarse_ms = self.clock_ms;
         let Some(slot) = self.slots.get_mut(i) else {
             return Decision::Pass;
         };
-        let settings = &slot.settings;
-        let result = store::update(&SharedData, &slot.key, CAS_ATTEMPTS, |r| {
-            breaker::admit(r, settings, now_ms, roll)
-        });
-        let admission = match result {
-            Ok(updated) => {
-                let admission = updated.value;
-                slot.absorb(updated);
-                admission
+        let quick = match SharedData.load(&slot.key) {
+            Ok(Some((bytes, _))) => codec::glance(&bytes).and_then(|g| {
+                slot.glance = g;
+                breaker::admit_at_a_glance(&g, &slot.settings, coarse_ms)
+            }),
+            _ => None,
+        };
+        let (admission, now_ms) = match quick {
+            // The glance settled it; a refusal still tells the caller the time left to the
+            // millisecond, so it reads the clock (a read, not a write).
+            Some(Admission::Rejected(mut refusal))
+                if slot.glance.reason != Some(TripReason::Forced) =>
+            {
+                let now_ms = host::now_ms();
+                self.clock_ms = now_ms;
+                refusal.retry_after_ms = slot.glance.open_until_ms.saturating_sub(now_ms);
+                (Admission::Rejected(refusal), now_ms)
             }
-            Err(_) => {
-                slot.metrics.store_give_up();
-                match slot.last_seen.state {
-                    State::Closed => return Decision::Pass,
-                    state => Admission::Rejected(Rejection {
-                        kind: if state == State::Open {
-                            RejectKind::Open
-                        } else {
-                            RejectKind::HalfOpen
-                        },
-                        reason: slot.last_seen.reason,
-                        retry_after_ms: 1_000,
-                    }),
+            Some(admission) => (admission, coarse_ms),
+            None => {
+                let now_ms = host::now_ms();
+                self.clock_ms = now_ms;
+                let settings = &slot.settings;
+                let result = store::update(&SharedData, &slot.key, CAS_ATTEMPTS, |r| {
+                    breaker::admit(r, settings, now_ms, roll)
+                });
+                match result {
+                    Ok(updated) => {
+                        let admission = updated.value;
+                        slot.absorb(updated);
+                        (admission, now_ms)
+                    }
+                    Err(_) => {
+                        slot.metrics.store_give_up();
+                        let state = slot.glance.state;
+                        if state == State::Closed {
+                            return Decision::Pass;
+                        }
+                        let refusal = Rejection {
+                            kind: if state == State::Open {
+                                RejectKind::Open
+                            } else {
+                                RejectKind::HalfOpen
+                            },
+                            reason: slot.glance.reason,
+                            retry_after_ms: 1_000,
+                        };
+                        (Admission::Rejected(refusal), now_ms)
+                    }
                 }
             }
         };
@@ -427,6 +444,7 @@ impl Worker {
             return;
         }
         let now = *now_ms.get_or_insert_with(host::now_ms);
+        self.clock_ms = now;
         let _ = slot.write(now, |r, s| breaker::record(r, s, ticket, call, now));
     }
 
@@ -581,6 +599,7 @@ impl Worker {
     /// The timer: publishes stats, writes batched successes and lets time and modes move
     /// every breaker in the process, including ones this worker has not served.
     pub fn tick(&mut self, now_ms: u64) {
+        self.clock_ms = now_ms;
         let listed = match SharedData.load(REGISTRY_KEY) {
             Ok(Some((bytes, _))) => registry::names(&bytes),
             _ => Vec::new(),

@@ -79,40 +79,47 @@ fn closed_admits_without_touching_the_record() {
 fn a_glance_admits_only_where_no_clock_is_needed() {
     let s = settings();
     let mut r = Record::default();
+    let at = |r: &Record, now| admit_at_a_glance(&Glance::of(r), &s, now);
     assert_eq!(
-        admit_at_a_glance(&Glance::of(&r), &s),
+        at(&r, 0),
         Some(Admission::Admitted(Ticket {
             generation: 0,
             probe: false
         }))
     );
     r.ramping = true;
-    assert_eq!(
-        admit_at_a_glance(&Glance::of(&r), &s),
-        None,
-        "the ramp needs the clock"
-    );
+    assert_eq!(at(&r, 0), None, "the ramp needs the clock");
     r.ramping = false;
     r.mode_override = Some(Mode::Disabled);
-    assert_eq!(
-        admit_at_a_glance(&Glance::of(&r), &s),
-        Some(Admission::Passed { would_reject: None })
-    );
+    assert_eq!(at(&r, 0), Some(Admission::Passed { would_reject: None }));
     r.mode_override = Some(Mode::ForcedOpen);
-    assert_eq!(admit_at_a_glance(&Glance::of(&r), &s), None);
+    assert_eq!(at(&r, 0), None, "forcing open is a write");
     r.mode_override = None;
     open(&mut r, &s, 0);
+    let refused = at(&r, 1_000);
+    assert!(
+        matches!(
+            refused,
+            Some(Admission::Rejected(Rejection {
+                kind: RejectKind::Open,
+                retry_after_ms: 29_000,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
     assert_eq!(
-        admit_at_a_glance(&Glance::of(&r), &s),
+        at(&r, 30_000 - TIMER_SLACK_MS),
         None,
-        "open needs the clock"
+        "close to half-open: ask the clock"
     );
 }
 
 proptest! {
     #[test]
     fn a_glance_never_contradicts_the_full_admission(
-        state in 0u8..3, ramping: bool, mode in 0usize..5, now in 0u64..100_000,
+        state in 0u8..3, ramping: bool, mode in 0usize..5, forced: bool,
+        coarse in 0u64..100_000, late in 0u64..TIMER_SLACK_MS,
     ) {
         let s = settings();
         let mut r = Record {
@@ -120,12 +127,20 @@ proptest! {
             ramping,
             changed_at_ms: 0,
             open_until_ms: 50_000,
+            reason: Some(if forced { TripReason::Forced } else { TripReason::FailureRate }),
             mode_override: mode.checked_sub(1).map(|i| Mode::ALL[i]),
             ..Record::default()
         };
-        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s) {
+        // The real clock is the coarse one plus however late the timer runs.
+        let now = coarse + late;
+        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s, coarse) {
             let full = admit(&mut r, &s, now, 0);
-            prop_assert_eq!(quick, full.value);
+            let same = match (quick, full.value) {
+                (Admission::Rejected(a), Admission::Rejected(b)) => a.kind == b.kind && a.reason == b.reason,
+                (Admission::Passed { would_reject: a }, Admission::Passed { would_reject: b }) => a.is_some() == b.is_some(),
+                (a, b) => a == b,
+            };
+            prop_assert!(same, "glance {:?} vs full {:?}", quick, full.value);
             prop_assert!(!full.dirty);
         }
     }
