@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
+.PHONY: build wasm services wasm-target envoy trap-wasm test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
 
 build: wasm services
 
@@ -39,8 +39,12 @@ $(ENVOY):
 test-tools:
 	@tools/apt-install.sh promtool:prometheus chromium:chromium docker-compose:docker-compose
 
+## trap-wasm: a build for the fault tests only, whose VM traps on request (target/trap/).
+trap-wasm: wasm-target
+	cargo build --target wasm32-wasip1 --release --lib --features test-trap --target-dir target/trap
+
 ## test: every test: core natively and as wasm, config validation, Envoy integration.
-test: build envoy test-tools test-wasm validate
+test: build envoy trap-wasm test-tools test-wasm validate
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --no-fail-fast --test-threads 2; \
 	else \

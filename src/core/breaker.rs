@@ -6,7 +6,7 @@
 
 use super::codec::Glance;
 use super::outcome::Outcome;
-use super::settings::{Mode, Settings};
+use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
 
 /// What a request was granted, carried until its outcome is recorded.
@@ -147,6 +147,24 @@ pub fn admit_at_a_glance(g: &Glance, settings: &Settings, coarse_now_ms: u64) ->
             }
             _ => None,
         },
+    }
+}
+
+/// What a request gets when the state store gave up (every compare-and-swap lost, or a host
+/// error): a breaker last seen closed passes it untracked or refuses it, as configured; one
+/// last seen open or half-open refuses it, so the probe limit holds whatever happens.
+pub fn when_store_fails(last_seen: &Glance, settings: &Settings) -> Admission {
+    let refuse = |kind| {
+        Admission::Rejected(Rejection {
+            kind,
+            reason: last_seen.reason,
+            retry_after_ms: SHORT_RETRY_MS,
+        })
+    };
+    match (last_seen.state, settings.store_failure) {
+        (State::Closed, StoreFailure::Pass) => Admission::Passed { would_reject: None },
+        (State::Closed, StoreFailure::Refuse) | (State::Open, _) => refuse(RejectKind::Open),
+        (State::HalfOpen, _) => refuse(RejectKind::HalfOpen),
     }
 }
 

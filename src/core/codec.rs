@@ -122,7 +122,12 @@ impl Glance {
 /// Reads the [`Glance`] of stored bytes; `None` for anything [`decode`] would refuse in the
 /// header (the full decode on the write path deals with it).
 pub fn glance(bytes: &[u8]) -> Option<Glance> {
-    if bytes.len() < HEADER_LEN + 1 || bytes[0] != MAGIC || bytes[1] != VERSION {
+    if bytes.len() < HEADER_LEN + 1
+        || bytes[0] != MAGIC
+        || bytes[1] != VERSION
+        || bytes[5] > 1
+        || bytes[6..8] != [0, 0]
+    {
         return None;
     }
     let state = match bytes[2] {
@@ -186,7 +191,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if flags > 1 {
         return Err(DecodeError::Field("flags", flags.into()));
     }
-    rd.take::<2>();
+    if rd.take::<2>() != [0, 0] {
+        return Err(DecodeError::Field(
+            "padding",
+            u64::from(bytes[6]) | u64::from(bytes[7]) << 8,
+        ));
+    }
     let mut r = Record {
         state,
         reason,

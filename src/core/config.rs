@@ -11,7 +11,7 @@ use super::cache::CacheSettings;
 use super::duration::{parse_millis, Millis};
 use super::outcome::{Classifier, StatusSet, GRPC_CODES};
 use super::reply::{Fallback, Template};
-use super::settings::{Mode, Settings};
+use super::settings::{Mode, Settings, StoreFailure};
 use super::window::{WindowSpec, MAX_CALLS};
 
 /// Why a configuration was refused: which field, and what is wrong with its value.
@@ -196,6 +196,10 @@ settings_doc! {
     fallback: FallbackDoc,
     /// Keep the last good answers to GET requests and serve them while open.
     fallback_cache: CacheDoc,
+    /// When the shared state cannot be updated (16 lost compare-and-swaps, or a host error)
+    /// and the breaker was last seen closed: `pass` (default) lets the request through
+    /// untracked, `refuse` refuses it. Open or half-open breakers always refuse then.
+    store_failure_mode: StoreFailure,
 }
 
 /// Kind of window.
@@ -493,6 +497,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
             .as_ref()
             .map(|c| check.cache(c))
             .transpose()?,
+        store_failure: d.store_failure_mode.unwrap_or_default(),
     })
 }
 

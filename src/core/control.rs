@@ -212,10 +212,17 @@ pub fn authorize(token: Option<&str>, header: Option<&[u8]>) -> Result<(), ApiEr
 /// Compares a secret with an offered value in time that depends only on the secret's
 /// length, so the answer time says nothing about how much of a guess was right.
 pub fn constant_time_eq(secret: &[u8], offered: &[u8]) -> bool {
+    compare_counting(secret, offered, &mut 0)
+}
+
+/// [`constant_time_eq`], counting the byte comparisons it makes into `steps`: the tests
+/// check that the count never depends on where (or whether) a guess goes wrong.
+fn compare_counting(secret: &[u8], offered: &[u8], steps: &mut usize) -> bool {
     let mut diff = secret.len() ^ offered.len();
     for (i, s) in secret.iter().enumerate() {
         let o = offered.get(i).copied().unwrap_or(!*s);
         diff |= usize::from(s ^ o);
+        *steps += 1;
     }
     diff == 0
 }
@@ -355,6 +362,24 @@ mod tests {
             assert!(e.headers().iter().any(|(k, _)| *k == "www-authenticate"));
         }
         assert_eq!(authorize(Some("s3cret"), None).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn the_comparison_does_the_same_work_wherever_a_guess_goes_wrong() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let mut guesses: Vec<Vec<u8>> =
+            vec![secret.to_vec(), Vec::new(), b"x".to_vec(), secret.repeat(3)];
+        for at in 0..secret.len() {
+            let mut wrong = secret.to_vec();
+            wrong[at] ^= 0x5a;
+            guesses.push(wrong);
+            guesses.push(secret[..at].to_vec());
+        }
+        for guess in &guesses {
+            let mut steps = 0;
+            let _ = compare_counting(secret, guess, &mut steps);
+            assert_eq!(steps, secret.len(), "{:?}", String::from_utf8_lossy(guess));
+        }
     }
 
     proptest! {

@@ -44,6 +44,18 @@ impl Mode {
     ];
 }
 
+/// What a request meets when the state store cannot be updated (every compare-and-swap
+/// lost, or a host error) while its breaker was last seen closed.
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFailure {
+    /// Let it through, untracked: availability first (the default).
+    #[default]
+    Pass,
+    /// Refuse it: protection first.
+    Refuse,
+}
+
 /// How one breaker decides to trip, recovers, and answers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -86,6 +98,7 @@ pub struct Settings {
     pub fallback: Option<Fallback>,
     /// Serve the last good answer to a GET while open.
     pub cache: Option<CacheSettings>,
+    pub store_failure: StoreFailure,
 }
 
 impl Default for Settings {
@@ -112,6 +125,7 @@ impl Default for Settings {
             max_route_breakers: None,
             fallback: None,
             cache: None,
+            store_failure: StoreFailure::Pass,
         }
     }
 }

@@ -113,6 +113,12 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // A build for the fault tests only: traps this worker's VM on request, so a test can
+        // watch FAIL_RELOAD bring it back with the shared state intact.
+        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
+        if request_header("x-circuit-breaker-test-trap").is_some() {
+            core::arch::wasm32::unreachable();
+        }
         let Some(worker) = &self.worker else {
             return Action::Continue;
         };

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::core::breaker::{self, Admission, Call, RejectKind, Rejection, Step, Tally, Ticket};
+use crate::core::breaker::{self, Admission, Call, Rejection, Step, Tally, Ticket};
 use crate::core::cache::{Entry, ResponseCache};
 use crate::core::codec::{self, Glance};
 use crate::core::config::{EventsTarget, PluginConfig};
@@ -307,20 +307,10 @@ impl Worker {
                     }
                     Err(_) => {
                         slot.metrics.store_give_up();
-                        let state = slot.glance.state;
-                        if state == State::Closed {
-                            return Decision::Pass;
-                        }
-                        let refusal = Rejection {
-                            kind: if state == State::Open {
-                                RejectKind::Open
-                            } else {
-                                RejectKind::HalfOpen
-                            },
-                            reason: slot.glance.reason,
-                            retry_after_ms: 1_000,
-                        };
-                        (Admission::Rejected(refusal), now_ms)
+                        (
+                            breaker::when_store_fails(&slot.glance, &slot.settings),
+                            now_ms,
+                        )
                     }
                 }
             }

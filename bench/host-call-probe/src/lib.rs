@@ -12,6 +12,8 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 #[derive(Default, Clone, Copy)]
 pub struct Calls {
+    /// How many times each named call is made per request (`x10` in the config: 10).
+    times: u32,
     cluster: bool,
     shared: bool,
     status: bool,
@@ -41,6 +43,7 @@ impl RootContext for Root {
         let text = String::from_utf8_lossy(&config);
         let has = |name: &str| text.split([',', ' ']).any(|w| w == name);
         self.calls = Rc::new(Calls {
+            times: if has("x10") { 10 } else { 1 },
             cluster: has("cluster"),
             shared: has("shared"),
             status: has("status"),
@@ -65,34 +68,40 @@ impl RootContext for Root {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
-        if self.calls.cluster {
-            let _ = std::hint::black_box(hostcalls::get_property(vec!["xds", "cluster_name"]));
-        }
-        if self.calls.shared {
-            let _ = std::hint::black_box(hostcalls::get_shared_data("probe"));
-        }
-        if self.calls.clock {
-            let _ = std::hint::black_box(hostcalls::get_current_time());
+        for _ in 0..self.calls.times {
+            if self.calls.cluster {
+                let _ = std::hint::black_box(hostcalls::get_property(vec!["xds", "cluster_name"]));
+            }
+            if self.calls.shared {
+                let _ = std::hint::black_box(hostcalls::get_shared_data("probe"));
+            }
+            if self.calls.clock {
+                let _ = std::hint::black_box(hostcalls::get_current_time());
+            }
         }
         proxy_wasm::types::Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> proxy_wasm::types::Action {
-        if self.calls.status {
-            let _ = std::hint::black_box(hostcalls::get_map_value(
-                MapType::HttpResponseHeaders,
-                ":status",
-            ));
+        for _ in 0..self.calls.times {
+            if self.calls.status {
+                let _ = std::hint::black_box(hostcalls::get_map_value(
+                    MapType::HttpResponseHeaders,
+                    ":status",
+                ));
+            }
         }
         proxy_wasm::types::Action::Continue
     }
 
     fn on_log(&mut self) {
-        if self.calls.code {
-            let _ = std::hint::black_box(hostcalls::get_property(vec!["response", "code"]));
-        }
-        if self.calls.flags {
-            let _ = std::hint::black_box(hostcalls::get_property(vec!["response", "flags"]));
+        for _ in 0..self.calls.times {
+            if self.calls.code {
+                let _ = std::hint::black_box(hostcalls::get_property(vec!["response", "code"]));
+            }
+            if self.calls.flags {
+                let _ = std::hint::black_box(hostcalls::get_property(vec!["response", "flags"]));
+            }
         }
     }
 }

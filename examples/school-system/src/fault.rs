@@ -26,6 +26,10 @@ pub struct Faults {
     /// A `Retry-After` header to send with failed answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<String>,
+    /// Send the headers and half the body of every answer, then drop the connection: an
+    /// upstream dying mid-response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_mid_response: bool,
 }
 
 fn yes() -> bool {
@@ -40,6 +44,7 @@ impl Default for Faults {
             response_time_ms: 0,
             failure_status: None,
             retry_after: None,
+            reset_mid_response: false,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: Vec<(String, String)>,
+    /// Send only half the body, then drop the connection (the `reset_mid_response` fault).
+    pub truncate: bool,
 }
 
 impl Reply {
@@ -48,6 +50,7 @@ impl Reply {
             status,
             body: json!({"success": true, "data": data}),
             headers: Vec::new(),
+            truncate: false,
         }
     }
 
@@ -57,6 +60,7 @@ impl Reply {
             status,
             body: json!({"success": false, "error": code, "message": message}),
             headers: Vec::new(),
+            truncate: false,
         }
     }
 
@@ -121,7 +125,15 @@ impl Service {
         let mut reader = BufReader::new(stream);
         while let Some((incoming, keep_alive)) = read_request(&mut reader)? {
             let reply = self.route(&incoming);
-            writer.write_all(&encode(&reply, keep_alive))?;
+            let bytes = encode(&reply, keep_alive);
+            if reply.truncate {
+                let cut = bytes.len() - reply.body.to_string().len() / 2;
+                writer.write_all(&bytes[..cut])?;
+                writer.flush()?;
+                thread::sleep(Duration::from_millis(20));
+                return writer.shutdown(std::net::Shutdown::Both);
+            }
+            writer.write_all(&bytes)?;
             if !keep_alive {
                 break;
             }
@@ -153,6 +165,7 @@ impl Service {
             status,
             body: json!({"service": self.name, "status": word, "faults": faults}),
             headers: Vec::new(),
+            truncate: false,
         }
     }
 
@@ -177,7 +190,11 @@ impl Service {
             thread::sleep(Duration::from_millis(faults.response_time_ms));
         }
         let mut reply = match verdict {
-            Verdict::Serve => return (self.handler)(req),
+            Verdict::Serve => {
+                let mut reply = (self.handler)(req);
+                reply.truncate = faults.reset_mid_response;
+                return reply;
+            }
             Verdict::Fail => Reply::error(500, "SIMULATED_FAILURE", "simulated failure"),
             Verdict::Down => Reply::error(
                 503,

@@ -166,12 +166,23 @@ impl Envoy {
 
     /// Like [`Envoy::start`], with extra environment variables for the Envoy process.
     pub fn start_with_env(yaml: &str, workers: u32, env: &[(&str, &str)]) -> Result<Envoy, String> {
+        let gateway = listener_of(yaml, "gateway").ok_or("no listener named gateway")?;
+        Envoy::start_serving(yaml, workers, env, gateway)
+    }
+
+    /// Starts Envoy and waits until `gateway` (`host:port`) accepts connections: for
+    /// configs whose listeners come from elsewhere (a watched LDS file).
+    pub fn start_serving(
+        yaml: &str,
+        workers: u32,
+        env: &[(&str, &str)],
+        gateway: String,
+    ) -> Result<Envoy, String> {
         let dir = scratch_dir().map_err(|e| e.to_string())?;
         let config_path = dir.join("envoy.yaml");
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin.txt");
         std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
-        let gateway = listener_of(yaml, "gateway").ok_or("no listener named gateway")?;
         let control = listener_of(yaml, "control");
         let mut child = Command::new(envoy_bin())
             .current_dir(root())

@@ -914,3 +914,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_failed_store_passes_or_refuses_as_configured_but_never_adds_probes() {
+    let pass = settings();
+    let refuse = Settings {
+        store_failure: crate::core::settings::StoreFailure::Refuse,
+        ..settings()
+    };
+    let closed = Glance::default();
+    assert_eq!(
+        when_store_fails(&closed, &pass),
+        Admission::Passed { would_reject: None }
+    );
+    assert!(matches!(
+        when_store_fails(&closed, &refuse),
+        Admission::Rejected(_)
+    ));
+    for state in [State::Open, State::HalfOpen] {
+        let g = Glance {
+            state,
+            ..Glance::default()
+        };
+        assert!(
+            matches!(when_store_fails(&g, &pass), Admission::Rejected(_)),
+            "{state:?}"
+        );
+    }
+}
