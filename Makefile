@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy trap-wasm test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
 
 build: wasm services
 
@@ -39,17 +39,30 @@ $(ENVOY):
 test-tools:
 	@tools/apt-install.sh promtool:prometheus chromium:chromium docker-compose:docker-compose
 
-## trap-wasm: a build for the fault tests only, whose VM traps on request (target/trap/).
-trap-wasm: wasm-target
-	cargo build --target wasm32-wasip1 --release --lib --features test-trap --target-dir target/trap
+## hooks-wasm: a build for the fault tests only, whose VM traps or damages its record on
+## request (target/test-hooks/).
+hooks-wasm: wasm-target
+	cargo build --target wasm32-wasip1 --release --lib --features test-hooks --target-dir target/test-hooks
 
 ## test: every test: core natively and as wasm, config validation, Envoy integration.
-test: build envoy trap-wasm test-tools test-wasm validate
+test: build envoy hooks-wasm test-tools test-wasm validate
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --no-fail-fast --test-threads 2; \
 	else \
 	  cargo test --workspace --no-fail-fast -- --test-threads 2; \
 	fi
+
+## fuzz: the fuzz targets at length, FUZZ_CASES inputs each (default 1000000).
+FUZZ_CASES ?= 1000000
+fuzz:
+	FUZZ_CASES=$(FUZZ_CASES) cargo test --release --test fuzz -- --nocapture
+
+## soak: the load tests at length: SOAK_SECS of mixed traffic with trips (default 600),
+## CYCLES half-open cycles (default 200), one test at a time so memory is Envoy's alone.
+SOAK_SECS ?= 600
+CYCLES ?= 200
+soak: build envoy
+	SOAK_SECS=$(SOAK_SECS) CYCLES=$(CYCLES) cargo test --test load -- --nocapture --test-threads 1
 
 ## test-wasm: the core's unit and property tests compiled to wasm32 and run under Node's WASI.
 test-wasm: wasm-target

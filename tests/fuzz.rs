@@ -86,7 +86,11 @@ fn fuzz<T: std::fmt::Debug>(
 ) {
     let n = cases();
     let mut rng = Rng(seed);
+    let tenth = (n / 10).max(1);
     for i in 0..n {
+        if n >= 100_000 && i > 0 && i % tenth == 0 {
+            eprintln!("fuzz | {name} | {i} of {n} inputs");
+        }
         let input = make_input(&mut rng);
         if catch_unwind(AssertUnwindSafe(|| target(&input))).is_err() {
             panic!("{name}: input {i} panicked: {input:?}");

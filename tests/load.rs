@@ -116,7 +116,7 @@ fn cycle(stack: &Stack, burst_size: usize) -> u64 {
     }
     stack
         .student
-        .set_faults(json!({"is_healthy": true, "response_time_ms": 200}));
+        .set_faults(json!({"is_healthy": true, "response_time_ms": 400}));
     // Wait for half-open: the timer moves it there with no traffic.
     wait_for("half-open", Duration::from_secs(5), || {
         (view(&stack.envoy, "student")["state"] == "half_open").then_some(())
@@ -152,10 +152,13 @@ fn half_open_never_lets_more_probes_through_over_many_cycles() {
     let started = Instant::now();
     let mut excess = 0;
     let mut probes = 0;
-    for _ in 0..cycles {
+    for done in 1..=cycles {
         let reached = cycle(&stack, 60);
         probes += reached;
         excess += reached.saturating_sub(2);
+        if cycles > 20 && done % 20 == 0 {
+            eprintln!("half-open | {done} of {cycles} cycles | {excess} beyond the limit so far");
+        }
     }
     println!(
         "half-open | {cycles} trip/recover cycles, 60 concurrent requests each, 4 workers | {probes} probes, {excess} beyond the limit | {} s",
@@ -208,6 +211,14 @@ fn memory_stays_flat_over_a_soak_of_mixed_traffic_with_trips() {
             warm = Some(rss_kib(pid));
         }
         samples.push(rss_kib(pid));
+        if seconds > 60 && samples.len() % 60 == 0 {
+            eprintln!(
+                "soak | {} of {seconds} s | {} requests | RSS {} KiB",
+                started.elapsed().as_secs(),
+                sent.load(Ordering::Relaxed),
+                samples.last().copied().unwrap_or(0)
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {

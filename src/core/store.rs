@@ -78,7 +78,8 @@ pub enum UpdateError {
 
 /// Applies `decide` to the stored record and writes the result back with
 /// compare-and-swap, retrying on a lost race up to `attempts` times. A decision that
-/// changes nothing writes nothing.
+/// changes nothing writes nothing, unless the stored bytes were damaged: those are replaced
+/// at once, so the damage is met (and reported) by one caller, not by every reader after.
 pub fn update<T>(
     store: &dyn StateStore,
     key: &str,
@@ -92,7 +93,7 @@ pub fn update<T>(
             Err(e) => (Record::default(), Some(e)),
         };
         let step = decide(&mut record);
-        let write = step.dirty.then(|| codec::encode(&record));
+        let write = (step.dirty || damaged.is_some()).then(|| codec::encode(&record));
         let updated = Updated {
             value: step.value,
             record,
@@ -218,6 +219,17 @@ mod tests {
         let updated = update(&store, "k", 3, bump).unwrap();
         assert_eq!(updated.record.consecutive_failures, 1);
         assert_eq!(load(&store, "k").unwrap().damaged, None, "rewritten whole");
+    }
+
+    #[test]
+    fn damaged_bytes_are_replaced_even_by_a_decision_that_changes_nothing() {
+        let store = MemoryStore::default();
+        store.put("k", b"garbage");
+        let s = Settings::default();
+        let first = update(&store, "k", 3, |r| admit(r, &s, 0, 0)).unwrap();
+        assert_eq!(first.damaged, Some(DecodeError::Length(7)));
+        let second = update(&store, "k", 3, |r| admit(r, &s, 0, 0)).unwrap();
+        assert_eq!(second.damaged, None, "the first reader repaired it");
     }
 
     #[test]

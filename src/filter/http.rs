@@ -114,10 +114,17 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         // A build for the fault tests only: traps this worker's VM on request, so a test can
-        // watch FAIL_RELOAD bring it back with the shared state intact.
-        #[cfg(all(feature = "test-trap", target_arch = "wasm32"))]
-        if request_header("x-circuit-breaker-test-trap").is_some() {
-            core::arch::wasm32::unreachable();
+        // watch FAIL_RELOAD bring it back with the shared state intact; or overwrites a
+        // breaker's record with junk, so a test can watch the filter recover from it.
+        #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+        {
+            if request_header("x-circuit-breaker-test-trap").is_some() {
+                core::arch::wasm32::unreachable();
+            }
+            if let Some(name) = request_header("x-circuit-breaker-test-damage") {
+                let key = super::shared::record_key(&String::from_utf8_lossy(&name));
+                let _ = host::set_shared_data(&key, b"\x02junk that is no record", 0);
+            }
         }
         let Some(worker) = &self.worker else {
             return Action::Continue;
