@@ -52,8 +52,8 @@ test: build envoy hooks-wasm test-tools test-wasm validate
 	  cargo test --workspace --no-fail-fast -- --test-threads 2; \
 	fi
 
-## fuzz: the fuzz targets at length, FUZZ_CASES inputs each (default 1000000).
-FUZZ_CASES ?= 1000000
+## fuzz: the fuzz targets at length, FUZZ_CASES inputs each (default 10000000).
+FUZZ_CASES ?= 10000000
 fuzz:
 	FUZZ_CASES=$(FUZZ_CASES) cargo test --release --test fuzz -- --nocapture
 

@@ -2,7 +2,7 @@
 //! data, the control API's paths and bodies, the outcome classifier and `Retry-After`.
 //! Inputs are random bytes, random text from a hostile alphabet, and mutations of real
 //! configurations and records; any panic fails, with the input that caused it. `make test`
-//! runs FUZZ_CASES (default 20000) inputs per target; `make fuzz` runs 1000000 each.
+//! runs FUZZ_CASES (default 100000) inputs per target; `make fuzz` runs 10000000 each.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -22,7 +22,7 @@ fn cases() -> u64 {
     std::env::var("FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+        .unwrap_or(100_000)
 }
 
 /// A small, seeded generator: the runs are reproducible.

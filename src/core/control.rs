@@ -134,7 +134,11 @@ pub fn route(method: &str, path: &str) -> Result<Command, ApiError> {
             ..ApiError::new(
                 405,
                 "METHOD_NOT_ALLOWED",
-                format!("{path} takes {expected}, not {}", printable(method)),
+                format!(
+                    "{} takes {expected}, not {}",
+                    printable(path),
+                    printable(method)
+                ),
             )
         });
     }
@@ -335,6 +339,10 @@ mod tests {
     #[test]
     fn echoed_text_is_stripped_of_control_characters() {
         let e = route("GET", "/nope\r\nset-cookie: x").unwrap_err();
+        assert!(!e.message.contains('\r') && !e.message.contains('\n'));
+        // Found by `make fuzz`: the wrong-method answer echoed a known path raw.
+        let e = route("POST", "/circuit-breakers/\0\r\nreset-allcircuit-breakers").unwrap_err();
+        assert_eq!(e.status, 405);
         assert!(!e.message.contains('\r') && !e.message.contains('\n'));
     }
 
