@@ -98,6 +98,7 @@ pub struct Settings {
     pub fallback: Option<Fallback>,
     /// Serve the last good answer to a GET while open.
     pub cache: Option<CacheSettings>,
+    /// Pass or refuse, for a breaker last seen closed, when the store gives up.
     pub store_failure: StoreFailure,
 }
 
