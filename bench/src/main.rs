@@ -5,7 +5,8 @@
 //! the same upstream (a second Envoy answering directly) and loaded by `wrk` in alternating
 //! rounds; plus what each host call the breaker makes costs on its own, the memory each
 //! extra worker adds, the `.wasm` size, and the core's decisions timed natively. It ends
-//! with every target, its measured value and whether it is met.
+//! with every target, its measured value and whether it is met. `--only a,b` runs only the
+//! variants with those keys; `--breaker <path>` measures another build of the filter.
 
 mod core_bench;
 
@@ -28,6 +29,8 @@ struct Options {
     rounds: usize,
     seconds: u64,
     connections: u32,
+    /// Only these variants (their keys, comma-separated), for a quicker look at a few.
+    only: Option<Vec<String>>,
 }
 
 fn option(name: &str, default: u64) -> u64 {
@@ -80,11 +83,16 @@ fn run() -> Result<()> {
         rounds: option("--rounds", 5) as usize,
         seconds: option("--seconds", 4),
         connections: option("--connections", 16) as u32,
+        only: school_system::arg("--only")
+            .map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect()),
     };
     which("wrk")?;
     let wasm = |name: &str| root().join("target/wasm32-wasip1/release").join(name);
+    // `--breaker <path>` measures another build of the breaker (say, another opt-level).
     let (breaker, empty, probe) = (
-        wasm("envoy_circuit_breaker.wasm"),
+        school_system::arg("--breaker")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| wasm("envoy_circuit_breaker.wasm")),
         wasm("empty_filter.wasm"),
         wasm("host_call_probe.wasm"),
     );
@@ -139,6 +147,22 @@ fn run() -> Result<()> {
             breaker_at(closed),
             1,
             Load::Scripted,
+            c,
+        ),
+        (
+            "none+lua",
+            "no wasm filter, all succeeding, via Lua",
+            Proxy::Plain,
+            1,
+            Load::Scripted,
+            c,
+        ),
+        (
+            "none+mix",
+            "no wasm filter, 10 % failures, via Lua",
+            Proxy::Plain,
+            1,
+            Load::FailureMix,
             c,
         ),
         (
@@ -198,6 +222,14 @@ fn run() -> Result<()> {
             c,
         ),
         (
+            "p:three",
+            "empty + the breaker's three calls, once each",
+            Proxy::Filter("probe", &probe, "cluster,shared,status"),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
             "p:clock",
             "empty + the clock, x10",
             Proxy::Filter("probe", &probe, "clock,x10"),
@@ -231,7 +263,15 @@ fn run() -> Result<()> {
         ),
     ];
     let mut variants = Vec::new();
+    let wanted = |key: &str| {
+        opts.only
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|k| k == key))
+    };
     for (key, what, proxy, workers, load, connections) in specs {
+        if !wanted(key) {
+            continue;
+        }
         let port = free_port().map_err(|e| e.to_string())?;
         let yaml = match proxy {
             Proxy::Plain => proxy_yaml(port, up, ""),
@@ -376,7 +416,8 @@ fn report(
     let rps = |a: Round, b: Round| a.rps / b.rps;
     let cpu = |a: Round, b: Round| a.cpu_us / b.cpu_us;
     let extra = |a: Round, b: Round| a.cpu_us - b.cpu_us;
-    println!("\nwhat each host call costs: Envoy CPU per request over the empty filter, each probe making its call 10 times per request");
+    println!("\nwhat host calls cost: Envoy CPU per request over the empty filter. A probe making its call 10 times per request prices one more call;");
+    println!("the first calls in a stream cost more, which the three calls made once each show");
     for (key, call) in [
         ("p:cluster", "xds.cluster_name property"),
         ("p:shared", "shared-data read"),
@@ -384,16 +425,20 @@ fn report(
         ("p:flags", "response.code + response.flags properties"),
         ("p:clock", "clock"),
     ] {
-        println!(
-            "{call:<42} {:>+7.2} µs per call",
-            paired(results, key, "empty", extra) / 10.0
-        );
+        let cost = paired(results, key, "empty", extra) / 10.0;
+        if cost.is_finite() {
+            println!("{call:<42} {cost:>+7.2} µs per call");
+        }
     }
-    println!(
-        "{:<42} {:>+7.2} µs per request",
-        "the breaker, closed (all it does)",
-        paired(results, "closed", "empty", extra)
-    );
+    for (key, what) in [
+        ("p:three", "the breaker's three calls, once each"),
+        ("closed", "the breaker, closed (all it does)"),
+    ] {
+        let cost = paired(results, key, "empty", extra);
+        if cost.is_finite() {
+            println!("{what:<42} {cost:>+7.2} µs per request");
+        }
+    }
     println!(
         "\nratios (median of the per-round ratios; each round measures every variant back to back)"
     );
@@ -402,14 +447,14 @@ fn report(
         ("closed", "empty"),
         ("empty", "none"),
         ("mix", "scripted"),
+        ("none+mix", "none+lua"),
         ("open", "none"),
         ("open", "closed"),
     ] {
-        println!(
-            "{a:>8} vs {b:<7} throughput {:.3}   CPU per request {:.3}",
-            paired(results, a, b, rps),
-            paired(results, a, b, cpu)
-        );
+        let (t, c) = (paired(results, a, b, rps), paired(results, a, b, cpu));
+        if t.is_finite() {
+            println!("{a:>8} vs {b:<8} throughput {t:.3}   CPU per request {c:.3}");
+        }
     }
     let scaling = |two: &str, one: &str| paired(results, two, one, rps);
     let per_worker = |two: &str, one: &str| {
@@ -448,6 +493,12 @@ fn report(
             ">= 0.97".into(),
             paired(results, "mix", "scripted", rps),
             paired(results, "mix", "scripted", rps) >= 0.97,
+        ),
+        (
+            "  the same, over what the failures cost Envoy alone (no filter)",
+            "(shown)".into(),
+            paired(results, "mix", "scripted", rps) / paired(results, "none+mix", "none+lua", rps),
+            true,
         ),
         (
             "open: refusals per second vs proxied requests per second (no filter)",
@@ -491,6 +542,8 @@ fn report(
     for (name, goal, value, met) in targets {
         let verdict = if value.is_nan() {
             "no figure"
+        } else if goal == "(shown)" {
+            "-"
         } else if met {
             "yes"
         } else {
