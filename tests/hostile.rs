@@ -97,12 +97,15 @@ fn no_request_can_create_a_breaker_or_grow_memory() {
     );
 }
 
+/// A control API request and the status it must get: method, path, token, body, status.
+type ApiCase<'a> = (&'a str, String, Option<&'a str>, Option<String>, u16);
+
 #[test]
 fn the_control_api_refuses_hostile_requests_and_changes_nothing() {
     let stack = stack_with_token(None, 2);
     let e = &stack.envoy;
     let long_token = "x".repeat(10_000);
-    let cases: Vec<(&str, String, Option<&str>, Option<String>, u16)> = vec![
+    let cases: Vec<ApiCase> = vec![
         (
             "POST",
             "/circuit-breakers/school/reset".into(),

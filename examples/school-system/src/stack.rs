@@ -27,8 +27,26 @@ pub fn envoy_bin() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv/envoy"))
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a listener to be started a moment later.
+/// It comes from below the kernel's ephemeral range: a port from inside it (what binding
+/// port 0 gives) can be taken in that moment by any outgoing connection, and the tests make
+/// thousands.
 pub fn free_port() -> io::Result<u16> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.clamp(10_001, 65_535));
+    // Spread processes apart (the pid) and calls within one apart (a counter).
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..200 {
+        let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
+        let port = u16::try_from(low + n % (high - low)).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
