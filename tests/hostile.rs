@@ -22,15 +22,6 @@ fn breaker_names(envoy: &Envoy) -> Vec<String> {
         .collect()
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn no_request_can_create_a_breaker_or_grow_memory() {
     let stack = stack_with(
@@ -51,7 +42,7 @@ fn no_request_can_create_a_breaker_or_grow_memory() {
     for _ in 0..200 {
         let _ = stack.envoy.get("/schools/1");
     }
-    let rss_before = rss_kib(stack.envoy.pid());
+    let rss_before = rss_kib(stack.envoy.pid()).unwrap_or(0);
     let n = 3_000;
     std::thread::scope(|s| {
         for t in 0..8 {
@@ -84,7 +75,7 @@ fn no_request_can_create_a_breaker_or_grow_memory() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let after = breaker_names(&stack.envoy);
-    let rss_after = rss_kib(stack.envoy.pid());
+    let rss_after = rss_kib(stack.envoy.pid()).unwrap_or(0);
     println!(
         "key space | {n} requests with distinct paths, hosts and headers | breakers {before:?} -> {after:?} | RSS {rss_before} -> {rss_after} KiB"
     );

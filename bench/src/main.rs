@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use school_system::stack::{free_port, root, scratch_dir, Envoy};
+use school_system::stack::{free_port, root, rss_kib, scratch_dir, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -574,12 +574,7 @@ fn cpu_us(pid: u32) -> Result<f64> {
 
 /// Resident memory of a process, MiB.
 fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    rss_kib(pid).map_or(f64::NAN, |kb| kb as f64 / 1024.0)
 }
 
 struct WrkOut {

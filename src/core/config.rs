@@ -380,7 +380,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
             window_ms: check.duration("window", &d.window, 100, 3_600_000, 10_000)?,
         },
         WindowTypeDoc::Count => WindowSpec::Count {
-            size: check.int("window_size", d.window_size, 1, MAX_CALLS, 100)?,
+            size: check.within("window_size", d.window_size, 1, MAX_CALLS, 100)?,
         },
     };
     let half_open_max_duration_ms = match check.duration(
@@ -399,7 +399,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
         ms => ms,
     };
     Ok(Settings {
-        failure_threshold: check.int(
+        failure_threshold: check.within(
             "failure_threshold",
             d.failure_threshold,
             0,
@@ -425,7 +425,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
             1.0,
             base.slow_call_rate_threshold,
         )?,
-        minimum_requests: check.int(
+        minimum_requests: check.within(
             "minimum_requests",
             d.minimum_requests,
             1,
@@ -434,7 +434,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
         )?,
         window,
         open_duration_ms,
-        backoff_multiplier: check.number(
+        backoff_multiplier: check.within(
             "backoff_multiplier",
             d.backoff_multiplier,
             1.0,
@@ -443,14 +443,14 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
         )?,
         max_open_duration_ms,
         jitter: check.fraction("jitter", d.jitter, 0.5, base.jitter)?,
-        half_open_max_requests: check.int(
+        half_open_max_requests: check.within(
             "half_open_max_requests",
             d.half_open_max_requests,
             1,
             10_000,
             base.half_open_max_requests,
         )?,
-        success_threshold: check.int(
+        success_threshold: check.within(
             "success_threshold",
             d.success_threshold,
             1,
@@ -487,7 +487,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
         exclude_paths: check.paths(d.exclude_paths.as_deref().unwrap_or_default())?,
         max_route_breakers: match d.per_route {
             Some(true) => {
-                Some(check.int("max_route_breakers", d.max_route_breakers, 1, 256, 16)?)
+                Some(check.within("max_route_breakers", d.max_route_breakers, 1, 256, 16)?)
             }
             _ => None,
         },
@@ -514,32 +514,15 @@ impl Check<'_> {
         }
     }
 
-    fn int(
+    /// `v` (or `default` when unset), refused unless it lies in `min..=max`.
+    fn within<T: PartialOrd + Copy + std::fmt::Display>(
         &self,
         field: &str,
-        v: Option<u32>,
-        min: u32,
-        max: u32,
-        default: u32,
-    ) -> Result<u32, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(v) if (min..=max).contains(&v) => Ok(v),
-            Some(v) => Err(self.bad(
-                field,
-                format!("must be between {min} and {max}, but was {v}"),
-            )),
-        }
-    }
-
-    fn number(
-        &self,
-        field: &str,
-        v: Option<f64>,
-        min: f64,
-        max: f64,
-        default: f64,
-    ) -> Result<f64, ConfigError> {
+        v: Option<T>,
+        min: T,
+        max: T,
+        default: T,
+    ) -> Result<T, ConfigError> {
         match v {
             None => Ok(default),
             Some(v) if (min..=max).contains(&v) => Ok(v),
@@ -709,7 +692,7 @@ impl Check<'_> {
         }
         Ok(CacheSettings {
             max_entries: self
-                .int("fallback_cache", c.max_entries, 1, 10_000, 100)
+                .within("fallback_cache", c.max_entries, 1, 10_000, 100)
                 .map_err(|e| ConfigError {
                     problem: format!("max_entries {}", e.problem),
                     ..e

@@ -281,30 +281,12 @@ pub fn api(
     .unwrap()
 }
 
-/// Headless Chromium, as Debian installs it.
-pub fn chromium() -> Option<std::path::PathBuf> {
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-}
-
 /// Loads `url` in headless Chromium, lets its scripts run for `budget_ms` of virtual
 /// time, and returns the resulting DOM.
 pub fn browser_dom(url: &str, budget_ms: u32) -> String {
     let browser = chromium().expect("chromium (make test installs it)");
     let profile = scratch_dir().unwrap();
-    let out = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let out = headless_chromium(&browser, &profile)
         .arg(format!("--virtual-time-budget={budget_ms}"))
         .arg("--dump-dom")
         .arg(url)

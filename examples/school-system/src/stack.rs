@@ -42,12 +42,49 @@ pub fn free_port() -> io::Result<u16> {
     let start = std::process::id().wrapping_mul(7919);
     for _ in 0..200 {
         let n = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
-        let port = u16::try_from(low + n % (high - low)).unwrap_or(0);
+        let Ok(port) = u16::try_from(low + n % (high - low)) else {
+            continue;
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
     }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS`), if it can be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Chromium, as Debian installs it, if it is there.
+pub fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// A headless Chromium command with a throw-away profile in `profile` and nothing that
+/// reaches beyond loopback; the caller adds what to do (`--dump-dom`, `--screenshot`) and
+/// the URL.
+pub fn headless_chromium(browser: &Path, profile: &Path) -> Command {
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
 }
 
 /// A fresh directory for one process's config and logs.

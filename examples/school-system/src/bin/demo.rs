@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use school_system::client::{self, Response};
-use school_system::stack::{root, Stack};
+use school_system::stack::{self, root, Stack};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, String>;
@@ -257,21 +257,14 @@ impl Demo {
 
     fn take_screenshot(&self, path: &str) -> Result<()> {
         let url = format!("http://{}/circuit-breakers/dashboard", self.control);
-        let profile = school_system::stack::scratch_dir().map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("chromium")
+        let browser = stack::chromium().ok_or("chromium is not installed")?;
+        let profile = stack::scratch_dir().map_err(|e| e.to_string())?;
+        let out = stack::headless_chromium(&browser, &profile)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 "--hide-scrollbars",
                 "--window-size=1280,760",
                 "--virtual-time-budget=4000",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
             .arg(format!("--screenshot={path}"))
             .arg(&url)
             .output()
