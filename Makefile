@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-docker test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
 
 build: wasm services
 
@@ -86,10 +86,17 @@ schema:
 docker-config: services
 	target/release/docker-config
 
-## demo-docker: the same stack under docker-compose (needs a Docker engine).
-demo-docker: wasm
-	@if docker compose version >/dev/null 2>&1; then c="docker compose"; else c="docker-compose"; fi; \
-	$$c -f envoy/docker-compose.yml up --build
+## demo-docker: `make demo`'s story against the docker-compose stack (Docker engine and
+## images: see test-docker).
+demo-docker: build envoy test-tools
+	tools/docker/demo.sh
+
+## test-docker: the compose stack as shipped, built, run and tested through its published
+## ports, then the Envoy integration tests with Envoy in its container. Uses the running
+## Docker engine (starts one where it can: tools/docker/engine.sh) and builds stand-ins for
+## the images no registry gives (tools/docker/stand-ins.sh). Not part of `make test`.
+test-docker: build envoy test-tools
+	tools/docker/test.sh
 
 lint: wasm-target
 	cargo fmt --all -- --check

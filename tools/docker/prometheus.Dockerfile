@@ -7,6 +7,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /prometheus && chown nobody:nogroup /prometheus \
  && prometheus --version
+VOLUME ["/prometheus"]
 USER nobody
 WORKDIR /prometheus
 EXPOSE 9090
