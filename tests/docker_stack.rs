@@ -115,10 +115,15 @@ fn get(addr: &str, path: &str) -> Response {
     client::get(addr, path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"))
 }
 
-fn school_hits() -> u64 {
-    get(SCHOOL, "/stats").json().unwrap()["data"]["requests"]
+/// API requests a service has received, asked on its own published port.
+fn hits(service: &str) -> u64 {
+    get(service, "/stats").json().unwrap()["data"]["requests"]
         .as_u64()
         .unwrap()
+}
+
+fn school_hits() -> u64 {
+    hits(SCHOOL)
 }
 
 fn set_faults(addr: &str, faults: Value) {
@@ -204,9 +209,11 @@ fn the_shipped_compose_stack_passes_trips_refuses_cascades_recovers_and_alerts()
         before + 1,
         "the request reached the school service"
     );
+    let logins = hits(AUTH);
     let r = login();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json().unwrap()["data"]["user"]["role"], "teacher");
+    assert_eq!(hits(AUTH), logins + 1, "the login reached the auth service");
 
     // A trip after the threshold: five upstream failures, then JSON 503s that reach no one.
     set_faults(SCHOOL, json!({"is_healthy": false}));

@@ -22,7 +22,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+rm -f "$log"
 "${compose[@]}" up -d --build
-docker logs --follow "$("${compose[@]}" ps -q envoy)" >"$log" 2>&1 &
+# The container is looked up first: done inside the background command, the lookup would
+# leave the demo reading a log of an earlier run for a second.
+envoy=$("${compose[@]}" ps -q envoy)
+docker logs --follow "$envoy" >"$log" 2>&1 &
 follower=$!
 target/release/demo --running --envoy-log "$log" "$@"

@@ -16,7 +16,7 @@ ENVOY=envoyproxy/envoy:v1.40.0
 PROMETHEUS=prom/prometheus:v2.42.0
 
 # Every builder works in here; it goes when the script ends, however it ends.
-scratch=$(mktemp -d /tmp/ecb-stand-ins.XXXXXX)
+scratch=$(mktemp -d -t docker-stand-ins.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 
 # Runs a command with its output kept aside, shown only if it fails.

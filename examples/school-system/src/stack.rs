@@ -256,12 +256,7 @@ impl Envoy {
             .arg("--log-path")
             .arg(&log_path)
             .stdout(Stdio::null())
-            // Envoy logs to its file; what docker itself says (no such image) is shown.
-            .stderr(if container.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| match &container {
                 Some(_) => format!("cannot start docker: {e} (run `make test-docker`)"),
@@ -373,6 +368,17 @@ fn envoy_command(dir: &Path, env: &[(&str, &str)]) -> Result<(Command, Option<St
     let Some(image) = envoy_image() else {
         return Ok((Command::new(envoy_bin()), None));
     };
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if !present.success() {
+        return Err(format!(
+            "no image {image} (or no Docker engine): `make test-docker` provides both"
+        ));
+    }
     static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "ecb-envoy-{}-{}",
