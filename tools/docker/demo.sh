@@ -23,7 +23,10 @@ cleanup() {
 trap cleanup EXIT
 
 rm -f "$log"
-"${compose[@]}" up -d --build
+echo "building the service images (log: target/docker-demo/build.log)"
+"${compose[@]}" build >target/docker-demo/build.log 2>&1 ||
+  { tail -40 target/docker-demo/build.log >&2; exit 1; }
+"${compose[@]}" up -d
 # The container is looked up first: done inside the background command, the lookup would
 # leave the demo reading a log of an earlier run for a second.
 envoy=$("${compose[@]}" ps -q envoy)
