@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::cache::CacheSettings;
 use super::duration::{parse_millis, Millis};
+use super::fallback::{Fallback, Template};
 use super::outcome::{Classifier, StatusSet, GRPC_CODES};
-use super::reply::{Fallback, Template};
 use super::settings::{Mode, Settings, StoreFailure};
 use super::window::{WindowSpec, MAX_CALLS};
 

@@ -3,8 +3,8 @@
 //! on the request path.
 
 use super::cache::CacheSettings;
+use super::fallback::Fallback;
 use super::outcome::Classifier;
-use super::reply::Fallback;
 use super::window::WindowSpec;
 
 /// How a breaker acts on its decisions.

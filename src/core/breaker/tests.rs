@@ -79,7 +79,7 @@ fn closed_admits_without_touching_the_record() {
 fn a_glance_admits_only_where_no_clock_is_needed() {
     let s = settings();
     let mut r = Record::default();
-    let at = |r: &Record, now| admit_at_a_glance(&Glance::of(r), &s, now);
+    let at = |r: &Record, now| admit_at_a_glance(&Glance::of(r), &s, &mut Now::fixed(now));
     assert_eq!(
         at(&r, 0),
         Some(Admission::Admitted(Ticket {
@@ -133,7 +133,7 @@ proptest! {
         };
         // The real clock is the coarse one plus however late the timer runs.
         let now = coarse + late;
-        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s, coarse) {
+        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s, &mut Now::new(coarse, || now)) {
             let full = admit(&mut r, &s, now, 0);
             let same = match (quick, full.value) {
                 (Admission::Rejected(a), Admission::Rejected(b)) => a.kind == b.kind && a.reason == b.reason,
@@ -273,7 +273,7 @@ fn slow_calls_need_the_minimum_too() {
 }
 
 #[test]
-fn a_slow_probe_reopens() {
+fn a_slow_probe_reopens_as_a_failed_probe() {
     let s = Settings {
         slow_call_duration_ms: 100,
         slow_call_rate_threshold: 0.5,
@@ -288,7 +288,13 @@ fn a_slow_probe_reopens() {
         retry_after_ms: None,
     };
     let t = record(&mut r, &s, ticket, slow, 30_200).transition.unwrap();
-    assert_eq!(t.cause, Cause::Tripped(TripReason::SlowCallRate));
+    assert_eq!(t.cause, Cause::Tripped(TripReason::ProbeFailed));
+    assert_eq!(r.reason, Some(TripReason::ProbeFailed));
+    assert!(
+        t.to_string()
+            .starts_with("OPENED: a half-open probe failed"),
+        "{t}"
+    );
 }
 
 #[test]
