@@ -49,7 +49,10 @@ pub fn free_port() -> io::Result<u16> {
             return Ok(port);
         }
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no free loopback port found in {low}..{high} after 200 tries"),
+    ))
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS`), if it can be read.
