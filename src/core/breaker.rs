@@ -201,6 +201,37 @@ pub fn admit_at_a_glance(
     }
 }
 
+/// Longest a worker's copy of a record may go unconfirmed before it is not trusted at
+/// all: ten timer periods, so a worker whose timer stalls goes back to reading the shared
+/// record on every request.
+pub const MAX_COPY_AGE_MS: u64 = 1_000;
+
+/// Whether a worker may decide from its own copy of a record, last confirmed against the
+/// shared one at `confirmed_at_ms`, instead of reading the shared record. Another worker's
+/// transition reaches the copy by a notice within milliseconds and by the timer within a
+/// period; until then the copy lags. A closed copy is trusted only while no trip made since
+/// it was confirmed could have reached half-open already, whose probe limit must hold
+/// exactly; an open copy can only refuse; half-open is never decided from a copy.
+pub fn trusts_copy(
+    copy: &Glance,
+    settings: &Settings,
+    confirmed_at_ms: u64,
+    coarse_now_ms: u64,
+) -> bool {
+    let age = coarse_now_ms
+        .saturating_sub(confirmed_at_ms)
+        .saturating_add(TIMER_SLACK_MS);
+    if age > MAX_COPY_AGE_MS {
+        return false;
+    }
+    match copy.state {
+        // An upstream's Retry-After can open the breaker for as little as a millisecond.
+        State::Closed => !settings.honor_retry_after && age < settings.shortest_open_ms(),
+        State::Open => true,
+        State::HalfOpen => false,
+    }
+}
+
 /// What a request gets when the state store gave up (every compare-and-swap lost, or a host
 /// error): a breaker last seen closed passes it untracked or refuses it, as configured; one
 /// last seen open or half-open refuses it, so the probe limit holds whatever happens.

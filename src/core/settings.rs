@@ -144,6 +144,13 @@ impl Settings {
             .any(|prefix| path.starts_with(prefix.as_bytes()))
     }
 
+    /// The shortest time any trip rule keeps the breaker open: the first open time at the
+    /// low edge of the jitter band.
+    pub fn shortest_open_ms(&self) -> u64 {
+        let low = (self.open_duration_ms as f64 * (1.0 - self.jitter)).floor() as u64;
+        low.clamp(1, self.max_open_duration_ms.max(1))
+    }
+
     /// How long to stay open after the `trips_in_row`-th trip in a row. `draw` (0 to 1)
     /// places the open time inside the jitter band.
     pub fn open_time(&self, trips_in_row: u32, draw: f64) -> u64 {
@@ -209,6 +216,17 @@ mod tests {
             let base = (1_000.0 * mult.powi(trips as i32 - 1)).min(10_000.0);
             prop_assert!(t <= 10_000.0);
             prop_assert!(t >= (base * (1.0 - jitter)).floor() - 1.0);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_open_time_is_shorter_than_the_shortest(
+            trips in 1u32..100, draw in 0.0f64..=1.0, jitter in 0.0f64..=0.5,
+            mult in 1.0f64..10.0,
+        ) {
+            let s = Settings { jitter, backoff_multiplier: mult, ..backoff() };
+            prop_assert!(s.open_time(trips, draw) >= s.shortest_open_ms());
         }
     }
 

@@ -62,6 +62,7 @@ impl Stream {
     }
 
     fn admit(&mut self, host: &impl Host, worker: &mut Worker, cluster: &[u8]) -> Action {
+        worker.listen(host);
         let Some(mut slot) = worker.slot_for(host, cluster) else {
             return Action::Continue;
         };

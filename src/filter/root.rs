@@ -58,6 +58,15 @@ impl Root {
         }
     }
 
+    /// Another worker made a transition: refresh this worker's copies.
+    pub fn queue_ready(&mut self, host: &impl Host, token: u32) {
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.notified(host, token, host.now_ms());
+            }
+        }
+    }
+
     /// The webhook's answer to an event delivery.
     pub fn call_answered(&mut self, host: &impl Host, token: u32, headers: usize) {
         let status = (headers > 0)
@@ -90,6 +99,10 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.tick(&Wasm);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        self.queue_ready(&Wasm, queue_id);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -10,6 +10,11 @@ pub const KEY_PREFIX: &str = "circuit_breaker/v1/";
 /// Key of the list of breakers.
 pub const REGISTRY_KEY: &str = "circuit_breaker/v1/.breakers";
 
+/// Key of the list of workers' queue tokens, and the prefix of the queues' names.
+pub const QUEUES_KEY: &str = "circuit_breaker/v1/.queues";
+/// Key of the counter that gives each worker's queue a name of its own.
+pub const QUEUE_COUNTER_KEY: &str = "circuit_breaker/v1/.queue-counter";
+
 /// The shared-data key of one cluster's record.
 pub fn record_key(cluster: &str) -> String {
     format!("{KEY_PREFIX}record/{cluster}")

@@ -40,8 +40,19 @@ fn request(host: &FakeHost, worker: &Rc<RefCell<Worker>>, cluster: &str, status:
     action
 }
 
+/// What the host does when a worker enqueues a notice: wakes every worker whose queue
+/// holds one.
+fn deliver_notices(host: &FakeHost, workers: &[&Rc<RefCell<Worker>>]) {
+    for w in workers {
+        let token = w.borrow().queue();
+        if let Some(token) = token {
+            w.borrow_mut().notified(host, token, host.clock_ms.get());
+        }
+    }
+}
+
 #[test]
-fn a_closed_succeeding_request_makes_three_host_calls() {
+fn a_closed_succeeding_request_makes_two_host_calls() {
     let host = FakeHost::at(1_000);
     let w = worker(&host, CONFIG);
     request(&host, &w, "school", 200);
@@ -51,10 +62,9 @@ fn a_closed_succeeding_request_makes_three_host_calls() {
         host.take_journal(),
         [
             Call::Property("xds.cluster_name".into()),
-            Call::SharedRead(record_key("school")),
             Call::Header(Map::ResponseHeaders, ":status".into()),
         ],
-        "the closed, succeeding path: which cluster, the shared state, the status"
+        "the closed, succeeding path: which cluster and the status, no shared data"
     );
 }
 
@@ -71,7 +81,6 @@ fn a_refusal_reads_the_clock_and_answers_locally() {
         host.take_journal(),
         [
             Call::Property("xds.cluster_name".into()),
-            Call::SharedRead(record_key("school")),
             Call::Clock,
             Call::Header(Map::RequestHeaders, "content-type".into()),
             Call::LocalReply(503),
@@ -95,10 +104,52 @@ fn a_trip_on_one_worker_is_refused_by_another() {
     let host = FakeHost::at(1_000);
     let first = worker(&host, CONFIG);
     let second = worker(&host, CONFIG);
+    request(&host, &second, "school", 200);
     for _ in 0..3 {
         assert_eq!(request(&host, &first, "school", 503), Action::Continue);
     }
+    deliver_notices(&host, &[&first, &second]);
+    host.take_journal();
     assert_eq!(request(&host, &second, "school", 200), Action::Pause);
+    assert!(
+        !host
+            .take_journal()
+            .iter()
+            .any(|c| matches!(c, Call::SharedRead(_))),
+        "refused from the refreshed copy"
+    );
+}
+
+#[test]
+fn without_a_notice_the_timer_refreshes_the_copy() {
+    let host = FakeHost::at(1_000);
+    let first = worker(&host, CONFIG);
+    let second = worker(&host, CONFIG);
+    request(&host, &second, "school", 200);
+    for _ in 0..3 {
+        request(&host, &first, "school", 503);
+    }
+    assert_eq!(
+        request(&host, &second, "school", 200),
+        Action::Continue,
+        "the copy lags until it is told"
+    );
+    host.advance(100);
+    second.borrow_mut().tick(&host, 1_100);
+    assert_eq!(request(&host, &second, "school", 200), Action::Pause);
+}
+
+#[test]
+fn an_open_time_shorter_than_the_timer_slack_reads_the_shared_record() {
+    let host = FakeHost::at(1_000);
+    let config = r#"{"clusters": {"school": {"open_duration": "200ms"}}}"#;
+    let w = worker(&host, config);
+    request(&host, &w, "school", 200);
+    host.take_journal();
+    request(&host, &w, "school", 200);
+    assert!(host
+        .take_journal()
+        .contains(&Call::SharedRead(record_key("school"))));
 }
 
 #[test]
@@ -154,4 +205,26 @@ fn the_timer_publishes_counts_and_state() {
     let success = "circuit_breaker_requests_total.outcome=success.cluster=school";
     let failure = "circuit_breaker_requests_total.outcome=failure.cluster=school";
     assert_eq!((host.counter(success), host.counter(failure)), (1, 1));
+}
+
+#[test]
+fn an_operators_mode_change_is_told_to_every_worker() {
+    use crate::core::control::Command;
+    let host = FakeHost::at(1_000);
+    let first = worker(&host, CONFIG);
+    let second = worker(&host, CONFIG);
+    request(&host, &second, "school", 200);
+    for _ in 0..3 {
+        request(&host, &first, "school", 500);
+    }
+    deliver_notices(&host, &[&first, &second]);
+    assert_eq!(request(&host, &second, "school", 200), Action::Pause);
+    // `disabled` moves no state, but changes what every worker must do.
+    let command = Command::SetMode("school".into());
+    let changed = first
+        .borrow_mut()
+        .control(&host, &command, br#"{"mode": "disabled"}"#, 1_000);
+    assert!(changed.is_ok());
+    deliver_notices(&host, &[&first, &second]);
+    assert_eq!(request(&host, &second, "school", 200), Action::Continue);
 }

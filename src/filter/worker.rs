@@ -6,6 +6,7 @@
 mod admission;
 mod control_api;
 mod events;
+mod notices;
 mod slot;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use super::shared::{SharedData, REGISTRY_KEY};
 
 pub use admission::{Admitted, Captured, Decision, Seen};
 use events::Delivery;
+use notices::Notices;
 use slot::{Slot, CAS_ATTEMPTS};
 
 pub struct Worker {
@@ -37,6 +39,7 @@ pub struct Worker {
     /// to refuse at a glance while a breaker is well inside its open time.
     clock_ms: u64,
     deliveries: HashMap<u32, Delivery>,
+    notices: Notices,
 }
 
 impl Worker {
@@ -53,6 +56,7 @@ impl Worker {
                 .filter(|t| !t.is_empty()),
             deliveries: HashMap::new(),
             clock_ms: now_ms,
+            notices: Notices::default(),
         };
         let mut named: Vec<String> = worker.config.clusters.keys().cloned().collect();
         named.sort();
@@ -124,7 +128,8 @@ impl Worker {
 
     fn add_slot(&mut self, host: &impl Host, name: &str, settings: Settings) -> usize {
         let events_on = self.config.events.is_some();
-        self.slots.push(Slot::load(host, name, settings, events_on));
+        let slot = Slot::load(host, name, settings, events_on, self.clock_ms);
+        self.slots.push(slot);
         let i = self.slots.len() - 1;
         self.index.insert(name.as_bytes().to_vec(), i);
         i
@@ -173,13 +178,15 @@ impl Worker {
         for name in &listed {
             self.slot_for(host, name.as_bytes());
         }
-        for slot in &mut self.slots {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
             slot.metrics.flush(host);
             let _ = slot.write(host, now_ms, |r, s| breaker::tick(r, s, now_ms));
             slot.metrics.state(host, slot.last_seen.state);
             slot.metrics
                 .rates(host, &slot.last_seen.counts(&slot.settings, now_ms));
             slot.log_dry_run(now_ms);
+            self.tell_others(host, i);
         }
         let unlisted: Vec<String> = self
             .slots

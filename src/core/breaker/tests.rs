@@ -948,3 +948,60 @@ fn a_failed_store_passes_or_refuses_as_configured_but_never_adds_probes() {
         );
     }
 }
+
+#[test]
+fn a_closed_copy_is_trusted_only_while_no_trip_could_be_half_open_yet() {
+    let s = settings();
+    let closed = Glance::of(&Record::default());
+    assert!(trusts_copy(&closed, &s, 1_000, 1_100));
+    assert!(
+        !trusts_copy(&closed, &s, 1_000, 1_000 + MAX_COPY_AGE_MS),
+        "too old"
+    );
+    let short = Settings {
+        open_duration_ms: 200,
+        ..settings()
+    };
+    assert!(
+        !trusts_copy(&closed, &short, 1_000, 1_000),
+        "open shorter than the slack"
+    );
+    let honours = Settings {
+        honor_retry_after: true,
+        ..settings()
+    };
+    assert!(!trusts_copy(&closed, &honours, 1_000, 1_000));
+}
+
+#[test]
+fn an_open_copy_refuses_and_a_half_open_one_is_never_trusted() {
+    let s = settings();
+    let mut r = Record::default();
+    open(&mut r, &s, 0);
+    assert!(trusts_copy(&Glance::of(&r), &s, 0, 100));
+    r.state = State::HalfOpen;
+    assert!(!trusts_copy(&Glance::of(&r), &s, 0, 0));
+}
+
+proptest! {
+    /// However the shared record moved after the copy was confirmed, a trusted closed copy
+    /// never admits while the shared record is half-open: no probe limit is overrun.
+    #[test]
+    fn a_trusted_closed_copy_is_never_behind_a_half_open_breaker(
+        open_ms in 1u64..5_000, jitter in 0.0f64..0.5, trip_after in 0u64..2_000,
+        coarse_after in 0u64..2_000, late in 0u64..TIMER_SLACK_MS,
+    ) {
+        let s = Settings { open_duration_ms: open_ms, jitter, ..settings() };
+        let copy = Glance::of(&Record::default());
+        let confirmed = 10_000;
+        let mut shared = Record { consecutive_failures: s.failure_threshold, ..Record::default() };
+        let trip_at = confirmed + trip_after;
+        let _ = shared.transition(Cause::Tripped(TripReason::ConsecutiveFailures), &s, trip_at);
+        let coarse = confirmed + coarse_after;
+        let now = coarse + late;
+        if trusts_copy(&copy, &s, confirmed, coarse) && now >= trip_at {
+            let _ = admit(&mut shared, &s, now, 0);
+            prop_assert_ne!(shared.state, State::HalfOpen);
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 use crate::core::breaker::{self, Admission, Call, Now, Tally, Ticket};
 use crate::core::cache::Entry;
+use crate::core::codec;
 use crate::core::outcome::{Outcome, StreamEnd};
 use crate::core::reply::{Answer, RejectReply};
 use crate::core::retry_after;
@@ -70,11 +71,12 @@ impl Worker {
         (x >> 32) as u32
     }
 
-    /// Decides whether a request to slot `i` goes upstream. A glance at the stored record
-    /// settles the common cases with one shared-data read and the clock of the last tick;
-    /// only the others read the clock and go through compare-and-swap. `grpc` says whether
-    /// the caller speaks gRPC (asked only to shape a refusal); `cache_key` is the path of a
-    /// GET that a cached answer may serve.
+    /// Decides whether a request to slot `i` goes upstream. The worker's own copy of the
+    /// record settles the common cases with no host call at all, while the core trusts it;
+    /// else a glance at the shared record does, with one read; only the rest read the
+    /// clock and go through compare-and-swap. `grpc` says whether the caller speaks gRPC
+    /// (asked only to shape a refusal); `cache_key` is the path of a GET that a cached
+    /// answer may serve.
     pub fn admit(
         &mut self,
         host: &impl Host,
@@ -83,17 +85,31 @@ impl Worker {
         cache_key: Option<&str>,
     ) -> Decision {
         let roll = self.roll();
-        let mut now = Now::new(self.clock_ms, || host.now_ms());
+        let coarse_ms = self.clock_ms;
+        let mut now = Now::new(coarse_ms, || host.now_ms());
+        // Until this worker's queue is listed, nobody can tell it of a transition.
+        let listening = self.is_listening();
         let Some(slot) = self.slots.get_mut(i) else {
             return Decision::Pass;
         };
-        let quick = match host.shared_data(&slot.key) {
-            Ok(Some((bytes, _))) => crate::core::codec::glance(&bytes).and_then(|g| {
+        let trusted = listening
+            && breaker::trusts_copy(
+                &slot.glance,
+                &slot.settings,
+                slot.confirmed_at_ms,
+                coarse_ms,
+            );
+        let from_copy = trusted
+            .then(|| breaker::admit_at_a_glance(&slot.glance, &slot.settings, &mut now))
+            .flatten();
+        let quick = from_copy.or_else(|| match host.shared_data(&slot.key) {
+            Ok(Some((bytes, _))) => codec::glance(&bytes).and_then(|g| {
                 slot.glance = g;
+                slot.confirmed_at_ms = coarse_ms;
                 breaker::admit_at_a_glance(&g, &slot.settings, &mut now)
             }),
             _ => None,
-        };
+        });
         let admission = match quick {
             Some(admission) => admission,
             None => {
@@ -105,7 +121,7 @@ impl Worker {
                 match result {
                     Ok(updated) => {
                         let admission = updated.value;
-                        slot.absorb(host, updated);
+                        slot.absorb(host, updated, now_ms);
                         admission
                     }
                     Err(_) => {
@@ -117,6 +133,10 @@ impl Worker {
         };
         let now_ms = now.latest();
         self.clock_ms = now_ms;
+        self.tell_others(host, i);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return Decision::Pass;
+        };
         match admission {
             Admission::Admitted(ticket) => {
                 if ticket.probe {
@@ -222,5 +242,6 @@ impl Worker {
         let now = *now_ms.get_or_insert_with(|| host.now_ms());
         self.clock_ms = now;
         let _ = slot.write(host, now, |r, s| breaker::record(r, s, ticket, call, now));
+        self.tell_others(host, i);
     }
 }

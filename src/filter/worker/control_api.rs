@@ -119,6 +119,10 @@ impl Worker {
         let i = self.slot_for(host, name.as_bytes()).ok_or_else(missing)?;
         let slot = self.slots.get_mut(i).ok_or_else(missing)?;
         if slot.write(host, now_ms, decide) {
+            // An operator's change may move no state (a mode override) and still change
+            // what every worker must do.
+            slot.moved = true;
+            self.tell_others(host, i);
             Ok(())
         } else {
             Err(ApiError::unavailable(

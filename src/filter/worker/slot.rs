@@ -26,8 +26,13 @@ pub struct Slot {
     pub key: String,
     pub settings: Settings,
     pub last_seen: Record,
-    /// The freshest header of the record: updated by every admission, read or write.
+    /// This worker's copy of the record's header: refreshed by every read or write of the
+    /// shared record, every timer tick and every notice from another worker.
     pub glance: Glance,
+    /// When [`Slot::glance`] was last confirmed against the shared record (worker clock).
+    pub confirmed_at_ms: u64,
+    /// Set when this worker made a transition the other workers have not been told of.
+    pub moved: bool,
     pub tally: Tally,
     pub metrics: Metrics,
     pub reply: RejectReply,
@@ -41,13 +46,21 @@ pub struct Slot {
 
 impl Slot {
     /// A breaker as stored now, with its stats defined.
-    pub fn load(host: &impl Host, name: &str, settings: Settings, events_on: bool) -> Slot {
+    pub fn load(
+        host: &impl Host,
+        name: &str,
+        settings: Settings,
+        events_on: bool,
+        now_ms: u64,
+    ) -> Slot {
         let key = record_key(name);
         let last_seen = store::load(&SharedData(host), &key)
             .map(|l| l.record)
             .unwrap_or_default();
         let slot = Slot {
             glance: Glance::of(&last_seen),
+            confirmed_at_ms: now_ms,
+            moved: false,
             name: name.to_string(),
             reply: RejectReply::new(name, settings.fallback.as_ref()),
             cache: settings.cache.map(ResponseCache::new),
@@ -83,7 +96,7 @@ impl Slot {
         });
         match result {
             Ok(updated) => {
-                self.absorb(host, updated);
+                self.absorb(host, updated, now_ms);
                 true
             }
             Err(_) => {
@@ -94,18 +107,33 @@ impl Slot {
         }
     }
 
-    /// Takes in what a store call returned: the freshest record, and any transition.
-    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>) {
+    /// Reads the shared record again into this worker's copy (another worker said it moved).
+    pub fn refresh(&mut self, host: &impl Host, now_ms: u64) {
+        if let Ok(loaded) = store::load(&SharedData(host), &self.key) {
+            self.glance = Glance::of(&loaded.record);
+            self.last_seen = loaded.record;
+            self.confirmed_at_ms = now_ms;
+            self.metrics.state(host, self.last_seen.state);
+        }
+    }
+
+    /// Takes in what a store call returned at `now_ms`: the freshest record, and any
+    /// transition.
+    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>, now_ms: u64) {
         if let Some(damage) = &updated.damaged {
             log::warn!(
                 "[CIRCUIT_BREAKER] {} state in shared data was unreadable ({damage}); starting again from closed",
                 self.name
             );
+            // The other workers' copies still hold what the junk replaced.
+            self.moved = true;
         }
         if let Some(t) = &updated.transition {
             self.announce(host, t, updated.record.mode(&self.settings));
+            self.moved = true;
         }
         self.glance = Glance::of(&updated.record);
+        self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
     }
 
