@@ -10,6 +10,7 @@ pub mod control;
 pub mod duration;
 pub mod fallback;
 pub mod history;
+pub mod limits;
 pub mod outcome;
 pub mod registry;
 pub mod reply;

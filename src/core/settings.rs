@@ -4,6 +4,7 @@
 
 use super::cache::CacheSettings;
 use super::fallback::Fallback;
+use super::limits as l;
 use super::outcome::Classifier;
 use super::window::WindowSpec;
 
@@ -105,20 +106,22 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            failure_threshold: 5,
-            failure_rate_threshold: 0.5,
-            slow_call_duration_ms: 60_000,
-            slow_call_rate_threshold: 0.0,
-            minimum_requests: 20,
-            window: WindowSpec::Time { window_ms: 10_000 },
-            open_duration_ms: 60_000,
-            backoff_multiplier: 1.0,
-            max_open_duration_ms: 600_000,
-            jitter: 0.0,
-            half_open_max_requests: 1,
-            success_threshold: 1,
-            half_open_max_duration_ms: 60_000,
-            recovery_duration_ms: 0,
+            failure_threshold: l::FAILURE_THRESHOLD.default,
+            failure_rate_threshold: l::FAILURE_RATE_THRESHOLD.default,
+            slow_call_duration_ms: l::SLOW_CALL_DURATION_MS.default,
+            slow_call_rate_threshold: l::SLOW_CALL_RATE_THRESHOLD.default,
+            minimum_requests: l::MINIMUM_REQUESTS.default,
+            window: WindowSpec::Time {
+                window_ms: l::WINDOW_MS.default,
+            },
+            open_duration_ms: l::OPEN_DURATION_MS.default,
+            backoff_multiplier: l::BACKOFF_MULTIPLIER.default,
+            max_open_duration_ms: l::MAX_OPEN_DURATION_MS.default,
+            jitter: l::JITTER.default,
+            half_open_max_requests: l::HALF_OPEN_MAX_REQUESTS.default,
+            success_threshold: l::SUCCESS_THRESHOLD.default,
+            half_open_max_duration_ms: l::HALF_OPEN_MAX_DURATION_MS.default,
+            recovery_duration_ms: l::RECOVERY_DURATION_MS.default,
             honor_retry_after: false,
             classifier: Classifier::default(),
             mode: Mode::Enforce,
