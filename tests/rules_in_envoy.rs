@@ -416,9 +416,7 @@ fn forced_open_refuses_everything() {
         Some(r#"{"clusters": {"school": {"mode": "forced_open"}}}"#),
         2,
     );
-    let r = stack.envoy.call("/schools");
-    assert!(is_rejection(&r));
-    assert_eq!(body(&r)["reason"], "forced");
+    assert!(is_forced_refusal(&stack.envoy.call("/schools")));
     assert_eq!(stack.school.hits(), 0);
     assert_eq!(
         stack.envoy.call("/students").status,

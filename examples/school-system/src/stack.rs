@@ -55,6 +55,14 @@ pub fn free_port() -> io::Result<u16> {
     ))
 }
 
+/// Whether a response is the breaker's own refusal (its default JSON 503).
+pub fn is_rejection(r: &Response) -> bool {
+    r.status == 503
+        && r.json()
+            .map(|j| j["error"] == "CIRCUIT_BREAKER_OPEN")
+            .unwrap_or(false)
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS`), if it can be read.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -44,6 +44,15 @@ fn rejected(step: Step<Admission>) -> Rejection {
     }
 }
 
+/// Asserts that the request was refused because the breaker is forced open.
+fn refused_as_forced(step: Step<Admission>) {
+    let rej = rejected(step);
+    assert_eq!(
+        (rej.kind, rej.reason),
+        (RejectKind::Open, Some(TripReason::Forced))
+    );
+}
+
 fn call_with(r: &mut Record, s: &Settings, c: Call, now: u64) -> Option<Transition> {
     let ticket = admitted(admit(r, s, now, 0));
     record(r, s, ticket, c, now).transition
@@ -621,11 +630,7 @@ fn forced_open_refuses_everything_and_lifting_it_probes_first() {
     let mut r = Record::default();
     let step = admit(&mut r, &s, 0, 0);
     assert_eq!(step.transition.map(|t| t.cause), Some(Cause::Forced));
-    let rej = rejected(step);
-    assert_eq!(
-        (rej.kind, rej.reason),
-        (RejectKind::Open, Some(TripReason::Forced))
-    );
+    refused_as_forced(step);
     assert!(
         !tick(&mut r, &s, 1_000_000_000).dirty,
         "the timer never ends it"
@@ -646,7 +651,7 @@ fn a_runtime_override_wins_over_the_configured_mode() {
         mode_override: Some(Mode::ForcedOpen),
         ..Record::default()
     };
-    rejected(admit(&mut r, &s, 0, 0));
+    refused_as_forced(admit(&mut r, &s, 0, 0));
     r.mode_override = Some(Mode::Disabled);
     assert_eq!(
         admit(&mut r, &s, 1, 0).value,
@@ -676,10 +681,10 @@ fn a_reset_does_not_lift_a_forced_open() {
         ..settings()
     };
     let mut r = Record::default();
-    rejected(admit(&mut r, &s, 0, 0));
+    refused_as_forced(admit(&mut r, &s, 0, 0));
     let t = reset(&mut r, &s, 5).transition.unwrap();
     assert_eq!(t.cause, Cause::Forced);
-    rejected(admit(&mut r, &s, 6, 0));
+    refused_as_forced(admit(&mut r, &s, 6, 0));
 }
 
 #[test]
@@ -690,10 +695,7 @@ fn a_mode_override_takes_effect_in_the_same_step() {
         .transition
         .unwrap();
     assert_eq!(t.cause, Cause::Forced);
-    assert_eq!(
-        rejected(admit(&mut r, &s, 1, 0)).reason,
-        Some(TripReason::Forced)
-    );
+    refused_as_forced(admit(&mut r, &s, 1, 0));
     let t = set_mode(&mut r, &s, None, 2).transition.unwrap();
     assert_eq!((t.cause, t.to), (Cause::Released, State::HalfOpen));
     assert!(set_mode(&mut r, &s, Some(Mode::DryRun), 3)
