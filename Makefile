@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools bench-propagation clean
 
 build: wasm services
 
@@ -109,6 +109,12 @@ bench: build envoy bench-tools
 	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe
 	cargo build --release -p ecb-bench
 	target/release/bench $(BENCH_ARGS)
+
+## bench-propagation: how long a trip on one worker goes unseen by the others (notices
+## between workers, the timer as backstop); see BENCHMARKS.md.
+bench-propagation: build envoy
+	cargo build --release -p ecb-bench --bin propagation
+	target/release/propagation $(BENCH_ARGS)
 
 bench-tools:
 	@tools/apt-install.sh wrk:wrk
