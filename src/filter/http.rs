@@ -63,44 +63,25 @@ impl Stream {
 
     fn admit(&mut self, host: &impl Host, worker: &mut Worker, cluster: &[u8]) -> Action {
         worker.listen(host);
-        let Some(mut slot) = worker.slot_for(host, cluster) else {
+        let Some(slot) = worker.slot_for(host, cluster) else {
             return Action::Continue;
         };
-        let Some(settings) = worker.settings(slot) else {
+        let Some(asks) = Asks::read(host, worker, slot) else {
             return Action::Continue;
         };
-        let wants_path = !settings.exclude_paths.is_empty() || settings.cache.is_some();
-        let path = wants_path
-            .then(|| host.header(Map::RequestHeaders, ":path").ok().flatten())
-            .flatten();
-        if path.as_deref().is_some_and(|p| settings.excludes(p)) {
-            return Action::Continue;
-        }
-        let watch_retry_after = settings.honor_retry_after;
-        let measures = settings.slow_call_rate_threshold > 0.0;
-        let cache_key = match (settings.cache.is_some(), path) {
-            (true, Some(p)) if request_header(host, ":method").as_deref() == Some(b"GET") => {
-                String::from_utf8(p).ok()
-            }
-            _ => None,
-        };
-        if settings.max_route_breakers.is_some() {
-            if let Ok(Some(route)) = host.property(ROUTE_NAME) {
-                slot = worker.route_slot(host, slot, &route);
-            }
-        }
         // Only a refusal needs to know whether the caller speaks gRPC; the header is read
         // then, not on every request.
         let grpc = || {
             request_header(host, "content-type")
                 .is_some_and(|ct| ct.starts_with(b"application/grpc"))
         };
-        match worker.admit(host, slot, grpc, cache_key.as_deref()) {
+        match worker.admit(host, asks.slot, grpc, asks.cache_key.as_deref()) {
             Decision::Admitted(ticket) => {
-                let needs_clock = measures || cache_key.is_some();
+                let needs_clock = asks.measures || asks.cache_key.is_some();
                 let started_ms = if needs_clock { host.now_ms() } else { 0 };
-                let capture = cache_key
-                    .filter(|k| worker.wants_capture(slot, k, started_ms))
+                let capture = asks
+                    .cache_key
+                    .filter(|k| worker.wants_capture(asks.slot, k, started_ms))
                     .map(|key| Captured {
                         key,
                         status: 0,
@@ -108,10 +89,10 @@ impl Stream {
                         body: Vec::new(),
                     });
                 self.admitted = Some(Admitted {
-                    slot,
+                    slot: asks.slot,
                     ticket,
                     started_ms,
-                    watch_retry_after,
+                    watch_retry_after: asks.watch_retry_after,
                     seen: Seen::default(),
                     retry_after: None,
                     capture,
@@ -273,6 +254,48 @@ impl Stream {
         if let Ok(mut worker) = worker.try_borrow_mut() {
             worker.record(host, a);
         }
+    }
+}
+
+/// What a request asks of its breaker, read from the host only as far as the cluster's
+/// settings need it.
+struct Asks {
+    /// The breaker's slot: the cluster's, or a route's inside it.
+    slot: usize,
+    /// The path of a GET a cached answer may serve.
+    cache_key: Option<String>,
+    /// Whether the cluster's slow-call rule needs the request's start time.
+    measures: bool,
+    watch_retry_after: bool,
+}
+
+impl Asks {
+    /// `None` when the request's path is excluded from the breaker.
+    fn read(host: &impl Host, worker: &mut Worker, slot: usize) -> Option<Asks> {
+        let settings = worker.settings(slot)?;
+        let wants_path = !settings.exclude_paths.is_empty() || settings.cache.is_some();
+        let path = wants_path.then(|| request_header(host, ":path")).flatten();
+        if path.as_deref().is_some_and(|p| settings.excludes(p)) {
+            return None;
+        }
+        let cache_key = match (settings.cache.is_some(), path) {
+            (true, Some(p)) if request_header(host, ":method").as_deref() == Some(b"GET") => {
+                String::from_utf8(p).ok()
+            }
+            _ => None,
+        };
+        let mut asks = Asks {
+            slot,
+            cache_key,
+            measures: settings.slow_call_rate_threshold > 0.0,
+            watch_retry_after: settings.honor_retry_after,
+        };
+        if settings.max_route_breakers.is_some() {
+            if let Ok(Some(route)) = host.property(ROUTE_NAME) {
+                asks.slot = worker.route_slot(host, slot, &route);
+            }
+        }
+        Some(asks)
     }
 }
 

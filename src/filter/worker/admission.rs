@@ -13,7 +13,7 @@ use crate::core::store;
 use super::super::host::{property_u64, Host};
 use super::super::metrics::Counted;
 use super::super::shared::SharedData;
-use super::slot::CAS_ATTEMPTS;
+use super::slot::{Slot, CAS_ATTEMPTS};
 use super::Worker;
 
 /// Property paths, NUL-separated as the ABI wants them.
@@ -71,12 +71,9 @@ impl Worker {
         (x >> 32) as u32
     }
 
-    /// Decides whether a request to slot `i` goes upstream. The worker's own copy of the
-    /// record settles the common cases with no host call at all, while the core trusts it;
-    /// else a glance at the shared record does, with one read; only the rest read the
-    /// clock and go through compare-and-swap. `grpc` says whether the caller speaks gRPC
-    /// (asked only to shape a refusal); `cache_key` is the path of a GET that a cached
-    /// answer may serve.
+    /// Decides whether a request to slot `i` goes upstream. `grpc` says whether the caller
+    /// speaks gRPC (asked only to shape a refusal); `cache_key` is the path of a GET that
+    /// a cached answer may serve.
     pub fn admit(
         &mut self,
         host: &impl Host,
@@ -85,84 +82,18 @@ impl Worker {
         cache_key: Option<&str>,
     ) -> Decision {
         let roll = self.roll();
-        let coarse_ms = self.clock_ms;
-        let mut now = Now::new(coarse_ms, || host.now_ms());
+        let mut now = Now::new(self.clock_ms, || host.now_ms());
         // Until this worker's queue is listed, nobody can tell it of a transition.
         let listening = self.is_listening();
         let Some(slot) = self.slots.get_mut(i) else {
             return Decision::Pass;
         };
-        let trusted = listening
-            && breaker::trusts_copy(
-                &slot.glance,
-                &slot.settings,
-                slot.confirmed_at_ms,
-                coarse_ms,
-            );
-        let from_copy = trusted
-            .then(|| breaker::admit_at_a_glance(&slot.glance, &slot.settings, &mut now))
-            .flatten();
-        let quick = from_copy.or_else(|| match host.shared_data(&slot.key) {
-            Ok(Some((bytes, _))) => codec::glance(&bytes).and_then(|g| {
-                slot.glance = g;
-                slot.confirmed_at_ms = coarse_ms;
-                breaker::admit_at_a_glance(&g, &slot.settings, &mut now)
-            }),
-            _ => None,
-        });
-        let admission = match quick {
-            Some(admission) => admission,
-            None => {
-                let now_ms = now.exact();
-                let settings = &slot.settings;
-                let result = store::update(&SharedData(host), &slot.key, CAS_ATTEMPTS, |r| {
-                    breaker::admit(r, settings, now_ms, roll)
-                });
-                match result {
-                    Ok(updated) => {
-                        let admission = updated.value;
-                        slot.absorb(host, updated, now_ms);
-                        admission
-                    }
-                    Err(_) => {
-                        slot.metrics.store_give_up(host);
-                        breaker::when_store_fails(&slot.glance, &slot.settings)
-                    }
-                }
-            }
-        };
-        let now_ms = now.latest();
-        self.clock_ms = now_ms;
+        let admission = slot.decide(host, listening, &mut now, roll);
+        self.clock_ms = now.latest();
         self.tell_others(host, i);
-        let Some(slot) = self.slots.get_mut(i) else {
-            return Decision::Pass;
-        };
-        match admission {
-            Admission::Admitted(ticket) => {
-                if ticket.probe {
-                    slot.metrics.count(Counted::Probe);
-                }
-                Decision::Admitted(ticket)
-            }
-            Admission::Passed { would_reject } => {
-                if would_reject.is_some() {
-                    slot.metrics.count(Counted::WouldReject);
-                    slot.dry_run_unlogged += 1;
-                }
-                Decision::Pass
-            }
-            Admission::Rejected(rejection) => {
-                slot.metrics.count(Counted::Rejected);
-                let grpc = grpc();
-                let cached = match (&slot.cache, cache_key) {
-                    (Some(cache), Some(key)) if !grpc => cache.get(key, now_ms),
-                    _ => None,
-                };
-                Decision::Reject(match cached {
-                    Some((entry, age_secs)) => RejectReply::cached(entry, age_secs, &rejection),
-                    None => slot.reply.render(&rejection, grpc),
-                })
-            }
+        match self.slots.get_mut(i) {
+            Some(slot) => slot.answer(admission, grpc, cache_key, now.latest()),
+            None => Decision::Pass,
         }
     }
 
@@ -174,9 +105,7 @@ impl Worker {
             .is_some_and(|c| c.wants(key, now_ms))
     }
 
-    /// Records how an admitted request ended. The response flags (and code, if no
-    /// response headers came by) are read only when what was seen does not already say
-    /// success.
+    /// Records how an admitted request ended.
     pub fn record(&mut self, host: &impl Host, admitted: Admitted) {
         let Admitted {
             slot: i,
@@ -184,15 +113,137 @@ impl Worker {
             seen,
             started_ms,
             retry_after,
-            capture: captured,
+            capture,
             ..
         } = admitted;
-        let retry_after = retry_after.as_deref();
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        let classifier = &slot.settings.classifier;
-        let outcome = classifier
+        let outcome = slot.outcome(host, seen);
+        let needs_clock = slot.settings.slow_call_rate_threshold > 0.0
+            || retry_after.is_some()
+            || capture.is_some();
+        let now_ms = needs_clock.then(|| host.now_ms());
+        let call = Call {
+            outcome,
+            elapsed_ms: now_ms.map_or(0, |now| now.saturating_sub(started_ms)),
+            retry_after_ms: retry_after.as_deref().and_then(|v| {
+                retry_after::parse(std::str::from_utf8(v).ok()?, now_ms.unwrap_or(0))
+            }),
+        };
+        slot.metrics.count(Counted::of(&call, &slot.settings));
+        if let (Some(c), Some(now)) = (capture, now_ms) {
+            slot.keep(c, outcome, now);
+        }
+        if Tally::can_defer(&slot.glance, &slot.settings, ticket, &call) {
+            slot.tally.defer(ticket.generation);
+            return;
+        }
+        if outcome == Outcome::Ignored && !ticket.probe {
+            return;
+        }
+        let now = now_ms.unwrap_or_else(|| host.now_ms());
+        self.clock_ms = now;
+        let _ = slot.write(host, now, |r, s| breaker::record(r, s, ticket, call, now));
+        self.tell_others(host, i);
+    }
+}
+
+impl Slot {
+    /// The admission for one request. The worker's own copy of the record settles the
+    /// common cases with no host call at all, while the core trusts it; else a glance at
+    /// the shared record does, with one read; only the rest read the clock and go through
+    /// compare-and-swap.
+    fn decide(
+        &mut self,
+        host: &impl Host,
+        listening: bool,
+        now: &mut Now<impl FnMut() -> u64>,
+        roll: u32,
+    ) -> Admission {
+        let coarse_ms = now.latest();
+        let trusted = listening
+            && breaker::trusts_copy(
+                &self.glance,
+                &self.settings,
+                self.confirmed_at_ms,
+                coarse_ms,
+            );
+        let from_copy = trusted
+            .then(|| breaker::admit_at_a_glance(&self.glance, &self.settings, now))
+            .flatten();
+        let quick = from_copy.or_else(|| match host.shared_data(&self.key) {
+            Ok(Some((bytes, _))) => codec::glance(&bytes).and_then(|g| {
+                self.glance = g;
+                self.confirmed_at_ms = coarse_ms;
+                breaker::admit_at_a_glance(&g, &self.settings, now)
+            }),
+            _ => None,
+        });
+        if let Some(admission) = quick {
+            return admission;
+        }
+        let now_ms = now.exact();
+        let settings = &self.settings;
+        let result = store::update(&SharedData(host), &self.key, CAS_ATTEMPTS, |r| {
+            breaker::admit(r, settings, now_ms, roll)
+        });
+        match result {
+            Ok(updated) => {
+                let admission = updated.value;
+                self.absorb(host, updated, now_ms);
+                admission
+            }
+            Err(_) => {
+                self.metrics.store_give_up(host);
+                breaker::when_store_fails(&self.glance, &self.settings)
+            }
+        }
+    }
+
+    /// What the filter does with an admission: counts it, and shapes a refusal (the last
+    /// good answer from the cache, or the configured or default refusal).
+    fn answer(
+        &mut self,
+        admission: Admission,
+        grpc: impl FnOnce() -> bool,
+        cache_key: Option<&str>,
+        now_ms: u64,
+    ) -> Decision {
+        match admission {
+            Admission::Admitted(ticket) => {
+                if ticket.probe {
+                    self.metrics.count(Counted::Probe);
+                }
+                Decision::Admitted(ticket)
+            }
+            Admission::Passed { would_reject } => {
+                if would_reject.is_some() {
+                    self.metrics.count(Counted::WouldReject);
+                    self.dry_run_unlogged += 1;
+                }
+                Decision::Pass
+            }
+            Admission::Rejected(rejection) => {
+                self.metrics.count(Counted::Rejected);
+                let grpc = grpc();
+                let cached = match (&self.cache, cache_key) {
+                    (Some(cache), Some(key)) if !grpc => cache.get(key, now_ms),
+                    _ => None,
+                };
+                Decision::Reject(match cached {
+                    Some((entry, age_secs)) => RejectReply::cached(entry, age_secs, &rejection),
+                    None => self.reply.render(&rejection, grpc),
+                })
+            }
+        }
+    }
+
+    /// How a stream ended. The response flags (and code, if no response headers came by)
+    /// are read only when what was seen does not already say success.
+    fn outcome(&self, host: &impl Host, seen: Seen) -> Outcome {
+        let classifier = &self.settings.classifier;
+        classifier
             .success_without_flags(seen.status, seen.grpc_status, seen.complete)
             .unwrap_or_else(|| {
                 let status = match seen.status {
@@ -206,42 +257,19 @@ impl Worker {
                     flags: property_u64(host, RESPONSE_FLAGS).unwrap_or(0),
                     grpc_status: seen.grpc_status,
                 })
-            });
-        let needs_clock = slot.settings.slow_call_rate_threshold > 0.0
-            || retry_after.is_some()
-            || captured.is_some();
-        let mut now_ms = needs_clock.then(|| host.now_ms());
-        let call = Call {
-            outcome,
-            elapsed_ms: now_ms.map_or(0, |now| now.saturating_sub(started_ms)),
-            retry_after_ms: retry_after.and_then(|v| {
-                retry_after::parse(std::str::from_utf8(v).ok()?, now_ms.unwrap_or(0))
-            }),
-        };
-        slot.metrics.count(Counted::of(&call, &slot.settings));
-        if let (Some(c), Some(cache), Outcome::Success, Some(now)) =
-            (captured, &mut slot.cache, outcome, now_ms)
-        {
-            cache.put(
-                &c.key,
-                Entry {
-                    stored_at_ms: now,
-                    status: c.status,
-                    content_type: c.content_type,
-                    body: c.body,
-                },
-            );
+            })
+    }
+
+    /// Keeps a captured answer for the cache, if the call succeeded.
+    fn keep(&mut self, captured: Captured, outcome: Outcome, now_ms: u64) {
+        if let (Some(cache), Outcome::Success) = (&mut self.cache, outcome) {
+            let entry = Entry {
+                stored_at_ms: now_ms,
+                status: captured.status,
+                content_type: captured.content_type,
+                body: captured.body,
+            };
+            cache.put(&captured.key, entry);
         }
-        if Tally::can_defer(&slot.glance, &slot.settings, ticket, &call) {
-            slot.tally.defer(ticket.generation);
-            return;
-        }
-        if outcome == Outcome::Ignored && !ticket.probe {
-            return;
-        }
-        let now = *now_ms.get_or_insert_with(|| host.now_ms());
-        self.clock_ms = now;
-        let _ = slot.write(host, now, |r, s| breaker::record(r, s, ticket, call, now));
-        self.tell_others(host, i);
     }
 }
