@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod duration;
+pub mod fleet;
 pub mod history;
 pub mod outcome;
 pub mod registry;

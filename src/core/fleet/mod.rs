@@ -1,0 +1,9 @@
+//! Fleet mode's pure parts: many Envoys sharing each breaker's decisions through etcd v3
+//! (design in docs/fleet.md). Messages and their bounded decoding, keys, the stored record,
+//! the merge rule and the `fleet` settings; no proxy-wasm, time always an argument.
+
+pub mod etcd;
+pub mod keys;
+pub mod merge;
+pub mod record;
+pub mod settings;
