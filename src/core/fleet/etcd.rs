@@ -9,6 +9,7 @@ use prost::Message;
 pub mod method {
     pub const KV: &str = "etcdserverpb.KV";
     pub const RANGE: &str = "Range";
+    pub const PUT: &str = "Put";
     pub const TXN: &str = "Txn";
     pub const WATCH: &str = "etcdserverpb.Watch";
     /// Bidirectional stream.
