@@ -16,7 +16,7 @@ mod etcd;
 #[path = "../../../src/core/fleet/keys.rs"]
 mod keys;
 
-use etcd::{method, Expect, WatchMessage};
+use etcd::{method, Delete, Expect, WatchMessage};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -56,9 +56,9 @@ fn unhex(text: &str) -> Vec<u8> {
 }
 
 /// The unary calls, in order.
-const STEPS: [&str; 10] = [
-    "auth", "lease", "publish1", "publish2", "publish3", "publish4", "claim1", "claim2", "member",
-    "range",
+const STEPS: [&str; 12] = [
+    "auth", "lease", "publish1", "publish2", "publish3", "publish4", "claim1", "claim2", "claim3",
+    "member", "range", "release",
 ];
 
 #[derive(Default)]
@@ -225,6 +225,28 @@ impl Spike {
                     key.as_bytes(),
                     self.second_revision,
                     keys::episode_slots(&p, "school", 2).as_bytes(),
+                ),
+            ),
+            Some("claim3") => self.call(
+                method::KV,
+                method::TXN,
+                etcd::txn_claim_slot(
+                    keys::slot(&p, "school", 2, 1).as_bytes(),
+                    b"spike",
+                    self.lease,
+                    key.as_bytes(),
+                    self.second_revision,
+                    keys::episode_slots(&p, "school", 2).as_bytes(),
+                ),
+            ),
+            Some("release") => self.call(
+                method::KV,
+                method::TXN,
+                etcd::txn_publish(
+                    key.as_bytes(),
+                    &self.cfg.record_a,
+                    Expect::ModRevision(self.second_revision),
+                    &[Delete::Key(keys::slot(&p, "school", 2, 1).as_bytes())],
                 ),
             ),
             Some("member") => self.call(

@@ -212,8 +212,16 @@ fn check_unary(envoy: &Envoy, a: &FleetRecord, b: &FleetRecord) -> i64 {
     assert!(slot_value.is_empty(), "slots are listed keys only");
     let (rev, value) = logged_value(&c2, &decision);
     assert_eq!((rev, FleetRecord::decode(&value).unwrap()), (r2, b.clone()));
+    let c3 = line(envoy, "step=claim3", w);
+    assert!(
+        c3.contains("succeeded=true"),
+        "a second slot is claimed: {c3}"
+    );
     let range = line(envoy, "step=range", w);
-    assert_eq!(field(&range, "count"), "3", "{range}");
+    assert_eq!(field(&range, "count"), "4", "{range}");
+    // Publish on top of the half-open record, deleting exactly slot 1 in the same Txn.
+    let release = line(envoy, "step=release", w);
+    assert!(release.contains("succeeded=true"), "{release}");
     r2
 }
 
@@ -247,11 +255,40 @@ fn the_fleet_messages_work_on_the_wire_through_envoy() {
         .stdout;
     assert_eq!(
         FleetRecord::decode(stored.strip_suffix(b"\n").unwrap()).unwrap(),
-        b
+        a,
+        "the release's put"
+    );
+    let slots = etcd
+        .ctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &keys::slots(PREFIX, "school"),
+        ])
+        .unwrap();
+    assert_eq!(
+        slots.trim(),
+        keys::slot(PREFIX, "school", 2, 0),
+        "slot 1 deleted by key, slot 0 left"
     );
 
-    // The watch: created, answers progress requests, delivers a put made by etcdctl.
+    // The watch, opened from the Range's revision + 1, replays the release made after it.
     line(&envoy, "watch created", Duration::from_secs(5));
+    let replayed = line(
+        &envoy,
+        &format!("watch event put key={}", keys::decision(PREFIX, "school")),
+        Duration::from_secs(5),
+    );
+    assert_eq!(unhex(&field(&replayed, "value")), a.encode());
+    line(
+        &envoy,
+        &format!(
+            "watch event delete key={}",
+            keys::slot(PREFIX, "school", 2, 1)
+        ),
+        Duration::from_secs(5),
+    );
+    // It answers progress requests and delivers a put made by etcdctl.
     line(&envoy, "watch progress", Duration::from_secs(5));
     let c = record(9, "etcdctl");
     let other = keys::decision(PREFIX, "other");

@@ -426,20 +426,33 @@ fn compare(key: &[u8], expect: Expect) -> Compare {
     }
 }
 
+/// A delete that rides along with a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delete<'a> {
+    /// One key (a prober's own slot, after its outcome).
+    Key(&'a [u8]),
+    /// Every key under a prefix (all slots of a breaker, when half-open ends). A single
+    /// slot must not be deleted as a prefix: slot `1` is a prefix of slot `10`.
+    Prefix(&'a [u8]),
+}
+
 /// The `Txn` that publishes a decision: put `value` at `key` if the key is as `expect`
-/// says, and then delete every key under each of `delete_prefixes` (the probe slots of a
-/// finished half-open); otherwise read the key back, so the loser learns the winner in the
-/// same round trip.
-pub fn txn_publish(key: &[u8], value: &[u8], expect: Expect, delete_prefixes: &[&[u8]]) -> Vec<u8> {
+/// says, and then apply `deletes`; otherwise read the key back, so the loser learns the
+/// winner in the same round trip.
+pub fn txn_publish(key: &[u8], value: &[u8], expect: Expect, deletes: &[Delete]) -> Vec<u8> {
     let mut success = vec![op(Request::Put(PutRequest {
         key: key.to_vec(),
         value: value.to_vec(),
         lease: 0,
     }))];
-    for p in delete_prefixes {
+    for d in deletes {
+        let (key, range_end) = match *d {
+            Delete::Key(k) => (k.to_vec(), Vec::new()),
+            Delete::Prefix(p) => (p.to_vec(), prefix_end(p)),
+        };
         success.push(op(Request::DeleteRange(DeleteRangeRequest {
-            key: p.to_vec(),
-            range_end: prefix_end(p),
+            key,
+            range_end,
         })));
     }
     TxnRequest {
@@ -733,17 +746,30 @@ mod tests {
 
     #[test]
     fn create_if_absent_sends_create_revision_zero_explicitly() {
-        let bytes = txn_publish(b"k", b"v", Expect::Absent, &[b"p/"]);
+        let bytes = txn_publish(
+            b"k",
+            b"v",
+            Expect::Absent,
+            &[Delete::Prefix(b"p/"), Delete::Key(b"p/1")],
+        );
         // The oneof member is present even though it is zero: target CREATE, key, 5 => 0.
         assert!(bytes.starts_with(b"\x0a\x07\x10\x01\x1a\x01k\x28\x00"));
         let txn = TxnRequest::decode(bytes.as_slice()).unwrap();
-        assert_eq!(txn.success.len(), 2);
+        assert_eq!(txn.success.len(), 3);
         assert_eq!(
             txn.success[1].request,
             Some(Request::DeleteRange(DeleteRangeRequest {
                 key: b"p/".to_vec(),
                 range_end: b"p0".to_vec()
             }))
+        );
+        assert_eq!(
+            txn.success[2].request,
+            Some(Request::DeleteRange(DeleteRangeRequest {
+                key: b"p/1".to_vec(),
+                range_end: Vec::new()
+            })),
+            "one slot is deleted alone, not as a prefix that would take slot 10 too"
         );
     }
 
