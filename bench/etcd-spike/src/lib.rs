@@ -88,6 +88,8 @@ struct Spike {
     last_heard_ms: u64,
     last_progress_ms: u64,
     last_keep_ms: u64,
+    last_kept_ms: u64,
+    keep_silence_said: bool,
     reopen_at_ms: u64,
     done: bool,
 }
@@ -111,6 +113,8 @@ impl Spike {
             last_heard_ms: 0,
             last_progress_ms: 0,
             last_keep_ms: 0,
+            last_kept_ms: 0,
+            keep_silence_said: false,
             reopen_at_ms: 0,
             done: false,
         }
@@ -389,6 +393,8 @@ impl Context for Spike {
             .flatten()
             .unwrap_or_default();
         if Some(token) == self.keep {
+            self.last_kept_ms = self.now_ms();
+            self.keep_silence_said = false;
             match etcd::lease_kept(&body) {
                 Ok(ttl) => say(&format!("keep-alive ttl={ttl}")),
                 Err(e) => say(&format!("keep-alive undecodable: {e}")),
@@ -506,10 +512,16 @@ impl RootContext for Spike {
             None if now >= self.reopen_at_ms => self.open_watch(),
             None => {}
         }
-        if now.saturating_sub(self.started_ms) < self.cfg.keepalive_ms
-            && now.saturating_sub(self.last_keep_ms) >= 1_000
-        {
-            self.keep_alive();
+        if now.saturating_sub(self.started_ms) < self.cfg.keepalive_ms {
+            if now.saturating_sub(self.last_keep_ms) >= 1_000 {
+                self.keep_alive();
+            }
+            // The leader answers keep-alives: silence here is how quorum loss shows.
+            let silent = now.saturating_sub(self.last_kept_ms.max(self.started_ms));
+            if silent > 2_000 && !self.keep_silence_said {
+                say(&format!("keep-alive silent for {silent}ms"));
+                self.keep_silence_said = true;
+            }
         }
     }
 }

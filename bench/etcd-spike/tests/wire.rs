@@ -392,3 +392,70 @@ fn tls_client_certificates_and_etcd_auth_work_through_envoy() {
     eprintln!("plain text to a TLS etcd: {plain}");
     assert!(plain.contains("status=14"), "{plain}");
 }
+
+#[test]
+#[ignore = "needs the spike's .wasm: see the module doc"]
+fn quorum_loss_as_a_filter_sees_it() {
+    let mut etcd = Etcd::start(&Options {
+        members: 3,
+        ..Options::default()
+    })
+    .unwrap();
+    let (a, b) = (record(1, "spike-a"), record(2, "spike-b"));
+    let config = format!(
+        "prefix={PREFIX}\nrecord_a={}\nrecord_b={}\nkeepalive_ms=600000",
+        hex(&a.encode()),
+        hex(&b.encode())
+    );
+    // Envoy reaches member 0 only; break_quorum keeps member 0 and kills the two others.
+    let envoy = Envoy::start(&envoy_yaml(etcd.members[0].client_port, &config, None), 1).unwrap();
+    check_unary(&envoy, &a, &b);
+    line(&envoy, "watch progress", Duration::from_secs(5));
+    line(&envoy, "keep-alive ttl=5", Duration::from_secs(5));
+    let was_leader = etcd.leader() == Some(0);
+    let before = envoy.log_lines("SPIKE ").len();
+    let lost_at = Instant::now();
+    assert_eq!(etcd.break_quorum().unwrap(), 0);
+    let mut seen: Vec<(String, Duration)> = Vec::new();
+    let signs = [
+        "watch closed",
+        "watch dead",
+        "keep-alive silent",
+        "keep-alive closed",
+    ];
+    while lost_at.elapsed() < Duration::from_secs(12) {
+        let lines = envoy.log_lines("SPIKE ");
+        for sign in signs {
+            if !seen.iter().any(|(s, _)| s == sign)
+                && lines[before..].iter().any(|l| l.contains(sign))
+            {
+                seen.push((sign.to_string(), lost_at.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let progress_after = envoy.log_lines("SPIKE ")[before..]
+        .iter()
+        .filter(|l| l.contains("watch progress"))
+        .cloned()
+        .collect::<Vec<_>>();
+    eprintln!("member 0 was leader: {was_leader}; after quorum loss: {seen:?}");
+    eprintln!(
+        "{}",
+        envoy.log_lines("SPIKE ")[before..]
+            .iter()
+            .filter(|l| !l.contains("watch progress") && !l.contains("keep-alive ttl"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!(
+        "progress answers after quorum loss:\n{}",
+        progress_after.join("\n")
+    );
+    let first = seen.iter().map(|(_, t)| *t).min();
+    assert!(
+        first.is_some_and(|t| t < Duration::from_secs(10)),
+        "quorum loss went unseen: {seen:?}"
+    );
+}
