@@ -3,7 +3,9 @@
 //! the merge rule and the `fleet` settings; no proxy-wasm, time always an argument.
 
 pub mod etcd;
+pub mod holder;
 pub mod keys;
+pub mod link;
 pub mod merge;
 pub mod record;
 pub mod settings;
