@@ -3,6 +3,7 @@
 //! answers with its decoders and logs each as `SPIKE ...`, which `tests/wire.rs` checks.
 //! It proves the hand-declared messages on the wire before the filter shell uses them.
 
+use std::hash::BuildHasher;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -12,6 +13,9 @@ use proxy_wasm::types::{BufferType, LogLevel};
 #[allow(dead_code)]
 #[path = "../../../src/core/fleet/etcd.rs"]
 mod etcd;
+#[allow(dead_code)]
+#[path = "../../../src/core/fleet/holder.rs"]
+mod holder;
 #[allow(dead_code)]
 #[path = "../../../src/core/fleet/keys.rs"]
 mod keys;
@@ -142,20 +146,24 @@ impl Spike {
         keys::slot(&self.cfg.prefix, "school", 2, 0)
     }
 
-    /// Claims the holder role: a missing key is first written empty (the host has no
-    /// atomic create), then taken with compare-and-swap, so one context wins.
-    fn claim_holder(&mut self) -> bool {
+    /// One election step through `core::fleet::holder`: a missing key is first written
+    /// empty (the host has no atomic create), then every context decides from the stored
+    /// bytes, and the holder writes its heartbeat with the stamp it read.
+    fn elect(&mut self, now_ms: u64) -> bool {
         const KEY: &str = "spike:holder";
-        match hostcalls::get_shared_data(KEY) {
+        let (stored, cas) = match hostcalls::get_shared_data(KEY) {
             Ok((None, None)) => {
                 let _ = hostcalls::set_shared_data(KEY, Some(b""), None);
-                false
+                return false;
             }
-            // An empty value reads back as no bytes with a stamp.
-            Ok((v, Some(cas))) if v.as_ref().is_none_or(|v| v.is_empty()) => {
-                hostcalls::set_shared_data(KEY, Some(&self.id.to_le_bytes()), Some(cas)).is_ok()
+            Ok((stored, Some(cas))) => (stored, cas),
+            _ => return false,
+        };
+        match holder::step(stored.as_deref(), self.id, now_ms) {
+            holder::Step::Hold(bytes) => {
+                hostcalls::set_shared_data(KEY, Some(&bytes), Some(cas)).is_ok()
             }
-            _ => false,
+            holder::Step::Follow { .. } => false,
         }
     }
 
@@ -475,20 +483,26 @@ impl RootContext for Spike {
             return false;
         };
         self.grpc = grpc;
-        self.id ^= self.now_ms() << 16;
+        // Context ids repeat from VM to VM and workers configure in the same millisecond,
+        // so the holder id is random (WASI random_get, through std's hasher keys).
+        self.id = std::collections::hash_map::RandomState::new().hash_one(self.id);
         let _ = hostcalls::set_tick_period(Duration::from_millis(100));
         true
     }
 
     fn on_tick(&mut self) {
         let now = self.now_ms();
+        let holds = self.elect(now);
+        if holds && !self.holder {
+            self.holder = true;
+            self.started_ms = now;
+            say(&format!("holder {}", self.id));
+            self.next();
+        } else if !holds && self.holder {
+            say(&format!("holder {} lost the role", self.id));
+            self.holder = false;
+        }
         if !self.holder {
-            if self.claim_holder() {
-                self.holder = true;
-                self.started_ms = now;
-                say(&format!("holder {}", self.id));
-                self.next();
-            }
             return;
         }
         if self.done || self.step < STEPS.len() {

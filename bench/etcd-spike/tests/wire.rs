@@ -459,3 +459,37 @@ fn quorum_loss_as_a_filter_sees_it() {
         "quorum loss went unseen: {seen:?}"
     );
 }
+
+#[test]
+#[ignore = "needs the spike's .wasm: see the module doc"]
+fn one_watch_per_envoy_process_however_many_workers() {
+    let etcd = Etcd::start(&Options {
+        members: 1,
+        ..Options::default()
+    })
+    .unwrap();
+    let (a, b) = (record(1, "spike-a"), record(2, "spike-b"));
+    let config = format!(
+        "prefix={PREFIX}\nrecord_a={}\nrecord_b={}",
+        hex(&a.encode()),
+        hex(&b.encode())
+    );
+    let yaml = envoy_yaml(etcd.members[0].client_port, &config, None);
+    // 4 workers and the main thread: 5 root contexts tick, plus the canary's configure.
+    let envoy = Envoy::start(&yaml, 4).unwrap();
+    check_unary(&envoy, &a, &b);
+    line(&envoy, "watch progress", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    let holders = envoy.log_lines("SPIKE holder");
+    assert_eq!(holders.len(), 1, "{holders:#?}");
+    assert_eq!(envoy.log_lines("SPIKE watch opened").len(), 1);
+    // etcd's own count of watch streams agrees.
+    let url = format!("127.0.0.1:{}", etcd.members[0].client_port);
+    let metrics = school_system::client::get(&url, "/metrics").unwrap().text();
+    let streams: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("etcd_debugging_mvcc_watch_stream_total"))
+        .collect();
+    eprintln!("{streams:?}");
+    assert_eq!(streams, ["etcd_debugging_mvcc_watch_stream_total 1"]);
+}
