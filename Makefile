@@ -58,9 +58,9 @@ hooks-wasm: wasm-target
 ## test: every test: core natively and as wasm, config validation, Envoy integration.
 test: build envoy hooks-wasm test-tools etcd-tools test-wasm validate
 	@if cargo nextest --version >/dev/null 2>&1; then \
-	  cargo nextest run --workspace --no-fail-fast --test-threads 2; \
+	  cargo nextest run --workspace --features envoy-circuit-breaker/envoy-tests --no-fail-fast --test-threads 2; \
 	else \
-	  cargo test --workspace --no-fail-fast -- --test-threads 2; \
+	  cargo test --workspace --features envoy-circuit-breaker/envoy-tests --no-fail-fast -- --test-threads 2; \
 	fi
 
 ## fuzz: the fuzz targets at length, FUZZ_CASES inputs each (default 10000000).
@@ -73,7 +73,7 @@ fuzz:
 SOAK_SECS ?= 600
 CYCLES ?= 200
 soak: build envoy
-	SOAK_SECS=$(SOAK_SECS) CYCLES=$(CYCLES) cargo test --test load -- --nocapture --test-threads 1
+	SOAK_SECS=$(SOAK_SECS) CYCLES=$(CYCLES) cargo test --features envoy-tests --test load -- --nocapture --test-threads 1
 
 ## test-wasm: the core's unit and property tests compiled to wasm32 and run under Node's WASI.
 test-wasm: wasm-target
@@ -104,7 +104,7 @@ demo-docker: wasm
 
 lint: wasm-target
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --features envoy-circuit-breaker/envoy-tests -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
 
 ## demo: start the stack, play the scripted outage and recovery, print the timeline, stop.
