@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools bench-propagation clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools bench-propagation clean
 
 build: wasm services
 
@@ -39,13 +39,24 @@ $(ENVOY):
 test-tools:
 	@tools/apt-install.sh promtool:prometheus chromium:chromium docker-compose:docker-compose
 
+## etcd-tools: a real etcd (Debian's 3.4 server and etcdctl) and openssl for the fleet tests'
+## clusters and certificates (examples/school-system/src/etcd.rs).
+etcd-tools:
+	@tools/apt-install.sh etcd:etcd-server etcdctl:etcd-client openssl:openssl
+
+## etcd-spike: the wire proof of core::fleet's etcd messages through the real Envoy
+## (bench/etcd-spike; not part of `make test` until the fleet is wired into the filter).
+etcd-spike: wasm-target envoy etcd-tools
+	cargo build --target wasm32-wasip1 --release -p etcd-spike
+	cargo test -p etcd-spike --test wire -- --ignored --nocapture --test-threads 1
+
 ## hooks-wasm: a build for the fault tests only, whose VM traps or damages its record on
 ## request (target/test-hooks/).
 hooks-wasm: wasm-target
 	cargo build --target wasm32-wasip1 --release --lib --features test-hooks --target-dir target/test-hooks
 
 ## test: every test: core natively and as wasm, config validation, Envoy integration.
-test: build envoy hooks-wasm test-tools test-wasm validate
+test: build envoy hooks-wasm test-tools etcd-tools test-wasm validate
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --features envoy-circuit-breaker/envoy-tests --no-fail-fast --test-threads 2; \
 	else \

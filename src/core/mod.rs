@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod duration;
 pub mod fallback;
+pub mod fleet;
 pub mod history;
 pub mod limits;
 pub mod outcome;
