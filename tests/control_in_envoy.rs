@@ -243,9 +243,7 @@ fn a_mode_override_is_obeyed_by_every_worker_at_once() {
         (Some("forced_open"), Some("forced_open"))
     );
     let refused = burst(&stack.envoy.gateway, "/schools", 40);
-    assert!(refused
-        .iter()
-        .all(|r| is_rejection(r) && body(r)["reason"] == "forced"));
+    assert!(refused.iter().all(is_forced_refusal));
     assert_eq!(stack.school.hits(), 0);
     set(r#"{"mode": "disabled"}"#);
     assert!(burst(&stack.envoy.gateway, "/schools", 40)
@@ -304,12 +302,7 @@ fn every_transition_is_posted_to_the_webhook_once() {
     let sink = Service::start("event-sink", &[]).unwrap();
     let port = sink.port();
     let stack = stack_with(Some(&sink_plugin("event_sink")), 2, |y| {
-        add_clusters(
-            &y,
-            &format!(
-                "  - name: event_sink\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: event_sink\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n"
-            ),
-        )
+        add_clusters(&y, &static_cluster("event_sink", port))
     });
     stack.school.fail_everything();
     calls(&stack.envoy, "/schools", 2);
@@ -363,12 +356,7 @@ fn every_transition_is_posted_to_the_webhook_once() {
 fn failed_deliveries_are_counted_and_never_touch_traffic() {
     let dead = free_port().unwrap();
     let stack = stack_with(Some(&sink_plugin("event_sink")), 2, |y| {
-        add_clusters(
-            &y,
-            &format!(
-                "  - name: event_sink\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: event_sink\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {dead} }} }} }}\n"
-            ),
-        )
+        add_clusters(&y, &static_cluster("event_sink", dead))
     });
     stack.school.fail_everything();
     calls(&stack.envoy, "/schools", 2);

@@ -45,6 +45,49 @@ fn slow_calls_open_the_breaker() {
     );
 }
 
+/// Issue 12's case: a probe that answers 200 but slower than `slow_call_duration` reopens
+/// the breaker as a failed probe, and every view says so (it used to say slow_call_rate).
+#[test]
+fn a_slow_probe_reopens_as_probe_failed_everywhere() {
+    let stack = stack(
+        Some(
+            r#"{"clusters": {"school": {
+            "failure_threshold": 1, "failure_rate_threshold": 0,
+            "slow_call_duration": "200ms", "slow_call_rate_threshold": 0.5,
+            "minimum_requests": 100, "open_duration": "1s"}}}"#,
+        ),
+        2,
+    );
+    stack.school.fail_everything();
+    assert_eq!(stack.envoy.call("/schools").status, 503, "the one failure");
+    assert!(is_rejection(&stack.envoy.call("/schools")));
+    stack.school.heal();
+    stack.school.set_faults(json!({"response_time_ms": 350}));
+    std::thread::sleep(Duration::from_millis(1_300));
+    let probe = stack.envoy.call("/schools");
+    assert_eq!(probe.status, 200, "the probe is answered, slowly");
+    let r = stack.envoy.call("/schools");
+    assert!(is_rejection(&r), "{}", r.text());
+    assert_eq!(body(&r)["reason"], "probe_failed");
+    assert!(
+        !body(&r)["message"].as_str().unwrap_or("").contains("slow"),
+        "{}",
+        r.text()
+    );
+    stack.envoy.wait_log("OPENED: a half-open probe failed", 1);
+    stack.envoy.wait_log("OPENED: slow-call rate", 0);
+    stack.envoy.wait_counter(
+        "circuit_breaker_trips_total",
+        &[("cluster", "school"), ("reason", "probe_failed")],
+        1,
+    );
+    stack.envoy.wait_counter(
+        "circuit_breaker_trips_total",
+        &[("cluster", "school"), ("reason", "slow_call_rate")],
+        0,
+    );
+}
+
 #[test]
 fn a_count_window_trips_on_the_failure_share_of_the_last_calls() {
     let stack = stack(
@@ -373,9 +416,7 @@ fn forced_open_refuses_everything() {
         Some(r#"{"clusters": {"school": {"mode": "forced_open"}}}"#),
         2,
     );
-    let r = stack.envoy.call("/schools");
-    assert!(is_rejection(&r));
-    assert_eq!(body(&r)["reason"], "forced");
+    assert!(is_forced_refusal(&stack.envoy.call("/schools")));
     assert_eq!(stack.school.hits(), 0);
     assert_eq!(
         stack.envoy.call("/students").status,

@@ -45,7 +45,11 @@ pub fn run() -> CoreFigures {
             Some(g) => g,
             None => return 0,
         };
-        let ticket = match breaker::admit_at_a_glance(&glance, black_box(&settings), black_box(i)) {
+        let ticket = match breaker::admit_at_a_glance(
+            &glance,
+            black_box(&settings),
+            &mut breaker::Now::fixed(black_box(i)),
+        ) {
             Some(Admission::Admitted(t)) => t,
             _ => return 0,
         };

@@ -105,13 +105,64 @@ const SHORT_RETRY_MS: u64 = 1_000;
 /// refused at a glance only while its open time ends later than the last tick plus this.
 pub const TIMER_SLACK_MS: u64 = 250;
 
+/// The time as a caller knows it: a coarse reading it already holds (the worker's last
+/// tick), and the clock, read at most once and only when a decision needs the exact time.
+pub struct Now<F: FnMut() -> u64> {
+    coarse_ms: u64,
+    exact_ms: Option<u64>,
+    read: F,
+}
+
+impl<F: FnMut() -> u64> Now<F> {
+    pub fn new(coarse_ms: u64, read: F) -> Self {
+        Now {
+            coarse_ms,
+            exact_ms: None,
+            read,
+        }
+    }
+
+    /// The exact time, reading the clock on first use.
+    pub fn exact(&mut self) -> u64 {
+        match self.exact_ms {
+            Some(t) => t,
+            None => {
+                let t = (self.read)();
+                self.exact_ms = Some(t);
+                t
+            }
+        }
+    }
+
+    /// The best reading made so far, without reading the clock.
+    pub fn latest(&self) -> u64 {
+        self.exact_ms.unwrap_or(self.coarse_ms)
+    }
+}
+
+impl Now<fn() -> u64> {
+    /// A time known exactly already.
+    pub fn fixed(now_ms: u64) -> Self {
+        Now {
+            coarse_ms: now_ms,
+            exact_ms: Some(now_ms),
+            read: || 0,
+        }
+    }
+}
+
 /// The decision for the common cases, made from a [`Glance`] with no write: a closed
 /// breaker that is not ramping admits, a disabled one passes, and an open one whose open
-/// time ends well after `coarse_now_ms` refuses. `coarse_now_ms` is a clock the caller
-/// already has (the worker's last tick), so the decision needs no fresh clock read; it can
-/// only be late by [`TIMER_SLACK_MS`] in letting a breaker leave open, never early.
+/// time ends well after the coarse time refuses. The coarse time is a clock the caller
+/// already has, so admitting needs no clock read; it can only be late by
+/// [`TIMER_SLACK_MS`] in letting a breaker leave open, never early. A refusal tells the
+/// caller the time left to the millisecond, so only it reads the exact clock.
 /// `None` means the full [`admit`] must decide.
-pub fn admit_at_a_glance(g: &Glance, settings: &Settings, coarse_now_ms: u64) -> Option<Admission> {
+pub fn admit_at_a_glance(
+    g: &Glance,
+    settings: &Settings,
+    now: &mut Now<impl FnMut() -> u64>,
+) -> Option<Admission> {
     let mode = g.mode_override.unwrap_or(settings.mode);
     let forced = g.reason == Some(TripReason::Forced);
     match mode {
@@ -130,12 +181,12 @@ pub fn admit_at_a_glance(g: &Glance, settings: &Settings, coarse_now_ms: u64) ->
                 probe: false,
             })),
             State::Open
-                if !forced && coarse_now_ms.saturating_add(TIMER_SLACK_MS) < g.open_until_ms =>
+                if !forced && now.coarse_ms.saturating_add(TIMER_SLACK_MS) < g.open_until_ms =>
             {
                 let refusal = Rejection {
                     kind: RejectKind::Open,
                     reason: g.reason,
-                    retry_after_ms: g.open_until_ms - coarse_now_ms,
+                    retry_after_ms: g.open_until_ms.saturating_sub(now.exact()),
                 };
                 Some(if mode == Mode::DryRun {
                     Admission::Passed {
@@ -147,6 +198,37 @@ pub fn admit_at_a_glance(g: &Glance, settings: &Settings, coarse_now_ms: u64) ->
             }
             _ => None,
         },
+    }
+}
+
+/// Longest a worker's copy of a record may go unconfirmed before it is not trusted at
+/// all: ten timer periods, so a worker whose timer stalls goes back to reading the shared
+/// record on every request.
+pub const MAX_COPY_AGE_MS: u64 = 1_000;
+
+/// Whether a worker may decide from its own copy of a record, last confirmed against the
+/// shared one at `confirmed_at_ms`, instead of reading the shared record. Another worker's
+/// transition reaches the copy by a notice within milliseconds and by the timer within a
+/// period; until then the copy lags. A closed copy is trusted only while no trip made since
+/// it was confirmed could have reached half-open already, whose probe limit must hold
+/// exactly; an open copy can only refuse; half-open is never decided from a copy.
+pub fn trusts_copy(
+    copy: &Glance,
+    settings: &Settings,
+    confirmed_at_ms: u64,
+    coarse_now_ms: u64,
+) -> bool {
+    let age = coarse_now_ms
+        .saturating_sub(confirmed_at_ms)
+        .saturating_add(TIMER_SLACK_MS);
+    if age > MAX_COPY_AGE_MS {
+        return false;
+    }
+    match copy.state {
+        // An upstream's Retry-After can open the breaker for as little as a millisecond.
+        State::Closed => !settings.honor_retry_after && age < settings.shortest_open_ms(),
+        State::Open => true,
+        State::HalfOpen => false,
     }
 }
 
@@ -341,8 +423,9 @@ pub fn record(
             let cause = match (call.outcome, asked) {
                 (_, Some(wait_ms)) => Some(Cause::UpstreamAsked { wait_ms }),
                 (Outcome::Failure(_), None) => Some(Cause::Tripped(TripReason::ProbeFailed)),
-                // A probe that succeeded but slowly says the upstream has not recovered.
-                (Outcome::Success, None) if slow => Some(Cause::Tripped(TripReason::SlowCallRate)),
+                // A probe that succeeded but slowly says the upstream has not recovered: it
+                // failed as a probe, whatever the (empty) window's slow-call rate says.
+                (Outcome::Success, None) if slow => Some(Cause::Tripped(TripReason::ProbeFailed)),
                 (Outcome::Success, None) => {
                     record.probe_successes = record.probe_successes.saturating_add(1);
                     (record.probe_successes >= settings.success_threshold)

@@ -39,18 +39,9 @@ pub fn encode(r: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + TIME_LEN);
     out.push(MAGIC);
     out.push(VERSION);
-    out.push(match r.state {
-        State::Closed => 0,
-        State::Open => 1,
-        State::HalfOpen => 2,
-    });
+    out.push(r.state.code());
     out.push(TripReason::code_of(r.reason));
-    out.push(r.mode_override.map_or(0, |m| {
-        Mode::ALL
-            .iter()
-            .position(|x| *x == m)
-            .map_or(0, |i| i as u8 + 1)
-    }));
+    out.push(Mode::code_of(r.mode_override));
     out.push(u8::from(r.ramping));
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&r.generation.to_le_bytes());
@@ -130,16 +121,8 @@ pub fn glance(bytes: &[u8]) -> Option<Glance> {
     {
         return None;
     }
-    let state = match bytes[2] {
-        0 => State::Closed,
-        1 => State::Open,
-        2 => State::HalfOpen,
-        _ => return None,
-    };
-    let mode_override = match bytes[4] {
-        0 => None,
-        m => Some(*Mode::ALL.get(usize::from(m) - 1)?),
-    };
+    let state = State::from_code(bytes[2])?;
+    let mode_override = Mode::from_code(bytes[4])?;
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
     };
@@ -171,22 +154,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    let state = match rd.u8() {
-        0 => State::Closed,
-        1 => State::Open,
-        2 => State::HalfOpen,
-        v => return Err(DecodeError::Field("state", v.into())),
-    };
+    let code = rd.u8();
+    let state = State::from_code(code).ok_or(DecodeError::Field("state", code.into()))?;
     let code = rd.u8();
     let reason = TripReason::from_code(code).ok_or(DecodeError::Field("reason", code.into()))?;
-    let mode_override = match rd.u8() {
-        0 => None,
-        m => Some(
-            *Mode::ALL
-                .get(usize::from(m) - 1)
-                .ok_or(DecodeError::Field("mode", m.into()))?,
-        ),
-    };
+    let code = rd.u8();
+    let mode_override = Mode::from_code(code).ok_or(DecodeError::Field("mode", code.into()))?;
     let flags = rd.u8();
     if flags > 1 {
         return Err(DecodeError::Field("flags", flags.into()));

@@ -9,10 +9,11 @@ use serde::Deserialize;
 
 use super::cache::CacheSettings;
 use super::duration::{parse_millis, Millis};
+use super::fallback::{Fallback, Template};
+use super::limits::{self as l, Limit};
 use super::outcome::{Classifier, StatusSet, GRPC_CODES};
-use super::reply::{Fallback, Template};
 use super::settings::{Mode, Settings, StoreFailure};
-use super::window::{WindowSpec, MAX_CALLS};
+use super::window::WindowSpec;
 
 /// Why a configuration was refused: which field, and what is wrong with its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,16 @@ pub struct ConfigError {
     pub field: String,
     /// The rule that was broken, with the bad value.
     pub problem: String,
+}
+
+impl ConfigError {
+    /// The same refusal about one part of the field (`max_bytes must be ...`).
+    fn prefixed(self, part: &str) -> ConfigError {
+        ConfigError {
+            problem: format!("{part} {}", self.problem),
+            ..self
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -106,21 +117,21 @@ macro_rules! settings_doc {
 
 settings_doc! {
     /// Consecutive failures that open the breaker. 0 to 10000, default 5; 0 switches the rule off.
-    #[schemars(range(min = 0, max = 10_000))]
+    #[schemars(range(min = l::FAILURE_THRESHOLD.min, max = l::FAILURE_THRESHOLD.max))]
     failure_threshold: u32,
     /// Failure share over the window that opens the breaker, once the window holds
     /// `minimum_requests` calls. 0 to 1, default 0.5; 0 switches the rule off.
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = l::FAILURE_RATE_THRESHOLD.min, max = l::FAILURE_RATE_THRESHOLD.max))]
     failure_rate_threshold: f64,
     /// A call slower than this (request start to response end) counts as slow.
     /// "1ms" to "1h", default "60s".
     #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     slow_call_duration: String,
     /// Slow share over the window that opens the breaker. 0 to 1, default 0 (off).
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = l::SLOW_CALL_RATE_THRESHOLD.min, max = l::SLOW_CALL_RATE_THRESHOLD.max))]
     slow_call_rate_threshold: f64,
     /// Calls the window must hold before either rate counts. 1 to 1000000, default 20.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = l::MINIMUM_REQUESTS.min, max = l::MINIMUM_REQUESTS.max))]
     minimum_requests: u32,
     /// `time` (a sliding window of `window`, 10 buckets) or `count` (the last `window_size`
     /// calls). Default `time`.
@@ -129,13 +140,13 @@ settings_doc! {
     #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     window: String,
     /// Calls in the count window. 1 to 1000, default 100.
-    #[schemars(range(min = 1, max = 1_000))]
+    #[schemars(range(min = l::WINDOW_SIZE.min, max = l::WINDOW_SIZE.max))]
     window_size: u32,
     /// Time open after a first trip. "10ms" to "24h", default "60s".
     #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
     open_duration: String,
     /// Open time multiplier per consecutive trip. 1 to 10, default 1 (no growth).
-    #[schemars(range(min = 1.0, max = 10.0))]
+    #[schemars(range(min = l::BACKOFF_MULTIPLIER.min, max = l::BACKOFF_MULTIPLIER.max))]
     backoff_multiplier: f64,
     /// Cap on the open time (also for an upstream's Retry-After); the growth starts over
     /// after the breaker stays closed this long. "10ms" to "24h", at least `open_duration`;
@@ -144,13 +155,13 @@ settings_doc! {
     max_open_duration: String,
     /// Each open time is randomly lengthened or shortened by up to this fraction, so
     /// instances do not probe in lockstep. 0 to 0.5, default 0.
-    #[schemars(range(min = 0.0, max = 0.5))]
+    #[schemars(range(min = l::JITTER.min, max = l::JITTER.max))]
     jitter: f64,
     /// Probes in flight at once in half-open, across all workers. 1 to 10000, default 1.
-    #[schemars(range(min = 1, max = 10_000))]
+    #[schemars(range(min = l::HALF_OPEN_MAX_REQUESTS.min, max = l::HALF_OPEN_MAX_REQUESTS.max))]
     half_open_max_requests: u32,
     /// Successful probes that close the breaker; one failed probe reopens it. 1 to 10000, default 1.
-    #[schemars(range(min = 1, max = 10_000))]
+    #[schemars(range(min = l::SUCCESS_THRESHOLD.min, max = l::SUCCESS_THRESHOLD.max))]
     success_threshold: u32,
     /// Longest stay in half-open before opening again, so a lost probe cannot wedge the
     /// breaker. "0s" (wait forever) or "100ms" to "1h", default "60s".
@@ -183,14 +194,14 @@ settings_doc! {
     mode: Mode,
     /// Path prefixes that are never counted and never refused, such as health checks.
     /// Each starts with "/"; at most 64.
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = l::MAX_EXCLUDE_PATHS))]
     exclude_paths: Vec<String>,
     /// One breaker per route name inside the cluster instead of one for the cluster.
     /// Default false.
     per_route: bool,
     /// Most route breakers one cluster may have; further routes share the cluster's
     /// breaker. 1 to 256, default 16.
-    #[schemars(range(min = 1, max = 256))]
+    #[schemars(range(min = l::MAX_ROUTE_BREAKERS.min, max = l::MAX_ROUTE_BREAKERS.max))]
     max_route_breakers: u32,
     /// A custom answer while open, instead of the default JSON error.
     fallback: FallbackDoc,
@@ -231,10 +242,10 @@ pub enum GrpcCodeDoc {
 #[serde(deny_unknown_fields)]
 pub struct FallbackDoc {
     /// HTTP status. 200 to 599, default 503.
-    #[schemars(range(min = 200, max = 599))]
+    #[schemars(range(min = l::FALLBACK_STATUS.min, max = l::FALLBACK_STATUS.max))]
     pub status: Option<u32>,
     /// Body. At most 64 KiB, default empty.
-    #[schemars(length(max = 65_536))]
+    #[schemars(length(max = l::MAX_FALLBACK_BODY_BYTES))]
     pub body: Option<String>,
     /// Extra headers. `content-type` defaults to application/json; `retry-after` is added
     /// unless set here.
@@ -246,10 +257,10 @@ pub struct FallbackDoc {
 #[serde(deny_unknown_fields)]
 pub struct CacheDoc {
     /// Paths remembered. 1 to 10000, default 100.
-    #[schemars(range(min = 1, max = 10_000))]
+    #[schemars(range(min = l::CACHE_MAX_ENTRIES.min, max = l::CACHE_MAX_ENTRIES.max))]
     pub max_entries: Option<u32>,
     /// Bytes remembered. 1 to 67108864, default 1048576.
-    #[schemars(range(min = 1, max = 67_108_864))]
+    #[schemars(range(min = l::CACHE_MAX_BYTES.min, max = l::CACHE_MAX_BYTES.max))]
     pub max_bytes: Option<u64>,
     /// Oldest answer served. "1s" to "24h", default "5m".
     #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
@@ -344,7 +355,7 @@ fn compile_events(e: &EventsDoc) -> Result<EventsTarget, ConfigError> {
     Ok(EventsTarget {
         cluster: e.cluster.clone(),
         path: e.path.clone(),
-        timeout_ms: check.duration("timeout", &e.timeout, 1, 60_000, 5_000)?,
+        timeout_ms: check.duration("timeout", &e.timeout, l::EVENTS_TIMEOUT_MS)?,
     })
 }
 
@@ -352,17 +363,16 @@ fn compile_events(e: &EventsDoc) -> Result<EventsTarget, ConfigError> {
 fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Settings, ConfigError> {
     let base = Settings::default();
     let check = Check { at };
-    let open_duration_ms = check.duration(
-        "open_duration",
-        &d.open_duration,
-        10,
-        86_400_000,
-        base.open_duration_ms,
-    )?;
+    let open_duration_ms =
+        check.duration("open_duration", &d.open_duration, l::OPEN_DURATION_MS)?;
     let max_open_duration_ms = match &d.max_open_duration {
-        None => open_duration_ms.max(base.max_open_duration_ms),
+        None => open_duration_ms.max(l::MAX_OPEN_DURATION_MS.default),
         Some(text) => {
-            let ms = check.duration("max_open_duration", &Some(text.clone()), 10, 86_400_000, 0)?;
+            let ms = check.duration(
+                "max_open_duration",
+                &Some(text.clone()),
+                l::MAX_OPEN_DURATION_MS,
+            )?;
             if ms < open_duration_ms {
                 return Err(check.bad(
                     "max_open_duration",
@@ -377,23 +387,24 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
     };
     let window = match d.window_type.unwrap_or(WindowTypeDoc::Time) {
         WindowTypeDoc::Time => WindowSpec::Time {
-            window_ms: check.duration("window", &d.window, 100, 3_600_000, 10_000)?,
+            window_ms: check.duration("window", &d.window, l::WINDOW_MS)?,
         },
         WindowTypeDoc::Count => WindowSpec::Count {
-            size: check.within("window_size", d.window_size, 1, MAX_CALLS, 100)?,
+            size: check.within("window_size", d.window_size, l::WINDOW_SIZE)?,
         },
     };
     let half_open_max_duration_ms = match check.duration(
         "half_open_max_duration",
         &d.half_open_max_duration,
-        0,
-        3_600_000,
-        base.half_open_max_duration_ms,
+        l::HALF_OPEN_MAX_DURATION_MS,
     )? {
-        ms @ 1..=99 => {
+        ms if ms > 0 && ms < l::HALF_OPEN_MAX_DURATION_MIN_MS => {
             return Err(check.bad(
                 "half_open_max_duration",
-                format!("must be \"0s\" (off) or at least 100ms, but was {ms}ms"),
+                format!(
+                    "must be \"0s\" (off) or at least {}, but was {ms}ms",
+                    Millis(l::HALF_OPEN_MAX_DURATION_MIN_MS)
+                ),
             ))
         }
         ms => ms,
@@ -402,68 +413,52 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
         failure_threshold: check.within(
             "failure_threshold",
             d.failure_threshold,
-            0,
-            10_000,
-            base.failure_threshold,
+            l::FAILURE_THRESHOLD,
         )?,
-        failure_rate_threshold: check.fraction(
+        failure_rate_threshold: check.within(
             "failure_rate_threshold",
             d.failure_rate_threshold,
-            1.0,
-            base.failure_rate_threshold,
+            l::FAILURE_RATE_THRESHOLD,
         )?,
         slow_call_duration_ms: check.duration(
             "slow_call_duration",
             &d.slow_call_duration,
-            1,
-            3_600_000,
-            base.slow_call_duration_ms,
+            l::SLOW_CALL_DURATION_MS,
         )?,
-        slow_call_rate_threshold: check.fraction(
+        slow_call_rate_threshold: check.within(
             "slow_call_rate_threshold",
             d.slow_call_rate_threshold,
-            1.0,
-            base.slow_call_rate_threshold,
+            l::SLOW_CALL_RATE_THRESHOLD,
         )?,
         minimum_requests: check.within(
             "minimum_requests",
             d.minimum_requests,
-            1,
-            1_000_000,
-            base.minimum_requests,
+            l::MINIMUM_REQUESTS,
         )?,
         window,
         open_duration_ms,
         backoff_multiplier: check.within(
             "backoff_multiplier",
             d.backoff_multiplier,
-            1.0,
-            10.0,
-            base.backoff_multiplier,
+            l::BACKOFF_MULTIPLIER,
         )?,
         max_open_duration_ms,
-        jitter: check.fraction("jitter", d.jitter, 0.5, base.jitter)?,
+        jitter: check.within("jitter", d.jitter, l::JITTER)?,
         half_open_max_requests: check.within(
             "half_open_max_requests",
             d.half_open_max_requests,
-            1,
-            10_000,
-            base.half_open_max_requests,
+            l::HALF_OPEN_MAX_REQUESTS,
         )?,
         success_threshold: check.within(
             "success_threshold",
             d.success_threshold,
-            1,
-            10_000,
-            base.success_threshold,
+            l::SUCCESS_THRESHOLD,
         )?,
         half_open_max_duration_ms,
         recovery_duration_ms: check.duration(
             "recovery_duration",
             &d.recovery_duration,
-            0,
-            3_600_000,
-            base.recovery_duration_ms,
+            l::RECOVERY_DURATION_MS,
         )?,
         honor_retry_after: d.honor_retry_after.unwrap_or(base.honor_retry_after),
         classifier: Classifier {
@@ -486,9 +481,11 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
         mode: d.mode.unwrap_or_default(),
         exclude_paths: check.paths(d.exclude_paths.as_deref().unwrap_or_default())?,
         max_route_breakers: match d.per_route {
-            Some(true) => {
-                Some(check.within("max_route_breakers", d.max_route_breakers, 1, 256, 16)?)
-            }
+            Some(true) => Some(check.within(
+                "max_route_breakers",
+                d.max_route_breakers,
+                l::MAX_ROUTE_BREAKERS,
+            )?),
             _ => None,
         },
         fallback: d.fallback.as_ref().map(|f| check.fallback(f)).transpose()?,
@@ -514,15 +511,14 @@ impl Check<'_> {
         }
     }
 
-    /// `v` (or `default` when unset), refused unless it lies in `min..=max`.
+    /// `v` (or the default when unset), refused unless it lies within the limit.
     fn within<T: PartialOrd + Copy + std::fmt::Display>(
         &self,
         field: &str,
         v: Option<T>,
-        min: T,
-        max: T,
-        default: T,
+        limit: Limit<T>,
     ) -> Result<T, ConfigError> {
+        let Limit { min, max, default } = limit;
         match v {
             None => Ok(default),
             Some(v) if (min..=max).contains(&v) => Ok(v),
@@ -533,28 +529,13 @@ impl Check<'_> {
         }
     }
 
-    fn fraction(
-        &self,
-        field: &str,
-        v: Option<f64>,
-        max: f64,
-        default: f64,
-    ) -> Result<f64, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(v) if (0.0..=max).contains(&v) => Ok(v),
-            Some(v) => Err(self.bad(field, format!("must be between 0 and {max}, but was {v}"))),
-        }
-    }
-
     fn duration(
         &self,
         field: &str,
         v: &Option<String>,
-        min: u64,
-        max: u64,
-        default: u64,
+        limit: Limit<u64>,
     ) -> Result<u64, ConfigError> {
+        let Limit { min, max, default } = limit;
         let Some(text) = v else {
             return Ok(default);
         };
@@ -620,10 +601,14 @@ impl Check<'_> {
     }
 
     fn paths(&self, paths: &[String]) -> Result<Vec<String>, ConfigError> {
-        if paths.len() > 64 {
+        if paths.len() > l::MAX_EXCLUDE_PATHS {
             return Err(self.bad(
                 "exclude_paths",
-                format!("may hold at most 64 prefixes, but held {}", paths.len()),
+                format!(
+                    "may hold at most {} prefixes, but held {}",
+                    l::MAX_EXCLUDE_PATHS,
+                    paths.len()
+                ),
             ));
         }
         for p in paths {
@@ -635,19 +620,16 @@ impl Check<'_> {
     }
 
     fn fallback(&self, f: &FallbackDoc) -> Result<Fallback, ConfigError> {
-        let status = f.status.unwrap_or(503);
-        if !(200..=599).contains(&status) {
-            return Err(self.bad(
-                "fallback",
-                format!("status must be between 200 and 599, but was {status}"),
-            ));
-        }
+        let status = self
+            .within("fallback", f.status, l::FALLBACK_STATUS)
+            .map_err(|e| e.prefixed("status"))?;
         let body = f.body.clone().unwrap_or_default();
-        if body.len() > 65_536 {
+        if body.len() > l::MAX_FALLBACK_BODY_BYTES {
             return Err(self.bad(
                 "fallback",
                 format!(
-                    "body must be at most 65536 bytes, but was {} bytes",
+                    "body must be at most {} bytes, but was {} bytes",
+                    l::MAX_FALLBACK_BODY_BYTES,
                     body.len()
                 ),
             ));
@@ -683,27 +665,17 @@ impl Check<'_> {
     }
 
     fn cache(&self, c: &CacheDoc) -> Result<CacheSettings, ConfigError> {
-        let max_bytes = c.max_bytes.unwrap_or(1_048_576);
-        if !(1..=67_108_864).contains(&max_bytes) {
-            return Err(self.bad(
-                "fallback_cache",
-                format!("max_bytes must be between 1 and 67108864, but was {max_bytes}"),
-            ));
-        }
+        let field = "fallback_cache";
         Ok(CacheSettings {
             max_entries: self
-                .within("fallback_cache", c.max_entries, 1, 10_000, 100)
-                .map_err(|e| ConfigError {
-                    problem: format!("max_entries {}", e.problem),
-                    ..e
-                })? as usize,
-            max_bytes: max_bytes as usize,
+                .within(field, c.max_entries, l::CACHE_MAX_ENTRIES)
+                .map_err(|e| e.prefixed("max_entries"))? as usize,
+            max_bytes: self
+                .within(field, c.max_bytes, l::CACHE_MAX_BYTES)
+                .map_err(|e| e.prefixed("max_bytes"))? as usize,
             max_age_ms: self
-                .duration("fallback_cache", &c.max_age, 1_000, 86_400_000, 300_000)
-                .map_err(|e| ConfigError {
-                    problem: format!("max_age {}", e.problem),
-                    ..e
-                })?,
+                .duration(field, &c.max_age, l::CACHE_MAX_AGE_MS)
+                .map_err(|e| e.prefixed("max_age"))?,
         })
     }
 }

@@ -4,83 +4,16 @@
 //! cluster, so refusing costs a little formatting, never a parse.
 
 use super::breaker::{RejectKind, Rejection};
+use super::cache::Entry;
+use super::fallback::Fallback;
 use super::state::TripReason;
-
-/// A piece of a template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Cluster,
-    RetryAfter,
-}
-
-/// Text with `{cluster}` and `{retry_after}` placeholders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template(Vec<Piece>);
-
-impl Template {
-    pub fn parse(text: &str) -> Template {
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find('{') {
-            let (before, after) = rest.split_at(at);
-            let (piece, len) = if after.starts_with("{cluster}") {
-                (Some(Piece::Cluster), "{cluster}".len())
-            } else if after.starts_with("{retry_after}") {
-                (Some(Piece::RetryAfter), "{retry_after}".len())
-            } else {
-                (None, 1)
-            };
-            push_text(&mut pieces, before);
-            match piece {
-                Some(p) => pieces.push(p),
-                None => push_text(&mut pieces, "{"),
-            }
-            rest = &after[len..];
-        }
-        push_text(&mut pieces, rest);
-        Template(pieces)
-    }
-
-    fn render(&self, cluster: &str, retry_after: u64) -> String {
-        let mut out = String::new();
-        for piece in &self.0 {
-            match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Cluster => out.push_str(cluster),
-                Piece::RetryAfter => out.push_str(&retry_after.to_string()),
-            }
-        }
-        out
-    }
-}
-
-fn push_text(pieces: &mut Vec<Piece>, text: &str) {
-    if text.is_empty() {
-        return;
-    }
-    if let Some(Piece::Text(last)) = pieces.last_mut() {
-        last.push_str(text);
-    } else {
-        pieces.push(Piece::Text(text.to_string()));
-    }
-}
-
-/// A configured answer while open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fallback {
-    pub status: u32,
-    /// Header names lower-case; values are templates.
-    pub headers: Vec<(String, Template)>,
-    pub body: Template,
-}
 
 /// What to send back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u32,
     pub headers: Vec<(String, String)>,
-    pub body: String,
+    pub body: Vec<u8>,
     /// For gRPC callers: the gRPC status to answer with (Envoy then sends HTTP 200 with
     /// `grpc-status` and `grpc-message`).
     pub grpc_status: Option<u32>,
@@ -168,7 +101,7 @@ impl RejectReply {
                     ("retry-after".into(), secs.to_string()),
                     ("x-circuit-breaker".into(), rejection.kind.as_str().into()),
                 ],
-                body: self.message(rejection),
+                body: self.message(rejection).into_bytes(),
                 grpc_status: Some(GRPC_UNAVAILABLE),
             };
         }
@@ -197,7 +130,29 @@ impl RejectReply {
         Answer {
             status,
             headers,
-            body,
+            body: body.into_bytes(),
+            grpc_status: None,
+        }
+    }
+
+    /// The last good answer from the cache, served instead of a refusal; `age_secs` is how
+    /// old it is.
+    pub fn cached(entry: &Entry, age_secs: u64, rejection: &Rejection) -> Answer {
+        let mut headers = vec![
+            (
+                "x-circuit-breaker".to_string(),
+                rejection.kind.as_str().to_string(),
+            ),
+            ("x-circuit-breaker-cache".to_string(), "hit".to_string()),
+            ("age".to_string(), age_secs.to_string()),
+        ];
+        if let Some(ct) = &entry.content_type {
+            headers.push(("content-type".to_string(), ct.clone()));
+        }
+        Answer {
+            status: entry.status,
+            headers,
+            body: entry.body.clone(),
             grpc_status: None,
         }
     }
@@ -238,6 +193,7 @@ fn header_safe(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::fallback::Template;
 
     fn open_for(ms: u64) -> Rejection {
         Rejection {
@@ -258,7 +214,7 @@ mod tests {
     fn the_default_body_is_seed_004s_error_with_the_seconds_left() {
         let answer = RejectReply::new("auth", None).render(&open_for(29_001), false);
         assert_eq!(answer.status, 503);
-        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
         assert_eq!(body["error"], "CIRCUIT_BREAKER_OPEN");
         assert_eq!(body["cluster"], "auth");
         assert_eq!(body["retry_after_seconds"], 30);
@@ -278,7 +234,7 @@ mod tests {
             retry_after_ms: 1_000,
         };
         let answer = RejectReply::new("we\"ird\\name\n", None).render(&rej, false);
-        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
         assert_eq!(body["cluster"], "we\"ird\\name\n");
         assert!(body["message"].as_str().unwrap().contains("half-open"));
     }
@@ -295,7 +251,7 @@ mod tests {
         };
         let answer = RejectReply::new("school", Some(&fallback)).render(&open_for(4_500), false);
         assert_eq!(answer.status, 200);
-        assert_eq!(answer.body, "school is resting, back in 5s {not a slot}");
+        assert_eq!(answer.body, b"school is resting, back in 5s {not a slot}");
         assert_eq!(header(&answer, "content-type"), Some("text/plain"));
         assert_eq!(header(&answer, "x-degraded"), Some("school"));
         assert_eq!(header(&answer, "retry-after"), Some("5"));
@@ -317,7 +273,7 @@ mod tests {
     fn grpc_callers_get_unavailable() {
         let answer = RejectReply::new("school", None).render(&open_for(3_000), true);
         assert_eq!(answer.grpc_status, Some(14));
-        assert!(answer.body.contains("circuit breaker is open"));
+        assert!(String::from_utf8_lossy(&answer.body).contains("circuit breaker is open"));
     }
 
     #[test]
@@ -331,7 +287,7 @@ mod tests {
                     retry_after_ms: 7_500,
                 };
                 let body: serde_json::Value =
-                    serde_json::from_str(&reply.render(&r, false).body).unwrap();
+                    serde_json::from_slice(&reply.render(&r, false).body).unwrap();
                 assert_eq!(body["state"], kind.as_str());
                 assert_eq!(
                     body["reason"],

@@ -3,8 +3,9 @@
 //! on the request path.
 
 use super::cache::CacheSettings;
+use super::fallback::Fallback;
+use super::limits as l;
 use super::outcome::Classifier;
-use super::reply::Fallback;
 use super::window::WindowSpec;
 
 /// How a breaker acts on its decisions.
@@ -34,6 +35,21 @@ impl Mode {
 
     pub fn parse(text: &str) -> Option<Mode> {
         Mode::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+
+    /// The byte that stands for a mode override wherever it is stored: 0 for none, else
+    /// its place in [`Mode::ALL`] plus one.
+    pub fn code_of(mode: Option<Mode>) -> u8 {
+        mode.and_then(|m| Mode::ALL.iter().position(|x| *x == m))
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// Inverse of [`Mode::code_of`]; `None` for a byte no mode stands for.
+    pub fn from_code(code: u8) -> Option<Option<Mode>> {
+        match code {
+            0 => Some(None),
+            c => Mode::ALL.get(usize::from(c) - 1).map(|m| Some(*m)),
+        }
     }
 
     pub const ALL: [Mode; 4] = [
@@ -105,20 +121,22 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            failure_threshold: 5,
-            failure_rate_threshold: 0.5,
-            slow_call_duration_ms: 60_000,
-            slow_call_rate_threshold: 0.0,
-            minimum_requests: 20,
-            window: WindowSpec::Time { window_ms: 10_000 },
-            open_duration_ms: 60_000,
-            backoff_multiplier: 1.0,
-            max_open_duration_ms: 600_000,
-            jitter: 0.0,
-            half_open_max_requests: 1,
-            success_threshold: 1,
-            half_open_max_duration_ms: 60_000,
-            recovery_duration_ms: 0,
+            failure_threshold: l::FAILURE_THRESHOLD.default,
+            failure_rate_threshold: l::FAILURE_RATE_THRESHOLD.default,
+            slow_call_duration_ms: l::SLOW_CALL_DURATION_MS.default,
+            slow_call_rate_threshold: l::SLOW_CALL_RATE_THRESHOLD.default,
+            minimum_requests: l::MINIMUM_REQUESTS.default,
+            window: WindowSpec::Time {
+                window_ms: l::WINDOW_MS.default,
+            },
+            open_duration_ms: l::OPEN_DURATION_MS.default,
+            backoff_multiplier: l::BACKOFF_MULTIPLIER.default,
+            max_open_duration_ms: l::MAX_OPEN_DURATION_MS.default,
+            jitter: l::JITTER.default,
+            half_open_max_requests: l::HALF_OPEN_MAX_REQUESTS.default,
+            success_threshold: l::SUCCESS_THRESHOLD.default,
+            half_open_max_duration_ms: l::HALF_OPEN_MAX_DURATION_MS.default,
+            recovery_duration_ms: l::RECOVERY_DURATION_MS.default,
             honor_retry_after: false,
             classifier: Classifier::default(),
             mode: Mode::Enforce,
@@ -142,6 +160,13 @@ impl Settings {
         self.exclude_paths
             .iter()
             .any(|prefix| path.starts_with(prefix.as_bytes()))
+    }
+
+    /// The shortest time any trip rule keeps the breaker open: the first open time at the
+    /// low edge of the jitter band.
+    pub fn shortest_open_ms(&self) -> u64 {
+        let low = (self.open_duration_ms as f64 * (1.0 - self.jitter)).floor() as u64;
+        low.clamp(1, self.max_open_duration_ms.max(1))
     }
 
     /// How long to stay open after the `trips_in_row`-th trip in a row. `draw` (0 to 1)
@@ -209,6 +234,17 @@ mod tests {
             let base = (1_000.0 * mult.powi(trips as i32 - 1)).min(10_000.0);
             prop_assert!(t <= 10_000.0);
             prop_assert!(t >= (base * (1.0 - jitter)).floor() - 1.0);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_open_time_is_shorter_than_the_shortest(
+            trips in 1u32..100, draw in 0.0f64..=1.0, jitter in 0.0f64..=0.5,
+            mult in 1.0f64..10.0,
+        ) {
+            let s = Settings { jitter, backoff_multiplier: mult, ..backoff() };
+            prop_assert!(s.open_time(trips, draw) >= s.shortest_open_ms());
         }
     }
 

@@ -1,7 +1,8 @@
 //! One HTTP stream: ask the breaker when the request headers arrive, answer locally if it
 //! is open, note what the response says (gRPC status, an upstream's Retry-After, a body
 //! worth caching), and record the outcome in `on_log`, which Envoy calls for every stream,
-//! also after resets and local replies.
+//! also after resets and local replies. The callbacks take the host as an argument, so
+//! the shell's tests drive them against an in-memory host.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,28 +10,20 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::core::breaker::Ticket;
 use crate::core::control::{self, ApiError, Command};
+use crate::core::reply::Answer;
 
-use super::host::{self, Level, Map};
-use super::worker::{Captured, Decision, Reply, Seen, Worker};
+use super::host::wasm::Wasm;
+use super::host::{header_u32, Buffer, Host, Map};
+use super::worker::{Admitted, Captured, Decision, Seen, Worker};
 
 /// Property paths, NUL-separated as the ABI wants them.
 const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
 
-/// What an admitted request carries until its outcome is recorded.
-struct Admitted {
-    slot: usize,
-    ticket: Ticket,
-    /// When the request arrived, if the cluster measures latency (slow-call rule on).
-    started_ms: u64,
-    /// Honour an upstream's Retry-After (the cluster asks for it).
-    watch_retry_after: bool,
-    seen: Seen,
-    retry_after: Option<Vec<u8>>,
-    capture: Option<Captured>,
-}
+/// What Envoy's access log shows as the response code details of the filter's answers.
+const REFUSAL_DETAILS: &str = "circuit_breaker_open";
+const CONTROL_DETAILS: &str = "circuit_breaker_control";
 
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
@@ -48,21 +41,84 @@ impl Stream {
         }
     }
 
+    /// The request headers: pass through anything that is not ours to judge, serve the
+    /// control API on its route, and ask the breaker about everything else.
+    pub fn request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        // No cluster: the control API's route, or a direct response that is not ours to judge.
+        let Ok(Some(cluster)) = host.property(CLUSTER_NAME) else {
+            let route = host.property(ROUTE_NAME).ok().flatten();
+            if route.as_deref() == Some(control::ROUTE_NAME.as_bytes()) {
+                return self.control_request(host, end_of_stream);
+            }
+            return Action::Continue;
+        };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        self.admit(host, &mut worker, &cluster)
+    }
+
+    fn admit(&mut self, host: &impl Host, worker: &mut Worker, cluster: &[u8]) -> Action {
+        worker.listen(host);
+        let Some(slot) = worker.slot_for(host, cluster) else {
+            return Action::Continue;
+        };
+        let Some(asks) = Asks::read(host, worker, slot) else {
+            return Action::Continue;
+        };
+        // Only a refusal needs to know whether the caller speaks gRPC; the header is read
+        // then, not on every request.
+        let grpc = || {
+            request_header(host, "content-type")
+                .is_some_and(|ct| ct.starts_with(b"application/grpc"))
+        };
+        match worker.admit(host, asks.slot, grpc, asks.cache_key.as_deref()) {
+            Decision::Admitted(ticket) => {
+                let needs_clock = asks.measures || asks.cache_key.is_some();
+                let started_ms = if needs_clock { host.now_ms() } else { 0 };
+                let capture = asks
+                    .cache_key
+                    .filter(|k| worker.wants_capture(asks.slot, k, started_ms))
+                    .map(|key| Captured {
+                        key,
+                        status: 0,
+                        content_type: None,
+                        body: Vec::new(),
+                    });
+                self.admitted = Some(Admitted {
+                    slot: asks.slot,
+                    ticket,
+                    started_ms,
+                    watch_retry_after: asks.watch_retry_after,
+                    seen: Seen::default(),
+                    retry_after: None,
+                    capture,
+                });
+                Action::Continue
+            }
+            Decision::Pass => Action::Continue,
+            Decision::Reject(reply) => answer(host, &reply, REFUSAL_DETAILS),
+        }
+    }
+
     /// A request on the control API's route: decide, check the token, and answer (or wait
     /// for the body first).
-    fn control_request(&mut self, end_of_stream: bool) -> Action {
-        let method = request_header(":method").unwrap_or_default();
-        let path = request_header(":path").unwrap_or_default();
+    fn control_request(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
+        let method = request_header(host, ":method").unwrap_or_default();
+        let path = request_header(host, ":path").unwrap_or_default();
         let command = control::route(
             &String::from_utf8_lossy(&method),
             &String::from_utf8_lossy(&path),
         );
         let command = match command {
             Ok(c) => c,
-            Err(e) => return api_error(&e),
+            Err(e) => return api_error(host, &e),
         };
         if command.mutates() {
-            let authorization = request_header("authorization");
+            let authorization = request_header(host, "authorization");
             let allowed = self.worker.as_ref().and_then(|w| {
                 w.try_borrow()
                     .ok()
@@ -70,8 +126,11 @@ impl Stream {
             });
             match allowed {
                 Some(Ok(())) => {}
-                Some(Err(e)) => return api_error(&e),
-                None => return api_error(&ApiError::unavailable("the breaker is not configured")),
+                Some(Err(e)) => return api_error(host, &e),
+                None => {
+                    let e = ApiError::unavailable("the breaker is not configured");
+                    return api_error(host, &e);
+                }
             }
         }
         if command.needs_body() && !end_of_stream {
@@ -81,19 +140,22 @@ impl Stream {
             self.control = Some(command);
             return Action::Continue;
         }
-        self.run_control(&command, &[])
+        self.run_control(host, &command, &[])
     }
 
-    fn run_control(&mut self, command: &Command, body: &[u8]) -> Action {
+    fn run_control(&mut self, host: &impl Host, command: &Command, body: &[u8]) -> Action {
         let Some(worker) = &self.worker else {
-            return api_error(&ApiError::unavailable("the breaker is not configured"));
+            return api_error(
+                host,
+                &ApiError::unavailable("the breaker is not configured"),
+            );
         };
         let Ok(mut worker) = worker.try_borrow_mut() else {
-            return api_error(&ApiError::unavailable("busy, try again"));
+            return api_error(host, &ApiError::unavailable("busy, try again"));
         };
-        match worker.control(command, body, host::now_ms()) {
-            Ok((status, content_type, body)) => answer(
-                Reply {
+        match worker.control(host, command, body, host.now_ms()) {
+            Ok((status, content_type, body)) => {
+                let reply = Answer {
                     status,
                     headers: vec![
                         ("content-type".into(), content_type.into()),
@@ -101,144 +163,58 @@ impl Stream {
                     ],
                     body: body.into_bytes(),
                     grpc_status: None,
-                },
-                CONTROL_DETAILS,
-            ),
-            Err(e) => api_error(&e),
-        }
-    }
-}
-
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        // A build for the fault tests only: traps this worker's VM on request, so a test can
-        // watch FAIL_RELOAD bring it back with the shared state intact; or overwrites a
-        // breaker's record with junk, so a test can watch the filter recover from it.
-        #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
-        {
-            if request_header("x-circuit-breaker-test-trap").is_some() {
-                core::arch::wasm32::unreachable();
+                };
+                answer(host, &reply, CONTROL_DETAILS)
             }
-            if let Some(name) = request_header("x-circuit-breaker-test-damage") {
-                let key = super::shared::record_key(&String::from_utf8_lossy(&name));
-                let _ = host::set_shared_data(&key, b"\x02junk that is no record", 0);
-            }
-        }
-        let Some(worker) = &self.worker else {
-            return Action::Continue;
-        };
-        // No cluster: the control API's route, or a direct response that is not ours to judge.
-        let Ok(Some(cluster)) = host::property(CLUSTER_NAME) else {
-            let route = host::property(ROUTE_NAME).ok().flatten();
-            if route.as_deref() == Some(control::ROUTE_NAME.as_bytes()) {
-                return self.control_request(end_of_stream);
-            }
-            return Action::Continue;
-        };
-        let Ok(mut worker) = worker.try_borrow_mut() else {
-            return Action::Continue;
-        };
-        let Some(mut slot) = worker.slot_for(&cluster) else {
-            return Action::Continue;
-        };
-        let Some(settings) = worker.settings(slot) else {
-            return Action::Continue;
-        };
-        let per_route = settings.max_route_breakers.is_some();
-        let wants_path = !settings.exclude_paths.is_empty() || settings.cache.is_some();
-        let path = if wants_path {
-            request_header(":path")
-        } else {
-            None
-        };
-        if let Some(path) = &path {
-            if settings.excludes(path) {
-                return Action::Continue;
-            }
-        }
-        let watch_retry_after = settings.honor_retry_after;
-        let caches = settings.cache.is_some();
-        let measures = settings.slow_call_rate_threshold > 0.0;
-        if per_route {
-            if let Ok(Some(route)) = host::property(ROUTE_NAME) {
-                slot = worker.route_slot(slot, &route);
-            }
-        }
-        let cache_key = match (caches, &path) {
-            (true, Some(p)) if request_header(":method").as_deref() == Some(b"GET") => {
-                String::from_utf8(p.clone()).ok()
-            }
-            _ => None,
-        };
-        // Only a refusal needs to know whether the caller speaks gRPC; the header is read
-        // then, not on every request.
-        match worker.admit(slot, is_grpc_request, cache_key.as_deref()) {
-            Decision::Admitted(ticket) => {
-                let needs_clock = measures || cache_key.is_some();
-                let now_ms = if needs_clock { host::now_ms() } else { 0 };
-                let capture = cache_key
-                    .filter(|k| worker.wants_capture(slot, k, now_ms))
-                    .map(|key| Captured {
-                        key,
-                        status: 0,
-                        content_type: None,
-                        body: Vec::new(),
-                    });
-                self.admitted = Some(Admitted::new(
-                    slot,
-                    ticket,
-                    now_ms,
-                    watch_retry_after,
-                    capture,
-                ));
-                Action::Continue
-            }
-            Decision::Pass => Action::Continue,
-            Decision::Reject(reply) => answer(reply, REFUSAL_DETAILS),
+            Err(e) => api_error(host, &e),
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    /// The request body: only a control API command waiting for it reads it.
+    pub fn request_body(&mut self, host: &impl Host, size: usize, end_of_stream: bool) -> Action {
         let Some(command) = &self.control else {
             return Action::Continue;
         };
-        if body_size > control::MAX_BODY {
+        if size > control::MAX_BODY {
             self.control = None;
-            return api_error(&ApiError::too_large());
+            return api_error(host, &ApiError::too_large());
         }
         if !end_of_stream {
             return Action::Pause;
         }
         let command = command.clone();
         self.control = None;
-        match host::request_body(body_size) {
-            Ok(body) => self.run_control(&command, &body),
-            Err(_) => api_error(&ApiError::unavailable("could not read the request body")),
+        match host.buffer(Buffer::RequestBody, size) {
+            Ok(body) => self.run_control(host, &command, &body),
+            Err(_) => {
+                let e = ApiError::unavailable("could not read the request body");
+                api_error(host, &e)
+            }
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    pub fn response_headers(&mut self, host: &impl Host, end_of_stream: bool) {
         let Some(a) = &mut self.admitted else {
-            return Action::Continue;
+            return;
         };
-        a.seen.status = header_u32(Map::ResponseHeaders, ":status").unwrap_or(0);
+        a.seen.status = header_u32(host, Map::ResponseHeaders, ":status").unwrap_or(0);
         if end_of_stream {
             a.seen.complete = true;
             // A gRPC error without a body is "trailers-only": its status rides here.
-            a.seen.grpc_status = header_u32(Map::ResponseHeaders, "grpc-status");
+            a.seen.grpc_status = header_u32(host, Map::ResponseHeaders, "grpc-status");
         }
         let status = a.seen.status;
         if a.watch_retry_after && (status == 429 || status == 503) {
-            a.retry_after = host::header(Map::ResponseHeaders, "retry-after")
+            a.retry_after = host
+                .header(Map::ResponseHeaders, "retry-after")
                 .ok()
                 .flatten();
         }
         if let Some(c) = &mut a.capture {
             if status == 200 {
                 c.status = status;
-                c.content_type = host::header(Map::ResponseHeaders, "content-type")
+                c.content_type = host
+                    .header(Map::ResponseHeaders, "content-type")
                     .ok()
                     .flatten()
                     .and_then(|v| String::from_utf8(v).ok());
@@ -246,85 +222,136 @@ impl HttpContext for Stream {
                 a.capture = None;
             }
         }
-        Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn response_body(&mut self, host: &impl Host, size: usize, end_of_stream: bool) {
         let Some(a) = &mut self.admitted else {
-            return Action::Continue;
+            return;
         };
         a.seen.complete |= end_of_stream;
         if let Some(c) = &mut a.capture {
-            match host::response_body(body_size) {
+            match host.buffer(Buffer::ResponseBody, size) {
                 Ok(chunk) => c.body.extend_from_slice(&chunk),
                 Err(_) => a.capture = None,
             }
         }
-        Action::Continue
     }
 
-    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+    pub fn response_trailers(&mut self, host: &impl Host) {
         if let Some(a) = &mut self.admitted {
             a.seen.complete = true;
-            if let Some(status) = header_u32(Map::ResponseTrailers, "grpc-status") {
+            if let Some(status) = header_u32(host, Map::ResponseTrailers, "grpc-status") {
                 a.seen.grpc_status = Some(status);
             }
         }
-        Action::Continue
     }
 
-    fn on_log(&mut self) {
+    /// The end of the stream, however it ended: the outcome is recorded here.
+    pub fn log(&mut self, host: &impl Host) {
         let (Some(a), Some(worker)) = (self.admitted.take(), &self.worker) else {
             return;
         };
         if let Ok(mut worker) = worker.try_borrow_mut() {
-            worker.record(
-                a.slot,
-                a.ticket,
-                a.seen,
-                a.started_ms,
-                a.retry_after.as_deref(),
-                a.capture,
-            );
+            worker.record(host, a);
         }
     }
 }
 
-impl Admitted {
-    fn new(
-        slot: usize,
-        ticket: Ticket,
-        started_ms: u64,
-        watch_retry_after: bool,
-        capture: Option<Captured>,
-    ) -> Admitted {
-        Admitted {
+/// What a request asks of its breaker, read from the host only as far as the cluster's
+/// settings need it.
+struct Asks {
+    /// The breaker's slot: the cluster's, or a route's inside it.
+    slot: usize,
+    /// The path of a GET a cached answer may serve.
+    cache_key: Option<String>,
+    /// Whether the cluster's slow-call rule needs the request's start time.
+    measures: bool,
+    watch_retry_after: bool,
+}
+
+impl Asks {
+    /// `None` when the request's path is excluded from the breaker.
+    fn read(host: &impl Host, worker: &mut Worker, slot: usize) -> Option<Asks> {
+        let settings = worker.settings(slot)?;
+        let wants_path = !settings.exclude_paths.is_empty() || settings.cache.is_some();
+        let path = wants_path.then(|| request_header(host, ":path")).flatten();
+        if path.as_deref().is_some_and(|p| settings.excludes(p)) {
+            return None;
+        }
+        let cache_key = match (settings.cache.is_some(), path) {
+            (true, Some(p)) if request_header(host, ":method").as_deref() == Some(b"GET") => {
+                String::from_utf8(p).ok()
+            }
+            _ => None,
+        };
+        let mut asks = Asks {
             slot,
-            ticket,
-            started_ms,
-            watch_retry_after,
-            seen: Seen::default(),
-            retry_after: None,
-            capture,
+            cache_key,
+            measures: settings.slow_call_rate_threshold > 0.0,
+            watch_retry_after: settings.honor_retry_after,
+        };
+        if settings.max_route_breakers.is_some() {
+            if let Ok(Some(route)) = host.property(ROUTE_NAME) {
+                asks.slot = worker.route_slot(host, slot, &route);
+            }
         }
+        Some(asks)
     }
 }
 
-fn is_grpc_request() -> bool {
-    request_header("content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+        test_hooks();
+        self.request_headers(&Wasm, end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.request_body(&Wasm, body_size, end_of_stream)
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.response_headers(&Wasm, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.response_body(&Wasm, body_size, end_of_stream);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        self.response_trailers(&Wasm);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.log(&Wasm);
+    }
 }
 
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    host::header(Map::RequestHeaders, name).ok().flatten()
+/// A build for the fault tests only: traps this worker's VM on request, so a test can
+/// watch FAIL_RELOAD bring it back with the shared state intact; or overwrites a breaker's
+/// record with junk, so a test can watch the filter recover from it.
+#[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+fn test_hooks() {
+    if request_header(&Wasm, "x-circuit-breaker-test-trap").is_some() {
+        core::arch::wasm32::unreachable();
+    }
+    if let Some(name) = request_header(&Wasm, "x-circuit-breaker-test-damage") {
+        let key = super::shared::record_key(&String::from_utf8_lossy(&name));
+        let _ = Wasm.set_shared_data(&key, b"\x02junk that is no record", 0);
+    }
 }
 
-fn header_u32(map: Map, name: &str) -> Option<u32> {
-    let value = host::header(map, name).ok().flatten()?;
-    std::str::from_utf8(&value).ok()?.trim().parse().ok()
+fn request_header(host: &impl Host, name: &str) -> Option<Vec<u8>> {
+    host.header(Map::RequestHeaders, name).ok().flatten()
 }
 
-fn api_error(e: &ApiError) -> Action {
-    let reply = Reply {
+fn api_error(host: &impl Host, e: &ApiError) -> Action {
+    let reply = Answer {
         status: e.status,
         headers: e
             .headers()
@@ -334,34 +361,16 @@ fn api_error(e: &ApiError) -> Action {
         body: e.body().into_bytes(),
         grpc_status: None,
     };
-    answer(reply, CONTROL_DETAILS)
+    answer(host, &reply, CONTROL_DETAILS)
 }
 
-/// What Envoy's access log shows as the response code details of the filter's answers.
-const REFUSAL_DETAILS: &str = "circuit_breaker_open";
-const CONTROL_DETAILS: &str = "circuit_breaker_control";
-
-fn answer(reply: Reply, details: &str) -> Action {
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    match host::send_local_response(
-        reply.status,
-        details,
-        &headers,
-        &reply.body,
-        reply.grpc_status,
-    ) {
+fn answer(host: &impl Host, reply: &Answer, details: &str) -> Action {
+    match host.send_local_response(reply, details) {
         Ok(()) => Action::Pause,
         Err(e) => {
-            host::log(
-                Level::Warn,
-                &format!(
-                    "[CIRCUIT_BREAKER] could not send the local reply (host status {}); letting the request through",
-                    e.0
-                ),
+            log::warn!(
+                "[CIRCUIT_BREAKER] could not send the local reply (host status {}); letting the request through",
+                e.0
             );
             Action::Continue
         }

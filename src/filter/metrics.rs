@@ -3,9 +3,12 @@
 //! Envoy's bootstrap turn them into Prometheus labels. Request counts are kept locally and
 //! added on the timer, so the request path makes no metric call.
 
+use crate::core::breaker::Call;
+use crate::core::outcome::Outcome;
+use crate::core::settings::Settings;
 use crate::core::state::{Cause, Counts, State, Transition, TripReason};
 
-use super::host::{self, MetricKind};
+use super::host::{Host, MetricKind};
 
 /// What a request counted as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +23,18 @@ pub enum Counted {
     WouldReject = 5,
     /// Took a half-open probe slot.
     Probe = 6,
+}
+
+impl Counted {
+    /// What a finished call counts as.
+    pub fn of(call: &Call, settings: &Settings) -> Counted {
+        match call.outcome {
+            Outcome::Success if settings.is_slow(call.elapsed_ms) => Counted::Slow,
+            Outcome::Success => Counted::Success,
+            Outcome::Failure(_) => Counted::Failure,
+            Outcome::Ignored => Counted::Ignored,
+        }
+    }
 }
 
 const OUTCOMES: [&str; 5] = ["success", "failure", "slow", "rejected", "ignored"];
@@ -66,9 +81,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Defines the breaker's stats; a stat the host refuses is skipped, never fatal.
-    pub fn define(cluster: &str) -> Metrics {
+    pub fn define(host: &impl Host, cluster: &str) -> Metrics {
         let define = |kind, base: &str, labels: &[(&str, &str)]| {
-            host::define_metric(kind, &stat_name(base, labels, cluster)).ok()
+            host.define_metric(kind, &stat_name(base, labels, cluster))
+                .ok()
         };
         let counter =
             |base: &str, labels: &[(&str, &str)]| define(MetricKind::Counter, base, labels);
@@ -106,74 +122,68 @@ impl Metrics {
     }
 
     /// Publishes the counts gathered since the last flush.
-    pub fn flush(&mut self) {
+    pub fn flush(&mut self, host: &impl Host) {
         for (pending, id) in self.pending.iter_mut().zip(self.counted) {
             if *pending > 0 {
                 if let Some(id) = id {
-                    let _ = host::increment_metric(id, *pending);
+                    let _ = host.increment_metric(id, *pending);
                 }
                 *pending = 0;
             }
         }
     }
 
-    pub fn transition(&self, t: &Transition) {
+    pub fn transition(&self, host: &impl Host, t: &Transition) {
         if let Some(i) = MOVES.iter().position(|m| *m == (t.from, t.to)) {
-            bump(self.transitions[i]);
+            bump(host, self.transitions[i]);
         }
         if let Some(reason) = t.cause.reason() {
             if let Some(i) = TripReason::ALL.iter().position(|r| *r == reason) {
-                bump(self.trips[i]);
+                bump(host, self.trips[i]);
             }
         }
         if t.cause == Cause::Reset {
-            self.rates(&Counts::default());
+            self.rates(host, &Counts::default());
         }
-        self.state(t.to);
-        self.changed_at(t.at_ms);
+        self.state(host, t.to);
+        set(host, self.changed_at, t.at_ms / 1_000);
     }
 
-    pub fn state(&self, state: State) {
-        set(self.state, state.gauge());
-    }
-
-    /// When the breaker last changed state, in seconds since the epoch.
-    pub fn changed_at(&self, at_ms: u64) {
-        set(self.changed_at, at_ms / 1_000);
+    pub fn state(&self, host: &impl Host, state: State) {
+        set(host, self.state, state.gauge());
     }
 
     /// Counts one webhook delivery.
-    pub fn event_delivered(&self, ok: bool) {
-        bump(if ok {
+    pub fn event_delivered(&self, host: &impl Host, ok: bool) {
+        let id = if ok {
             self.events_sent
         } else {
             self.event_failures
-        });
+        };
+        bump(host, id);
     }
 
     /// The window's failure and slow-call rates, in whole percent.
-    pub fn rates(&self, counts: &Counts) {
-        set(
-            self.failure_rate,
-            (counts.failure_rate() * 100.0).round() as u64,
-        );
-        set(self.slow_rate, (counts.slow_rate() * 100.0).round() as u64);
+    pub fn rates(&self, host: &impl Host, counts: &Counts) {
+        let percent = |share: f64| (share * 100.0).round() as u64;
+        set(host, self.failure_rate, percent(counts.failure_rate()));
+        set(host, self.slow_rate, percent(counts.slow_rate()));
     }
 
-    pub fn store_give_up(&self) {
-        bump(self.store_give_ups);
+    pub fn store_give_up(&self, host: &impl Host) {
+        bump(host, self.store_give_ups);
     }
 }
 
-fn bump(id: Option<u32>) {
+fn bump(host: &impl Host, id: Option<u32>) {
     if let Some(id) = id {
-        let _ = host::increment_metric(id, 1);
+        let _ = host.increment_metric(id, 1);
     }
 }
 
-fn set(id: Option<u32>, value: u64) {
+fn set(host: &impl Host, id: Option<u32>, value: u64) {
     if let Some(id) = id {
-        let _ = host::record_metric(id, value);
+        let _ = host.record_metric(id, value);
     }
 }
 

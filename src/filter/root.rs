@@ -9,7 +9,8 @@ use proxy_wasm::types::ContextType;
 
 use crate::core::config::PluginConfig;
 
-use super::host::{self, Level};
+use super::host::wasm::Wasm;
+use super::host::{Buffer, Host, Map};
 use super::http::Stream;
 use super::worker::Worker;
 
@@ -22,42 +23,15 @@ pub struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
 }
 
-impl Context for Root {
-    /// The webhook's answer to an event delivery.
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        headers: usize,
-        _body: usize,
-        _trailers: usize,
-    ) {
-        let status = (headers > 0)
-            .then(|| {
-                host::header(host::Map::CallResponseHeaders, ":status")
-                    .ok()
-                    .flatten()
-            })
-            .flatten()
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-        if let Some(worker) = &self.worker {
-            if let Ok(mut worker) = worker.try_borrow_mut() {
-                worker.delivered(token, status);
-            }
-        }
-    }
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = match host::plugin_configuration(plugin_configuration_size) {
+impl Root {
+    /// Reads and checks the plugin configuration; false refuses it.
+    pub fn configure(&mut self, host: &impl Host, size: usize) -> bool {
+        let bytes = match host.buffer(Buffer::PluginConfiguration, size) {
             Ok(bytes) => bytes,
             Err(e) => {
-                host::log(
-                    Level::Error,
-                    &format!(
-                        "[CIRCUIT_BREAKER] cannot read the plugin configuration (host status {})",
-                        e.0
-                    ),
+                log::error!(
+                    "[CIRCUIT_BREAKER] cannot read the plugin configuration (host status {})",
+                    e.0
                 );
                 return false;
             }
@@ -65,26 +39,70 @@ impl RootContext for Root {
         let config = match PluginConfig::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {
-                host::log(Level::Error, &format!("[CIRCUIT_BREAKER] {e}"));
+                log::error!("[CIRCUIT_BREAKER] {e}");
                 return false;
             }
         };
-        self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
-        if let Err(e) = host::set_tick_period_ms(TICK_MS) {
-            host::log(
-                Level::Error,
-                &format!("[CIRCUIT_BREAKER] cannot start the timer (host status {}); open breakers will only move on traffic", e.0),
-            );
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(host, config))));
+        if let Err(e) = host.set_tick_period_ms(TICK_MS) {
+            log::error!("[CIRCUIT_BREAKER] cannot start the timer (host status {}); open breakers will only move on traffic", e.0);
         }
         true
     }
 
-    fn on_tick(&mut self) {
+    pub fn tick(&mut self, host: &impl Host) {
         if let Some(worker) = &self.worker {
             if let Ok(mut worker) = worker.try_borrow_mut() {
-                worker.tick(host::now_ms());
+                worker.tick(host, host.now_ms());
             }
         }
+    }
+
+    /// Another worker made a transition: refresh this worker's copies.
+    pub fn queue_ready(&mut self, host: &impl Host, token: u32) {
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.notified(host, token, host.now_ms());
+            }
+        }
+    }
+
+    /// The webhook's answer to an event delivery.
+    pub fn call_answered(&mut self, host: &impl Host, token: u32, headers: usize) {
+        let status = (headers > 0)
+            .then(|| super::host::header_u32(host, Map::CallResponseHeaders, ":status"))
+            .flatten();
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                worker.delivered(host, token, status);
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        self.call_answered(&Wasm, token, headers);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        self.configure(&Wasm, plugin_configuration_size)
+    }
+
+    fn on_tick(&mut self) {
+        self.tick(&Wasm);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        self.queue_ready(&Wasm, queue_id);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -3,12 +3,17 @@
 
 use crate::core::store::{StateStore, StoreError};
 
-use super::host::{self, Saved};
+use super::host::{Host, Saved};
 
 /// Prefix of every key this filter writes, versioned with the record format.
 pub const KEY_PREFIX: &str = "circuit_breaker/v1/";
 /// Key of the list of breakers.
 pub const REGISTRY_KEY: &str = "circuit_breaker/v1/.breakers";
+
+/// Key of the list of workers' queue tokens, and the prefix of the queues' names.
+pub const QUEUES_KEY: &str = "circuit_breaker/v1/.queues";
+/// Key of the counter that gives each worker's queue a name of its own.
+pub const QUEUE_COUNTER_KEY: &str = "circuit_breaker/v1/.queue-counter";
 
 /// The shared-data key of one cluster's record.
 pub fn record_key(cluster: &str) -> String {
@@ -21,15 +26,15 @@ pub fn history_key(cluster: &str) -> String {
 }
 
 /// The host's shared data.
-pub struct SharedData;
+pub struct SharedData<'h, H: Host>(pub &'h H);
 
-impl StateStore for SharedData {
+impl<H: Host> StateStore for SharedData<'_, H> {
     fn load(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        host::shared_data(key).map_err(|e| StoreError::Host(e.0))
+        self.0.shared_data(key).map_err(|e| StoreError::Host(e.0))
     }
 
     fn save(&self, key: &str, bytes: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match host::set_shared_data(key, bytes, cas.unwrap_or(0)) {
+        match self.0.set_shared_data(key, bytes, cas.unwrap_or(0)) {
             Ok(Saved::Done) => Ok(()),
             Ok(Saved::CasMismatch) => Err(StoreError::CasMismatch),
             Err(e) => Err(StoreError::Host(e.0)),

@@ -109,12 +109,9 @@ pub fn burst(addr: &str, path: &str, n: usize) -> Vec<Response> {
     })
 }
 
-/// Whether a response is the breaker's own refusal.
-pub fn is_rejection(r: &Response) -> bool {
-    r.status == 503
-        && r.json()
-            .map(|j| j["error"] == "CIRCUIT_BREAKER_OPEN")
-            .unwrap_or(false)
+/// Whether a response is the breaker's refusal while forced open.
+pub fn is_forced_refusal(r: &Response) -> bool {
+    is_rejection(r) && r.json().is_ok_and(|j| j["reason"] == "forced")
 }
 
 /// Inserts routes (YAML list items at the sample's route indentation) before `/auth`.
@@ -131,6 +128,13 @@ pub fn add_clusters(yaml: &str, clusters: &str) -> String {
         "the sample no longer ends with its clusters"
     );
     format!("{}\n{clusters}", yaml.trim_end())
+}
+
+/// An HTTP/1.1 cluster named `name` pointing at `port` on loopback.
+pub fn static_cluster(name: &str, port: u16) -> String {
+    format!(
+        "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n"
+    )
 }
 
 /// An HTTP/2 cluster named `name` pointing at `port`.

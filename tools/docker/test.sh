@@ -22,10 +22,10 @@ tools/docker/stand-ins.sh
 echo "images ready after $(( $(date +%s) - started )) s"
 
 # Bounded: a first run builds the service images (three release builds of the services).
-timeout 1800 cargo test --test docker_stack -- --ignored --nocapture
+timeout 1800 cargo test --features envoy-tests --test docker_stack -- --ignored --nocapture
 echo "compose stack tested after $(( $(date +%s) - started )) s"
 
-ENVOY_DOCKER_IMAGE=$ENVOY_IMAGE timeout 900 cargo test --test breaker_in_envoy -- --test-threads 2
+ENVOY_DOCKER_IMAGE=$ENVOY_IMAGE timeout 900 cargo test --features envoy-tests --test breaker_in_envoy -- --test-threads 2
 left=$(docker ps --all --quiet --filter name=ecb-envoy-)
 if [ -n "$left" ]; then
   echo "containers left behind by the Envoy tests: $left" >&2

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod etcd;
 pub mod fault;
 pub mod server;
 pub mod stack;

@@ -49,7 +49,18 @@ pub fn free_port() -> io::Result<u16> {
             return Ok(port);
         }
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("no free loopback port found in {low}..{high} after 200 tries"),
+    ))
+}
+
+/// Whether a response is the breaker's own refusal (its default JSON 503).
+pub fn is_rejection(r: &Response) -> bool {
+    r.status == 503
+        && r.json()
+            .map(|j| j["error"] == "CIRCUIT_BREAKER_OPEN")
+            .unwrap_or(false)
 }
 
 /// Resident memory of process `pid` in KiB (`VmRSS`), if it can be read.

@@ -44,6 +44,15 @@ fn rejected(step: Step<Admission>) -> Rejection {
     }
 }
 
+/// Asserts that the request was refused because the breaker is forced open.
+fn refused_as_forced(step: Step<Admission>) {
+    let rej = rejected(step);
+    assert_eq!(
+        (rej.kind, rej.reason),
+        (RejectKind::Open, Some(TripReason::Forced))
+    );
+}
+
 fn call_with(r: &mut Record, s: &Settings, c: Call, now: u64) -> Option<Transition> {
     let ticket = admitted(admit(r, s, now, 0));
     record(r, s, ticket, c, now).transition
@@ -79,7 +88,7 @@ fn closed_admits_without_touching_the_record() {
 fn a_glance_admits_only_where_no_clock_is_needed() {
     let s = settings();
     let mut r = Record::default();
-    let at = |r: &Record, now| admit_at_a_glance(&Glance::of(r), &s, now);
+    let at = |r: &Record, now| admit_at_a_glance(&Glance::of(r), &s, &mut Now::fixed(now));
     assert_eq!(
         at(&r, 0),
         Some(Admission::Admitted(Ticket {
@@ -133,7 +142,7 @@ proptest! {
         };
         // The real clock is the coarse one plus however late the timer runs.
         let now = coarse + late;
-        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s, coarse) {
+        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s, &mut Now::new(coarse, || now)) {
             let full = admit(&mut r, &s, now, 0);
             let same = match (quick, full.value) {
                 (Admission::Rejected(a), Admission::Rejected(b)) => a.kind == b.kind && a.reason == b.reason,
@@ -273,7 +282,7 @@ fn slow_calls_need_the_minimum_too() {
 }
 
 #[test]
-fn a_slow_probe_reopens() {
+fn a_slow_probe_reopens_as_a_failed_probe() {
     let s = Settings {
         slow_call_duration_ms: 100,
         slow_call_rate_threshold: 0.5,
@@ -288,7 +297,13 @@ fn a_slow_probe_reopens() {
         retry_after_ms: None,
     };
     let t = record(&mut r, &s, ticket, slow, 30_200).transition.unwrap();
-    assert_eq!(t.cause, Cause::Tripped(TripReason::SlowCallRate));
+    assert_eq!(t.cause, Cause::Tripped(TripReason::ProbeFailed));
+    assert_eq!(r.reason, Some(TripReason::ProbeFailed));
+    assert!(
+        t.to_string()
+            .starts_with("OPENED: a half-open probe failed"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -615,11 +630,7 @@ fn forced_open_refuses_everything_and_lifting_it_probes_first() {
     let mut r = Record::default();
     let step = admit(&mut r, &s, 0, 0);
     assert_eq!(step.transition.map(|t| t.cause), Some(Cause::Forced));
-    let rej = rejected(step);
-    assert_eq!(
-        (rej.kind, rej.reason),
-        (RejectKind::Open, Some(TripReason::Forced))
-    );
+    refused_as_forced(step);
     assert!(
         !tick(&mut r, &s, 1_000_000_000).dirty,
         "the timer never ends it"
@@ -640,7 +651,7 @@ fn a_runtime_override_wins_over_the_configured_mode() {
         mode_override: Some(Mode::ForcedOpen),
         ..Record::default()
     };
-    rejected(admit(&mut r, &s, 0, 0));
+    refused_as_forced(admit(&mut r, &s, 0, 0));
     r.mode_override = Some(Mode::Disabled);
     assert_eq!(
         admit(&mut r, &s, 1, 0).value,
@@ -670,10 +681,10 @@ fn a_reset_does_not_lift_a_forced_open() {
         ..settings()
     };
     let mut r = Record::default();
-    rejected(admit(&mut r, &s, 0, 0));
+    refused_as_forced(admit(&mut r, &s, 0, 0));
     let t = reset(&mut r, &s, 5).transition.unwrap();
     assert_eq!(t.cause, Cause::Forced);
-    rejected(admit(&mut r, &s, 6, 0));
+    refused_as_forced(admit(&mut r, &s, 6, 0));
 }
 
 #[test]
@@ -684,10 +695,7 @@ fn a_mode_override_takes_effect_in_the_same_step() {
         .transition
         .unwrap();
     assert_eq!(t.cause, Cause::Forced);
-    assert_eq!(
-        rejected(admit(&mut r, &s, 1, 0)).reason,
-        Some(TripReason::Forced)
-    );
+    refused_as_forced(admit(&mut r, &s, 1, 0));
     let t = set_mode(&mut r, &s, None, 2).transition.unwrap();
     assert_eq!((t.cause, t.to), (Cause::Released, State::HalfOpen));
     assert!(set_mode(&mut r, &s, Some(Mode::DryRun), 3)
@@ -940,5 +948,62 @@ fn a_failed_store_passes_or_refuses_as_configured_but_never_adds_probes() {
             matches!(when_store_fails(&g, &pass), Admission::Rejected(_)),
             "{state:?}"
         );
+    }
+}
+
+#[test]
+fn a_closed_copy_is_trusted_only_while_no_trip_could_be_half_open_yet() {
+    let s = settings();
+    let closed = Glance::of(&Record::default());
+    assert!(trusts_copy(&closed, &s, 1_000, 1_100));
+    assert!(
+        !trusts_copy(&closed, &s, 1_000, 1_000 + MAX_COPY_AGE_MS),
+        "too old"
+    );
+    let short = Settings {
+        open_duration_ms: 200,
+        ..settings()
+    };
+    assert!(
+        !trusts_copy(&closed, &short, 1_000, 1_000),
+        "open shorter than the slack"
+    );
+    let honours = Settings {
+        honor_retry_after: true,
+        ..settings()
+    };
+    assert!(!trusts_copy(&closed, &honours, 1_000, 1_000));
+}
+
+#[test]
+fn an_open_copy_refuses_and_a_half_open_one_is_never_trusted() {
+    let s = settings();
+    let mut r = Record::default();
+    open(&mut r, &s, 0);
+    assert!(trusts_copy(&Glance::of(&r), &s, 0, 100));
+    r.state = State::HalfOpen;
+    assert!(!trusts_copy(&Glance::of(&r), &s, 0, 0));
+}
+
+proptest! {
+    /// However the shared record moved after the copy was confirmed, a trusted closed copy
+    /// never admits while the shared record is half-open: no probe limit is overrun.
+    #[test]
+    fn a_trusted_closed_copy_is_never_behind_a_half_open_breaker(
+        open_ms in 1u64..5_000, jitter in 0.0f64..0.5, trip_after in 0u64..2_000,
+        coarse_after in 0u64..2_000, late in 0u64..TIMER_SLACK_MS,
+    ) {
+        let s = Settings { open_duration_ms: open_ms, jitter, ..settings() };
+        let copy = Glance::of(&Record::default());
+        let confirmed = 10_000;
+        let mut shared = Record { consecutive_failures: s.failure_threshold, ..Record::default() };
+        let trip_at = confirmed + trip_after;
+        let _ = shared.transition(Cause::Tripped(TripReason::ConsecutiveFailures), &s, trip_at);
+        let coarse = confirmed + coarse_after;
+        let now = coarse + late;
+        if trusts_copy(&copy, &s, confirmed, coarse) && now >= trip_at {
+            let _ = admit(&mut shared, &s, now, 0);
+            prop_assert_ne!(shared.state, State::HalfOpen);
+        }
     }
 }

@@ -317,3 +317,137 @@ fn the_committed_json_schema_matches_the_rust_types() {
         "schema/plugin-config.schema.json is out of date: run `make schema`"
     );
 }
+
+/// A number as the docs write it: `0.5`, `10000`, `0` (never `0.0`).
+fn shown(n: &serde_json::Value) -> String {
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{}", f as i64),
+        Some(f) => format!("{f}"),
+        None => n.to_string(),
+    }
+}
+
+/// A plugin JSON that sets `field` of the block `def` to `value`, with whatever else the
+/// field needs to be read at all.
+fn setting(def: &str, field: &str, value: serde_json::Value) -> String {
+    let mut block = serde_json::json!({});
+    match field {
+        "window_size" => block["window_type"] = "count".into(),
+        "max_route_breakers" => block["per_route"] = true.into(),
+        _ => {}
+    }
+    match def {
+        "SettingsDoc" => block[field] = value,
+        "FallbackDoc" => block["fallback"] = serde_json::json!({ field: value }),
+        _ => block["fallback_cache"] = serde_json::json!({ field: value }),
+    }
+    serde_json::json!({ "clusters": { "c": block } }).to_string()
+}
+
+/// The schema editors check against and the parser Envoy runs must agree on every bound:
+/// each one in the generated schema is tried just inside (accepted) and just outside
+/// (refused), and the documentation of the field states it.
+#[test]
+fn every_bound_in_the_schema_is_the_bound_the_parser_enforces() {
+    let schema = serde_json::to_value(schemars::schema_for!(PluginConfigDoc)).unwrap();
+    let mut checked = 0;
+    for def in ["SettingsDoc", "FallbackDoc", "CacheDoc"] {
+        let props = schema["$defs"][def]["properties"].as_object().unwrap();
+        for (field, p) in props {
+            let (Some(min), Some(max)) = (p.get("minimum"), p.get("maximum")) else {
+                continue;
+            };
+            let integer = p["type"][0] == "integer";
+            let step = if integer { 1.0 } else { 0.001 };
+            let value = |x: f64| {
+                if integer {
+                    serde_json::json!(x as i64)
+                } else {
+                    serde_json::json!(x)
+                }
+            };
+            let (lo, hi) = (min.as_f64().unwrap(), max.as_f64().unwrap());
+            for inside in [lo, hi] {
+                let json = setting(def, field, value(inside));
+                assert!(parse(&json).is_ok(), "{json} refused: {}", refusal(&json));
+            }
+            for outside in [lo - step, hi + step] {
+                let json = setting(def, field, value(outside));
+                assert!(parse(&json).is_err(), "{json} accepted");
+            }
+            let doc = p["description"].as_str().unwrap_or("");
+            let stated = format!("{} to {}", shown(min), shown(max));
+            assert!(
+                doc.contains(&stated),
+                "{def}.{field}: {doc:?} does not say {stated:?}"
+            );
+            checked += 1;
+        }
+        for (field, p) in props {
+            let Some(max) = p.get("maxItems").or(p.get("maxLength")) else {
+                continue;
+            };
+            let n = max.as_u64().unwrap() as usize;
+            let long = |n: usize| match field.as_str() {
+                "exclude_paths" => serde_json::json!(vec!["/x"; n]),
+                _ => serde_json::json!("x".repeat(n)),
+            };
+            assert!(
+                parse(&setting(def, field, long(n))).is_ok(),
+                "{def}.{field} at {n}"
+            );
+            assert!(
+                parse(&setting(def, field, long(n + 1))).is_err(),
+                "{def}.{field} past {n}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 15, "bounds found in the schema");
+}
+
+/// Durations are strings in the schema, so their bounds live in the limits alone: each is
+/// tried just inside and just outside, and the field's documentation states it.
+#[test]
+fn every_duration_bound_is_enforced_and_documented() {
+    use crate::core::limits as l;
+    let schema = serde_json::to_value(schemars::schema_for!(PluginConfigDoc)).unwrap();
+    let fields = [
+        ("slow_call_duration", l::SLOW_CALL_DURATION_MS),
+        ("window", l::WINDOW_MS),
+        ("open_duration", l::OPEN_DURATION_MS),
+        ("max_open_duration", l::MAX_OPEN_DURATION_MS),
+        ("half_open_max_duration", l::HALF_OPEN_MAX_DURATION_MS),
+        ("recovery_duration", l::RECOVERY_DURATION_MS),
+    ];
+    for (field, limit) in fields {
+        // A long open time would be refused by max_open_duration's own rule, not this one.
+        let with = |ms: u64| {
+            let mut block = serde_json::json!({ field: format!("{ms}ms") });
+            if field == "max_open_duration" {
+                block["open_duration"] = "10ms".into();
+            }
+            serde_json::json!({ "default": block }).to_string()
+        };
+        assert!(parse(&with(limit.min)).is_ok(), "{field} at its minimum");
+        assert!(parse(&with(limit.max)).is_ok(), "{field} at its maximum");
+        assert!(
+            parse(&with(limit.max + 1)).is_err(),
+            "{field} past its maximum"
+        );
+        if limit.min > 0 {
+            assert!(
+                parse(&with(limit.min - 1)).is_err(),
+                "{field} under its minimum"
+            );
+        }
+        let doc = schema["$defs"]["SettingsDoc"]["properties"][field]["description"]
+            .as_str()
+            .unwrap_or("");
+        let stated = format!("\"{}\"", Millis(limit.max));
+        assert!(
+            doc.contains(&stated),
+            "{field}: {doc:?} does not say {stated}"
+        );
+    }
+}

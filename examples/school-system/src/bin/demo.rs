@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use school_system::client::{self, Response};
-use school_system::stack::{self, root, Stack};
+use school_system::stack::{self, is_rejection, root, Stack};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, String>;
@@ -573,13 +573,6 @@ fn demo_token() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("demo-{:x}-{:x}", nanos, std::process::id())
-}
-
-fn is_rejection(r: &Response) -> bool {
-    r.status == 503
-        && r.json()
-            .map(|j| j["error"] == "CIRCUIT_BREAKER_OPEN")
-            .unwrap_or(false)
 }
 
 /// A short description of an answer: status, error code or a hint at the data.

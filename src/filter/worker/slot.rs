@@ -1,0 +1,180 @@
+//! One breaker as a worker knows it: its settings, the freshest record seen, batched
+//! successes, stats and replies; and the one place a transition this worker made is
+//! announced (log line, stats, stored history, webhook event).
+
+use crate::core::breaker::{Step, Tally};
+use crate::core::cache::ResponseCache;
+use crate::core::codec::Glance;
+use crate::core::history::{self, Event};
+use crate::core::reply::RejectReply;
+use crate::core::settings::{Mode, Settings};
+use crate::core::state::{Record, State, Transition};
+use crate::core::store::{self, Updated};
+
+use super::super::host::Host;
+use super::super::metrics::Metrics;
+use super::super::shared::{history_key, record_key, SharedData};
+
+/// Compare-and-swap attempts before a write gives up; contention between a handful of
+/// workers settles in two or three.
+pub const CAS_ATTEMPTS: u32 = 16;
+/// Shortest gap between two dry-run summary lines for one breaker.
+const DRY_RUN_LOG_EVERY_MS: u64 = 10_000;
+
+pub struct Slot {
+    pub name: String,
+    pub key: String,
+    pub settings: Settings,
+    pub last_seen: Record,
+    /// This worker's copy of the record's header: refreshed by every read or write of the
+    /// shared record, every timer tick and every notice from another worker.
+    pub glance: Glance,
+    /// When [`Slot::glance`] was last confirmed against the shared record (worker clock).
+    pub confirmed_at_ms: u64,
+    /// Set when this worker made a transition the other workers have not been told of.
+    pub moved: bool,
+    pub tally: Tally,
+    pub metrics: Metrics,
+    pub reply: RejectReply,
+    pub cache: Option<ResponseCache>,
+    pub dry_run_unlogged: u64,
+    dry_run_logged_at_ms: u64,
+    /// Events this worker made, waiting for the timer to deliver them.
+    pub outbox: Vec<Event>,
+    events_on: bool,
+}
+
+impl Slot {
+    /// A breaker as stored now, with its stats defined.
+    pub fn load(
+        host: &impl Host,
+        name: &str,
+        settings: Settings,
+        events_on: bool,
+        now_ms: u64,
+    ) -> Slot {
+        let key = record_key(name);
+        let last_seen = store::load(&SharedData(host), &key)
+            .map(|l| l.record)
+            .unwrap_or_default();
+        let slot = Slot {
+            glance: Glance::of(&last_seen),
+            confirmed_at_ms: now_ms,
+            moved: false,
+            name: name.to_string(),
+            reply: RejectReply::new(name, settings.fallback.as_ref()),
+            cache: settings.cache.map(ResponseCache::new),
+            metrics: Metrics::define(host, name),
+            settings,
+            last_seen,
+            tally: Tally::default(),
+            key,
+            dry_run_unlogged: 0,
+            dry_run_logged_at_ms: 0,
+            outbox: Vec::new(),
+            events_on,
+        };
+        slot.metrics.state(host, slot.last_seen.state);
+        slot
+    }
+
+    /// Writes a change through compare-and-swap, folding in the batched successes first;
+    /// false if the store gave up.
+    pub fn write(
+        &mut self,
+        host: &impl Host,
+        now_ms: u64,
+        decide: impl Fn(&mut Record, &Settings) -> Step<()>,
+    ) -> bool {
+        let pending = std::mem::take(&mut self.tally);
+        let settings = &self.settings;
+        let result = store::update(&SharedData(host), &self.key, CAS_ATTEMPTS, |r| {
+            let folded = pending.fold_into(r, settings, now_ms);
+            let mut step = decide(r, settings);
+            step.dirty |= folded;
+            step
+        });
+        match result {
+            Ok(updated) => {
+                self.absorb(host, updated, now_ms);
+                true
+            }
+            Err(_) => {
+                self.tally.restore(pending);
+                self.metrics.store_give_up(host);
+                false
+            }
+        }
+    }
+
+    /// Reads the shared record again into this worker's copy (another worker said it moved).
+    pub fn refresh(&mut self, host: &impl Host, now_ms: u64) {
+        if let Ok(loaded) = store::load(&SharedData(host), &self.key) {
+            self.glance = Glance::of(&loaded.record);
+            self.last_seen = loaded.record;
+            self.confirmed_at_ms = now_ms;
+            self.metrics.state(host, self.last_seen.state);
+        }
+    }
+
+    /// Takes in what a store call returned at `now_ms`: the freshest record, and any
+    /// transition.
+    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>, now_ms: u64) {
+        if let Some(damage) = &updated.damaged {
+            log::warn!(
+                "[CIRCUIT_BREAKER] {} state in shared data was unreadable ({damage}); starting again from closed",
+                self.name
+            );
+            // The other workers' copies still hold what the junk replaced.
+            self.moved = true;
+        }
+        if let Some(t) = &updated.transition {
+            self.announce(host, t, updated.record.mode(&self.settings));
+            self.moved = true;
+        }
+        self.glance = Glance::of(&updated.record);
+        self.confirmed_at_ms = now_ms;
+        self.last_seen = updated.record;
+    }
+
+    /// Everything that hangs off a transition: the log line, stats, the stored history and
+    /// the webhook event. Only the worker whose compare-and-swap made it gets here.
+    fn announce(&mut self, host: &impl Host, t: &Transition, mode: Mode) {
+        let dry_run = if mode == Mode::DryRun && t.to != State::Closed {
+            " [dry run: nothing is refused]"
+        } else {
+            ""
+        };
+        log::info!("{}{dry_run}", t.log_line(&self.name));
+        self.metrics.transition(host, t);
+        let event = Event::of(&self.name, t);
+        let _ = store::compare_and_swap(
+            &SharedData(host),
+            &history_key(&self.name),
+            b"[]",
+            CAS_ATTEMPTS,
+            |b| ((), Some(history::with(b, &event))),
+        );
+        if self.events_on {
+            self.outbox.push(event);
+        }
+    }
+
+    /// Says, at most every ten seconds, how many requests dry run let through that
+    /// enforcing would have refused.
+    pub fn log_dry_run(&mut self, now_ms: u64) {
+        if self.dry_run_unlogged == 0
+            || now_ms.saturating_sub(self.dry_run_logged_at_ms) < DRY_RUN_LOG_EVERY_MS
+        {
+            return;
+        }
+        log::info!(
+            "[CIRCUIT_BREAKER] {} circuit breaker [dry run] would have refused {} request(s) since the last report; state {}",
+            self.name,
+            self.dry_run_unlogged,
+            self.last_seen.state.shout()
+        );
+        self.dry_run_unlogged = 0;
+        self.dry_run_logged_at_ms = now_ms;
+    }
+}
