@@ -7,6 +7,7 @@
 #   tools/fuzz.sh SECS long    (make fuzz) SECS per target, libFuzzer's progress shown; new
 #                              inputs join fuzz/corpus/<target>, which is then minimised with
 #                              `cargo fuzz cmin`: commit what changed.
+#   tools/fuzz.sh 0 install    only install cargo-fuzz if it is missing.
 #
 # Each target ends with one summary line: executions, libFuzzer's coverage figures (`cov`:
 # code edges reached, `ft`: features, i.e. edges with hit counts and compared values) and the
@@ -22,6 +23,12 @@ targets=(${FUZZ_TARGETS:-config record control_route mode_body token classifier 
 sanitizer=${FUZZ_SANITIZER:-none}
 cargo_fuzz_version=0.13.2
 
+case $mode in short | long | install) ;; *) echo "usage: $0 SECS short|long|install" >&2; exit 2 ;; esac
+if [[ $mode != install ]] && ! [[ $secs =~ ^[0-9]+$ && $secs -gt 0 ]]; then
+  # libFuzzer reads -max_total_time=0 as "no limit".
+  echo "fuzz: SECS must be a whole number above 0, not '$secs'" >&2
+  exit 2
+fi
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz | skipped: no nightly toolchain (cargo +nightly); tests/fuzz.rs replays the committed corpora on stable"
   exit 0
@@ -29,6 +36,7 @@ fi
 if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]]; then
   cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 fi
+[[ $mode == install ]] && exit 0
 
 fuzz() { nice -n 10 cargo +nightly fuzz "$@"; }
 fuzz build -s "$sanitizer"
