@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Line and region coverage of the code each fuzz target is there for, reached by its
-# committed corpus: `cargo fuzz coverage` replays fuzz/corpus/<target> through a build
+# committed inputs: `cargo fuzz coverage` replays fuzz/{corpus,seeds,regressions}/<target> through a build
 # instrumented for source coverage, then llvm-cov (nightly's llvm-tools) reports the files
 # under test. Reports go to target/fuzz-coverage/<target>.txt.
 set -euo pipefail
@@ -27,13 +27,18 @@ declare -A files=(
   [retry_after]="src/core/retry_after.rs"
 )
 for t in ${FUZZ_TARGETS:-config record control_route mode_body token classifier retry_after}; do
-  nice -n 10 cargo +nightly fuzz coverage "$t" "fuzz/corpus/$t" >"$out/$t.build.log" 2>&1
-  bin=fuzz/target/x86_64-unknown-linux-gnu/coverage/x86_64-unknown-linux-gnu/release/$t
+  dirs=()
+  for d in corpus seeds regressions; do
+    [[ -d fuzz/$d/$t ]] && dirs+=("fuzz/$d/$t")
+  done
+  nice -n 10 cargo +nightly fuzz coverage "$t" "${dirs[@]}" >"$out/$t.build.log" 2>&1
+  # cargo-fuzz 0.13 puts the coverage build under the project's target/, not fuzz/target/.
+  bin=$(ls -d {target,fuzz/target}/x86_64-unknown-linux-gnu/coverage/x86_64-unknown-linux-gnu/release/"$t" 2>/dev/null | head -n 1 || true)
   paths=()
   for f in ${files[$t]}; do paths+=("$PWD/$f"); done
   "$llvm_bin/llvm-cov" report "$bin" -instr-profile="fuzz/coverage/$t/coverage.profdata" \
     "${paths[@]}" >"$out/$t.txt"
-  echo "fuzz-coverage | $t | corpus $(find "fuzz/corpus/$t" -type f | wc -l) files"
+  echo "fuzz-coverage | $t | $(find "${dirs[@]}" -type f | wc -l) inputs (${dirs[*]})"
   # Filename, regions, missed, cover, functions, missed, executed, lines, missed, cover.
-  awk '/\.rs / || /^TOTAL/ {printf "  %-28s regions %s of %s (%s)  lines %s of %s (%s)\n", $1, $2-$3, $2, $4, $8-$9, $8, $10}' "$out/$t.txt"
+  awk '/\.rs / || /^TOTAL/ {sub(".*/", "", $1); printf "  %-28s regions %s of %s (%s)  lines %s of %s (%s)\n", $1, $2-$3, $2, $4, $8-$9, $8, $10}' "$out/$t.txt"
 done
