@@ -4,12 +4,12 @@
 //! ratios on a shared machine swing more than the margins the targets allow.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use school_system::stack::{free_port, Envoy};
 
 use crate::callgrind::{Counted, KeepAlive};
-use crate::{proxy_yaml, upstream_yaml, wasm_filter, Result};
+use crate::{proxy_yaml, upstream_yaml, wasm_filter, Proxy, Result};
 
 /// Requests sent before the counters are zeroed: V8's tier-up, the upstream connection and
 /// the first calls of each kind fall in here, not in the count.
@@ -60,10 +60,7 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         counts.push((v, runs));
     }
-    println!(
-        "counted in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("counted in {:.0} s", started.elapsed().as_secs_f64());
     report(&counts);
     Ok(())
 }
@@ -82,24 +79,55 @@ fn port() -> Result<u16> {
 fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
     let closed = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20}}"#;
     let open = r#"{"default": {"mode": "forced_open"}}"#;
-    let specs: [(&str, &str, Option<(&str, &Path, &str)>, bool); 6] = [
-        ("none", "no wasm filter, proxied", None, true),
-        ("direct", "no upstream: Envoy's own direct_response", None, true),
-        ("empty", "empty proxy-wasm filter", Some(("empty", opts.empty, "")), true),
-        ("limit", "limit filter: cluster name + :status only", Some(("limit", opts.limit, "")), true),
-        ("closed", "breaker, closed, all succeeding", Some(("circuit_breaker", opts.breaker, closed)), true),
-        ("open", "breaker, forced open, refusing", Some(("circuit_breaker", opts.breaker, open)), false),
+    let breaker = |json| Proxy::Filter("circuit_breaker", opts.breaker, json);
+    let specs = [
+        ("none", "no wasm filter, proxied", Proxy::Plain, true),
+        (
+            "direct",
+            "no upstream: Envoy's own direct_response",
+            Proxy::Direct,
+            true,
+        ),
+        (
+            "empty",
+            "empty proxy-wasm filter",
+            Proxy::Filter("empty", opts.empty, ""),
+            true,
+        ),
+        (
+            "limit",
+            "limit filter: cluster name + :status only",
+            Proxy::Filter("limit", opts.limit, ""),
+            true,
+        ),
+        (
+            "closed",
+            "breaker, closed, all succeeding",
+            breaker(closed),
+            true,
+        ),
+        (
+            "open",
+            "breaker, forced open, refusing",
+            breaker(open),
+            false,
+        ),
     ];
     let wanted = |key: &str| opts.only.is_none_or(|keys| keys.iter().any(|k| k == key));
     let mut out = Vec::new();
-    for (key, what, filter, proxied) in specs.into_iter().filter(|s| wanted(s.0)) {
+    for (key, what, front, proxied) in specs.into_iter().filter(|s| wanted(s.0)) {
         let port = port()?;
-        let yaml = match (key, filter) {
-            ("direct", _) => upstream_yaml(port),
-            (_, Some((id, path, json))) => proxy_yaml(port, up, &wasm_filter(id, path, json)),
-            (_, None) => proxy_yaml(port, up, ""),
+        let yaml = match front {
+            Proxy::Plain => proxy_yaml(port, up, ""),
+            Proxy::Filter(id, path, json) => proxy_yaml(port, up, &wasm_filter(id, path, json)),
+            Proxy::Direct => upstream_yaml(port),
         };
-        out.push(Variant { key, what, yaml: format!("{NO_FLUSH}{yaml}"), proxied });
+        out.push(Variant {
+            key,
+            what,
+            yaml: format!("{NO_FLUSH}{yaml}"),
+            proxied,
+        });
     }
     if out.is_empty() {
         return Err("--only names none of: none, direct, empty, limit, closed, open".into());
@@ -109,29 +137,38 @@ fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
 
 /// [`count`], with a progress line before and after (each run takes about a minute).
 fn count_logged(v: &Variant, n: usize, runs: usize) -> Result<f64> {
-    println!("  {:<7} run {n}/{runs}: starting Envoy under callgrind ...", v.key);
-    let started = Instant::now();
-    let per_request = count(v).map_err(|e| format!("{} run {n}: {e}", v.key))?;
     println!(
-        "  {:<7} run {n}/{runs}: {per_request:>10.0} instructions per request ({:.0} s)",
-        v.key,
-        started.elapsed().as_secs_f64()
+        "  {:<7} run {n}/{runs}: starting Envoy under callgrind ...",
+        v.key
+    );
+    let (per_request, phases) = count(v).map_err(|e| format!("{} run {n}: {e}", v.key))?;
+    let [start, warm, counted] = phases.map(|p| p.as_secs_f64());
+    println!(
+        "  {:<7} run {n}/{runs}: {per_request:>9.0} instructions per request \
+         (start {start:.0} s, warm-up {warm:.0} s, counted requests {counted:.0} s)",
+        v.key
     );
     Ok(per_request)
 }
 
-/// Instructions per request for one fresh Envoy process.
-fn count(v: &Variant) -> Result<f64> {
+/// Instructions per request for one fresh Envoy process, and how long its start, warm-up
+/// and counted requests took.
+fn count(v: &Variant) -> Result<(f64, [Duration; 3])> {
     let port = crate::port_of(
         &school_system::stack::listener_of(&v.yaml, "gateway").ok_or("no gateway listener")?,
     );
+    let mut clock = Instant::now();
+    let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed();
     let envoy = Counted::start(&v.yaml, format!("127.0.0.1:{port}"))?;
+    let start = lap();
+    envoy.instrument()?;
     let mut conn = KeepAlive::connect(&envoy.gateway)?;
     send(&mut conn, WARM_UP, v.proxied)?;
+    let warm = lap();
     envoy.zero()?;
     send(&mut conn, COUNTED, v.proxied)?;
     let total = envoy.dump()?;
-    Ok(total as f64 / f64::from(COUNTED))
+    Ok((total as f64 / f64::from(COUNTED), [start, warm, lap()]))
 }
 
 /// Sends `n` requests one after the other; each answer must be what the variant gives.
@@ -177,8 +214,16 @@ fn differences(of: &dyn Fn(&str) -> f64) {
         ("empty", "none", "a proxy-wasm filter that does nothing"),
         ("limit", "empty", "the two unavoidable host calls"),
         ("limit", "none", "the limit filter, all of it"),
-        ("closed", "limit", "the breaker's closed path over the limit"),
-        ("open", "direct", "a breaker refusal over Envoy's own local answer"),
+        (
+            "closed",
+            "limit",
+            "the breaker's closed path over the limit",
+        ),
+        (
+            "open",
+            "direct",
+            "a breaker refusal over Envoy's own local answer",
+        ),
     ] {
         let d = of(a) - of(b);
         if d.is_finite() {
@@ -195,14 +240,21 @@ fn targets(of: &dyn Fn(&str) -> f64) {
     println!("{:<64} {:>7} {:>9}  met", "", "goal", "measured");
     for (name, goal, value) in [
         ("breaker closed / limit filter", 1.02, closed),
-        ("breaker open / (direct_response + (limit - no filter))", 1.05, open),
+        (
+            "breaker open / (direct_response + (limit - no filter))",
+            1.05,
+            open,
+        ),
     ] {
         let verdict = match (value.is_nan(), value <= goal) {
             (true, _) => "no figure (a variant it needs was not run)",
             (false, true) => "yes",
             (false, false) => "NO",
         };
-        println!("{name:<64} {:>7} {value:>9.3}  {verdict}", format!("<= {goal:.2}"));
+        println!(
+            "{name:<64} {:>7} {value:>9.3}  {verdict}",
+            format!("<= {goal:.2}")
+        );
     }
 }
 
