@@ -20,6 +20,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(400);
 pub struct Counted {
     child: Child,
     dir: PathBuf,
+    /// Dumps written so far: callgrind numbers its dump files from 1.
+    dumps: u32,
     pub gateway: String,
 }
 
@@ -55,6 +57,7 @@ impl Counted {
         let mut counted = Counted {
             child,
             dir,
+            dumps: 0,
             gateway,
         };
         counted.wait_ready()?;
@@ -101,11 +104,14 @@ impl Counted {
         self.control("-z")
     }
 
-    /// Writes the counters out and returns the instructions executed since [`Counted::zero`],
-    /// summed over all of Envoy's threads.
-    pub fn dump(&self) -> Result<u64> {
+    /// Writes the counters out and returns the instructions executed since [`Counted::zero`]
+    /// or the last dump (a dump zeroes them too), summed over all of Envoy's threads.
+    pub fn dump(&mut self) -> Result<u64> {
         self.control("-d")?;
-        let file = self.dir.join(format!("callgrind.{}.1", self.child.id()));
+        self.dumps += 1;
+        let file = self
+            .dir
+            .join(format!("callgrind.{}.{}", self.child.id(), self.dumps));
         poll(Duration::from_secs(60), || summary(&file))
             .ok_or_else(|| format!("no complete dump in {}", file.display()))
     }

@@ -49,7 +49,7 @@ fn run_modes() -> Result<()> {
             empty: &empty,
             limit: &limit,
             only: only.as_deref(),
-            runs: option("--runs", 1) as usize,
+            runs: option("--runs", 2) as usize,
         })?;
     }
     Ok(())
