@@ -20,8 +20,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(400);
 pub struct Counted {
     child: Child,
     dir: PathBuf,
-    /// Dumps written so far: callgrind numbers its dump files from 1.
+    /// The number of the last dump read: callgrind numbers its dump files from 1.
     dumps: u32,
+    /// Keep the files when dropped, for a look after a failure.
+    keep: bool,
     pub gateway: String,
 }
 
@@ -58,6 +60,7 @@ impl Counted {
             child,
             dir,
             dumps: 0,
+            keep: false,
             gateway,
         };
         counted.wait_ready()?;
@@ -96,37 +99,62 @@ impl Counted {
     /// Switches counting on; to be called before the warm-up, which then runs through the
     /// freshly instrumented code before anything is counted.
     pub fn instrument(&self) -> Result<()> {
-        self.control("--instr=on")
+        self.control(&["instrumentation", "on"])
     }
 
     /// Sets every counter to zero: what came before (start, warm-up) is not counted.
     pub fn zero(&self) -> Result<()> {
-        self.control("-z")
+        self.control(&["zero"])
     }
 
     /// Writes the counters out and returns the instructions executed since [`Counted::zero`]
     /// or the last dump (a dump zeroes them too), summed over all of Envoy's threads.
     pub fn dump(&mut self) -> Result<u64> {
-        self.control("-d")?;
-        self.dumps += 1;
-        let file = self
-            .dir
-            .join(format!("callgrind.{}.{}", self.child.id(), self.dumps));
-        poll(Duration::from_secs(60), || summary(&file))
-            .ok_or_else(|| format!("no complete dump in {}", file.display()))
+        self.control(&["dump"])?;
+        let after = self.dumps;
+        match poll(Duration::from_secs(60), || self.newest_dump(after)) {
+            Some((n, total)) => {
+                self.dumps = n;
+                Ok(total)
+            }
+            None => {
+                self.keep = true;
+                Err(format!(
+                    "no complete callgrind dump after `vgdb dump` in {} (kept)",
+                    self.dir.display()
+                ))
+            }
+        }
     }
 
-    fn control(&self, flag: &str) -> Result<()> {
-        let out = Command::new("callgrind_control")
-            .arg(flag)
-            .arg(self.child.id().to_string())
+    /// The complete dump numbered highest above `after`, with its total.
+    fn newest_dump(&self, after: u32) -> Option<(u32, u64)> {
+        let prefix = format!("callgrind.{}.", self.child.id());
+        let n = std::fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix)?.parse().ok())
+            .filter(|&n: &u32| n > after)
+            .max()?;
+        let file = self.dir.join(format!("{prefix}{n}"));
+        Some((n, summary(&file)?))
+    }
+
+    /// A callgrind monitor command, sent through vgdb (what `callgrind_control` wraps, but
+    /// with its exit status kept).
+    fn control(&self, command: &[&str]) -> Result<()> {
+        let out = Command::new("vgdb")
+            .arg(format!("--pid={}", self.child.id()))
+            .arg("--cmd-time-out=60")
+            .args(command)
             .output()
-            .map_err(|e| format!("cannot run callgrind_control: {e}"))?;
+            .map_err(|e| format!("cannot run vgdb: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
             Err(format!(
-                "callgrind_control {flag} failed: {}{}",
+                "vgdb {} failed: {}{}",
+                command.join(" "),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             ))
@@ -138,7 +166,9 @@ impl Drop for Counted {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -72,7 +72,7 @@ pub fn run(opts: &Options) -> Result<()> {
 }
 
 fn which_valgrind() -> Result<()> {
-    for tool in ["valgrind", "callgrind_control"] {
+    for tool in ["valgrind", "vgdb"] {
         crate::which(tool)?;
     }
     Ok(())
