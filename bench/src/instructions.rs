@@ -39,6 +39,8 @@ pub struct Options<'a> {
     pub breaker: &'a Path,
     pub empty: &'a Path,
     pub limit: &'a Path,
+    /// `bench/host-call-probe`, for the variant that prices one shared-data read.
+    pub probe: &'a Path,
     pub only: Option<&'a [String]>,
     /// Fresh Envoy processes counted per variant.
     pub runs: usize,
@@ -86,12 +88,14 @@ fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
     let closed = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20}}"#;
     let open = r#"{"default": {"mode": "forced_open"}}"#;
     let breaker = |json| Proxy::Filter("circuit_breaker", opts.breaker, json);
+    // The last field: counted by default; the others only when `--only` names them.
     let specs = [
-        ("none", "no wasm filter, proxied", Proxy::Plain, true),
+        ("none", "no wasm filter, proxied", Proxy::Plain, true, true),
         (
             "direct",
             "no upstream: Envoy's own direct_response",
             Proxy::Direct,
+            true,
             true,
         ),
         (
@@ -99,11 +103,13 @@ fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
             "empty proxy-wasm filter",
             Proxy::Filter("empty", opts.empty, ""),
             true,
+            true,
         ),
         (
             "limit",
             "limit filter: cluster name + :status only",
             Proxy::Filter("limit", opts.limit, ""),
+            true,
             true,
         ),
         (
@@ -111,17 +117,30 @@ fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
             "breaker, closed, all succeeding",
             breaker(closed),
             true,
+            true,
         ),
         (
             "open",
             "breaker, forced open, refusing",
             breaker(open),
             false,
+            true,
+        ),
+        // What the shared-data read the closed path makes today costs over the limit.
+        (
+            "limit+read",
+            "probe: the limit's two calls + 1 shared read",
+            Proxy::Filter("probe", opts.probe, "cluster,shared,status"),
+            true,
+            false,
         ),
     ];
-    let wanted = |key: &str| opts.only.is_none_or(|keys| keys.iter().any(|k| k == key));
+    let wanted = |key: &str, by_default: bool| {
+        opts.only
+            .map_or(by_default, |keys| keys.iter().any(|k| k == key))
+    };
     let mut out = Vec::new();
-    for (key, what, front, proxied) in specs.into_iter().filter(|s| wanted(s.0)) {
+    for (key, what, front, proxied, _) in specs.into_iter().filter(|s| wanted(s.0, s.4)) {
         let port = port()?;
         let yaml = match front {
             Proxy::Plain => proxy_yaml(port, up, ""),
@@ -136,7 +155,9 @@ fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
         });
     }
     if out.is_empty() {
-        return Err("--only names none of: none, direct, empty, limit, closed, open".into());
+        return Err(
+            "--only names none of: none, direct, empty, limit, closed, open, limit+read".into(),
+        );
     }
     Ok(out)
 }
@@ -158,12 +179,12 @@ struct Count {
 /// [`count`], with a progress line before and after (each run takes about a minute).
 fn count_logged(v: &Variant, n: usize, runs: usize) -> Result<Count> {
     println!(
-        "  {:<7} run {n}/{runs}: starting Envoy under callgrind ...",
+        "  {:<10} run {n}/{runs}: starting Envoy under callgrind ...",
         v.key
     );
     let (c, start, warm) = count(v).map_err(|e| format!("{} run {n}: {e}", v.key))?;
     println!(
-        "  {:<7} run {n}/{runs}: {:>9.0} instructions per request ({:.0} as counted, \
+        "  {:<10} run {n}/{runs}: {:>9.0} instructions per request ({:.0} as counted, \
          background {:.0}/s; start {start:.0} s, warm-up {warm:.0} s, counted {:.0} s)",
         v.key, c.net, c.raw, c.background, c.window_s
     );
@@ -220,7 +241,7 @@ fn send(conn: &mut KeepAlive, n: u32, proxied: bool) -> Result<()> {
 
 fn report(counts: &[(&Variant, Vec<Count>)]) {
     println!(
-        "\n{:<7} {:<42} {:>9} {:>7} {:>9} {:>7} {:>12}  per run",
+        "\n{:<10} {:<44} {:>9} {:>7} {:>9} {:>7} {:>12}  per run",
         "variant", "instructions per request", "net", "spread", "counted", "spread", "background/s"
     );
     for (v, runs) in counts {
@@ -228,7 +249,7 @@ fn report(counts: &[(&Variant, Vec<Count>)]) {
         let (net, raw) = (field(|c| c.net), field(|c| c.raw));
         let each: Vec<String> = net.iter().map(|c| format!("{c:.0}")).collect();
         println!(
-            "{:<7} {:<42} {:>9.0} {:>6.2}% {:>9.0} {:>6.2}% {:>12.0}  {}",
+            "{:<10} {:<44} {:>9.0} {:>6.2}% {:>9.0} {:>6.2}% {:>12.0}  {}",
             v.key,
             v.what,
             mean(&net),
@@ -270,10 +291,16 @@ fn differences(of: &dyn Fn(&str) -> f64) {
             "direct",
             "a breaker refusal over Envoy's own local answer",
         ),
+        ("limit+read", "limit", "one shared-data read"),
+        (
+            "closed",
+            "limit+read",
+            "the breaker's own code on the closed path",
+        ),
     ] {
         let d = of(a) - of(b);
         if d.is_finite() {
-            println!("  {a:>6} - {b:<6} {d:>+9.0}  {what}");
+            println!("  {a:>10} - {b:<10} {d:>+9.0}  {what}");
         }
     }
 }

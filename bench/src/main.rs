@@ -38,16 +38,18 @@ fn run_modes() -> Result<()> {
         run(only.clone())?;
     }
     if !flag("--cpu") {
-        let (breaker, empty, limit) = (
+        let (breaker, empty, limit, probe) = (
             breaker_wasm(),
             built_wasm("empty_filter.wasm"),
             built_wasm("limit_filter.wasm"),
+            built_wasm("host_call_probe.wasm"),
         );
-        all_built(&[&breaker, &empty, &limit])?;
+        all_built(&[&breaker, &empty, &limit, &probe])?;
         instructions::run(&instructions::Options {
             breaker: &breaker,
             empty: &empty,
             limit: &limit,
+            probe: &probe,
             only: only.as_deref(),
             runs: option("--runs", 2) as usize,
         })?;
