@@ -1,6 +1,6 @@
 //! The limit a per-cluster breaker's closed path can reach: a filter that makes only the two
 //! host calls no such breaker can avoid (which cluster the request goes to; the response
-//! status) and nothing else. `make bench --instructions` counts the breaker against it.
+//! status) and nothing else. `make bench-instructions` counts the breaker against it.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
