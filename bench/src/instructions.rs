@@ -17,10 +17,10 @@ const WARM_UP: u32 = 1_000;
 /// Requests counted, all on one keep-alive connection.
 const COUNTED: u32 = 2_000;
 /// An idle spell before the counted requests, to measure the instructions spent per second
-/// whatever the load (timers). Under callgrind, 2,000 requests take 5 to 50 s depending on
+/// whatever the load (timers). Under callgrind, 2,000 requests take 3 to 50 s depending on
 /// the machine's load, so without taking these out a filter with a 100 ms tick counts up to
-/// 4 % more in one run than in another; at real request rates they are a few instructions
-/// per request.
+/// 4 % more in one run than in another; at real request rates they come to tens of
+/// instructions per request.
 const IDLE: Duration = Duration::from_secs(5);
 /// Keeps Envoy's periodic stats flush (every 5 s by default) out of the counted window.
 const NO_FLUSH: &str = "stats_flush_interval: 290s\n";
@@ -63,7 +63,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut counts = Vec::new();
     for v in &variants {
         let mut runs = Vec::new();
-        for n in 1..=opts.runs {
+        for n in 1..=opts.runs.max(1) {
             runs.push(count_logged(v, n, opts.runs)?);
         }
         counts.push((v, runs));
@@ -176,13 +176,21 @@ struct Count {
     window_s: f64,
 }
 
-/// [`count`], with a progress line before and after (each run takes about a minute).
+/// [`count`], with a progress line before and after (each run takes about a minute). A run
+/// that fails (Envoy under valgrind not starting in time, a dump not written) is tried once
+/// more, saying so, rather than losing the minutes already counted.
 fn count_logged(v: &Variant, n: usize, runs: usize) -> Result<Count> {
     println!(
         "  {:<10} run {n}/{runs}: starting Envoy under callgrind ...",
         v.key
     );
-    let (c, start, warm) = count(v).map_err(|e| format!("{} run {n}: {e}", v.key))?;
+    let (c, start, warm) = match count(v) {
+        Ok(counted) => counted,
+        Err(e) => {
+            println!("  {:<10} run {n}/{runs} failed ({e}); once more", v.key);
+            count(v).map_err(|e| format!("{} run {n}, twice: {e}", v.key))?
+        }
+    };
     println!(
         "  {:<10} run {n}/{runs}: {:>9.0} instructions per request ({:.0} as counted, \
          background {:.0}/s; start {start:.0} s, warm-up {warm:.0} s, counted {:.0} s)",
