@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools bench-propagation clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation clean
 
 build: wasm services
 
@@ -139,9 +139,11 @@ demo: build envoy
 run: build envoy
 	ENVOY=$(ENVOY) tools/run-stack.sh
 
-## bench: no filter vs an empty wasm filter vs the breaker, alternating rounds (see README).
+## bench: no filter vs an empty wasm filter vs the breaker: CPU time in alternating `wrk`
+## rounds, then exact instruction counts under callgrind (see README). BENCH_ARGS passes
+## options, e.g. BENCH_ARGS="--instructions --runs 2" or BENCH_ARGS="--cpu --only none,closed".
 bench: build envoy bench-tools
-	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe
+	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe -p limit-filter
 	cargo build --release -p ecb-bench
 	target/release/bench $(BENCH_ARGS)
 
@@ -151,8 +153,12 @@ bench-propagation: build envoy
 	cargo build --release -p ecb-bench --bin propagation
 	target/release/propagation $(BENCH_ARGS)
 
+## bench-instructions: only the instruction counts (about a minute per variant and run).
+bench-instructions:
+	$(MAKE) bench BENCH_ARGS="--instructions $(BENCH_ARGS)"
+
 bench-tools:
-	@tools/apt-install.sh wrk:wrk
+	@tools/apt-install.sh wrk:wrk valgrind:valgrind
 
 clean:
 	cargo clean
