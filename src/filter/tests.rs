@@ -228,3 +228,22 @@ fn an_operators_mode_change_is_told_to_every_worker() {
     deliver_notices(&host, &[&first, &second]);
     assert_eq!(request(&host, &second, "school", 200), Action::Continue);
 }
+
+#[test]
+fn a_success_on_another_worker_breaks_a_failure_streak() {
+    let host = FakeHost::at(1_000);
+    let first = worker(&host, CONFIG);
+    let second = worker(&host, CONFIG);
+    request(&host, &second, "school", 200);
+    request(&host, &first, "school", 500);
+    deliver_notices(&host, &[&first, &second]);
+    // The second worker's copy now shows the streak, so its success is written at once.
+    request(&host, &second, "school", 200);
+    request(&host, &first, "school", 500);
+    request(&host, &first, "school", 500);
+    assert_eq!(
+        request(&host, &first, "school", 200),
+        Action::Continue,
+        "two failures in a row, not three"
+    );
+}

@@ -132,6 +132,12 @@ impl Slot {
             self.announce(host, t, updated.record.mode(&self.settings));
             self.moved = true;
         }
+        // A failure streak that starts here must reach the other workers too: a worker
+        // whose copy shows no streak batches its successes instead of writing them, and
+        // only a written success breaks the streak.
+        if self.glance.consecutive_failures == 0 && updated.record.consecutive_failures > 0 {
+            self.moved = true;
+        }
         self.glance = Glance::of(&updated.record);
         self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
