@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::core::reply::Answer;
 
-use super::{Buffer, Host, HostError, Map, MetricKind, Saved};
+use super::{Buffer, GrpcTarget, Host, HostError, Map, MetricKind, Saved};
 
 /// One host call as the journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,10 @@ pub enum Call {
     Metric(u32),
     Tick,
     Queue,
+    /// A gRPC call or stream opened, by method.
+    Grpc(String),
+    GrpcSend(u32),
+    GrpcCancel(u32),
 }
 
 #[derive(Default)]
@@ -36,6 +40,9 @@ pub struct FakeHost {
     pub counters: RefCell<HashMap<String, u64>>,
     metric_names: RefCell<Vec<String>>,
     queues: RefCell<Vec<VecDeque<Vec<u8>>>>,
+    /// Every gRPC message sent (calls and streams), by token, in order.
+    pub grpc_sent: RefCell<Vec<(u32, Vec<u8>)>>,
+    grpc_tokens: Cell<u32>,
     journal: RefCell<Vec<Call>>,
 }
 
@@ -189,5 +196,37 @@ impl Host for FakeHost {
         let mut queues = self.queues.borrow_mut();
         let queue = queues.get_mut(token as usize).ok_or(HostError(1))?;
         Ok(queue.pop_front())
+    }
+
+    fn grpc_call(
+        &self,
+        to: GrpcTarget,
+        _metadata: &[(&str, &[u8])],
+        message: &[u8],
+        _timeout_ms: u32,
+    ) -> Result<u32, HostError> {
+        self.note(Call::Grpc(to.method.to_string()));
+        let token = self.grpc_tokens.get() + 1;
+        self.grpc_tokens.set(token);
+        self.grpc_sent.borrow_mut().push((token, message.to_vec()));
+        Ok(token)
+    }
+
+    fn grpc_stream(&self, to: GrpcTarget, _metadata: &[(&str, &[u8])]) -> Result<u32, HostError> {
+        self.note(Call::Grpc(to.method.to_string()));
+        let token = self.grpc_tokens.get() + 1;
+        self.grpc_tokens.set(token);
+        Ok(token)
+    }
+
+    fn grpc_send(&self, token: u32, message: &[u8]) -> Result<(), HostError> {
+        self.note(Call::GrpcSend(token));
+        self.grpc_sent.borrow_mut().push((token, message.to_vec()));
+        Ok(())
+    }
+
+    fn grpc_cancel(&self, token: u32) -> Result<(), HostError> {
+        self.note(Call::GrpcCancel(token));
+        Ok(())
     }
 }

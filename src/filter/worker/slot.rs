@@ -41,6 +41,13 @@ pub struct Slot {
     dry_run_logged_at_ms: u64,
     /// Events this worker made, waiting for the timer to deliver them.
     pub outbox: Vec<Event>,
+    /// The latest transition this worker made and has not yet handed to the fleet, with
+    /// the record's mode override and trip reason after it.
+    pub unpublished: Option<(
+        Transition,
+        Option<Mode>,
+        Option<crate::core::state::TripReason>,
+    )>,
     events_on: bool,
 }
 
@@ -72,6 +79,7 @@ impl Slot {
             dry_run_unlogged: 0,
             dry_run_logged_at_ms: 0,
             outbox: Vec::new(),
+            unpublished: None,
             events_on,
         };
         slot.metrics.state(host, slot.last_seen.state);
@@ -131,6 +139,7 @@ impl Slot {
         if let Some(t) = &updated.transition {
             self.announce(host, t, updated.record.mode(&self.settings));
             self.moved = true;
+            self.unpublished = Some((*t, updated.record.mode_override, updated.record.reason));
         }
         self.glance = Glance::of(&updated.record);
         self.confirmed_at_ms = now_ms;
@@ -146,6 +155,12 @@ impl Slot {
             ""
         };
         log::info!("{}{dry_run}", t.log_line(&self.name));
+        self.record_transition(host, t);
+    }
+
+    /// Stats, stored history and webhook event of a transition, whoever decided it (this
+    /// worker, or another Envoy of the fleet whose decision was adopted here).
+    pub fn record_transition(&mut self, host: &impl Host, t: &Transition) {
         self.metrics.transition(host, t);
         let event = Event::of(&self.name, t);
         let _ = store::compare_and_swap(

@@ -1,0 +1,350 @@
+//! A worker's side of the fleet: its transitions become claims in the breaker's shadow
+//! and compare-and-swap writes to etcd; records read back from etcd (a lost swap's
+//! answer, the holder's watch and first read) go through `core::fleet::merge` and, when
+//! they win, become the local record, announced like a transition of its own with the
+//! member that decided it.
+
+use crate::core::breaker::Step;
+use crate::core::fleet::etcd::{self, method, Delete, Expect};
+use crate::core::fleet::keys::{self, FleetKey};
+use crate::core::fleet::merge::{self, Decision};
+use crate::core::fleet::record::FleetRecord;
+use crate::core::state::State;
+use crate::core::store;
+
+use super::super::host::{Buffer, Host};
+use super::super::shared::SharedData;
+use super::super::worker::slot::CAS_ATTEMPTS;
+use super::super::worker::Worker;
+use super::conn::{load_shadow, update_shadow, Conn, Link as LinkState};
+use super::{stat, Owed, Pending};
+
+/// Publish rounds one claim may take between two ticks (lost swaps, then rebases).
+const MAX_ROUNDS: u32 = 3;
+/// Wait before a failed publish is tried again.
+const RETRY_MS: u64 = 250;
+
+impl Worker {
+    /// Called wherever a worker tells the others of a change: the transition this worker
+    /// just made becomes the breaker's claim, owed to etcd by this worker.
+    pub(crate) fn fleet_claim(&mut self, host: &impl Host, i: usize) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let Some((t, mode, reason)) = slot.unpublished.take() else {
+            return;
+        };
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        if !slot.settings.fleet {
+            return;
+        }
+        let name = slot.name.clone();
+        let member = fleet.member.clone();
+        let claimed = update_shadow(host, &name, |s| {
+            let g = merge::claim_generation(s);
+            s.claim = Some(FleetRecord::of_transition(
+                &t, mode, g, &member, t.at_ms, reason,
+            ));
+        });
+        if claimed.is_some() {
+            fleet.owed.insert(name.clone(), Owed::default());
+            // An HTTP context cannot wait for the answer (its stream may end first): the
+            // worker's root context publishes, woken by a notice to itself.
+            self.wake_self(host, &name);
+        }
+    }
+
+    /// Sends every claim this worker owes whose time has come, while etcd is reachable;
+    /// cut off, claims wait and the breakers decide locally.
+    pub fn fleet_publish(&mut self, host: &impl Host, now_ms: u64) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        if fleet.owed.is_empty() || Conn::load(host).link != LinkState::Connected {
+            return;
+        }
+        let due: Vec<String> = fleet
+            .owed
+            .iter()
+            .filter(|(_, o)| o.due_ms <= now_ms)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.fleet_send(host, &name, now_ms);
+        }
+    }
+
+    fn fleet_send(&mut self, host: &impl Host, name: &str, now_ms: u64) {
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        let shadow = load_shadow(host, name);
+        let Some(mut sent) = shadow.claim.clone() else {
+            fleet.owed.remove(name);
+            return;
+        };
+        sent.generation = merge::claim_generation(&shadow);
+        let expect = shadow
+            .seen
+            .as_ref()
+            .map_or(Expect::Absent, |(_, rev)| Expect::ModRevision(*rev));
+        let prefix = &fleet.settings.prefix;
+        let slots = keys::slots(prefix, name);
+        let deletes = if sent.state == State::HalfOpen {
+            Vec::new()
+        } else {
+            vec![Delete::Prefix(slots.as_bytes())]
+        };
+        let key = keys::decision(prefix, name);
+        let txn = etcd::txn_publish(key.as_bytes(), &sent.encode(), expect, &deletes);
+        let pending = Pending::Publish {
+            breaker: name.to_string(),
+            sent,
+        };
+        let timeout_ms = fleet.settings.timeout_ms;
+        let due_ms = match fleet.call(host, (method::KV, method::TXN), &txn, pending) {
+            // In flight: the answer (or its timeout) decides what is next.
+            Ok(()) => now_ms.saturating_add(timeout_ms).saturating_add(RETRY_MS),
+            Err(_) => {
+                fleet.metrics.bump(stat::PUBLISH_FAILURES);
+                now_ms.saturating_add(RETRY_MS)
+            }
+        };
+        if let Some(o) = fleet.owed.get_mut(name) {
+            o.due_ms = due_ms;
+        }
+    }
+
+    /// The answer to one of this context's unary calls (`status` 0: `body` is the message).
+    pub fn fleet_answered(
+        &mut self,
+        host: &impl Host,
+        token: u32,
+        status: u32,
+        size: usize,
+        now_ms: u64,
+    ) {
+        let Some(pending) = self.fleet.as_mut().and_then(|f| f.calls.remove(&token)) else {
+            return;
+        };
+        let body = if status == 0 {
+            host.buffer(Buffer::GrpcReceive, size).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        match (pending, status) {
+            (Pending::Publish { breaker, sent }, 0) => {
+                self.fleet_published(host, &breaker, sent, &body, now_ms)
+            }
+            (Pending::Publish { breaker, .. }, _) => self.fleet_publish_failed(&breaker, now_ms),
+            (Pending::Range, 0) => self.fleet_joined(host, &body, now_ms),
+            (Pending::LeaseGrant, 0) => self.fleet_leased(host, &body, now_ms),
+            (Pending::Member, _) => {}
+            (Pending::Range | Pending::LeaseGrant, status) => {
+                self.fleet_down_from_call(host, status, now_ms)
+            }
+        }
+        self.fleet_publish(host, now_ms);
+    }
+
+    fn fleet_publish_failed(&mut self, breaker: &str, now_ms: u64) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.metrics.bump(stat::PUBLISH_FAILURES);
+            if let Some(o) = fleet.owed.get_mut(breaker) {
+                o.due_ms = now_ms.saturating_add(RETRY_MS);
+            }
+        }
+    }
+
+    fn fleet_published(
+        &mut self,
+        host: &impl Host,
+        breaker: &str,
+        sent: FleetRecord,
+        body: &[u8],
+        now_ms: u64,
+    ) {
+        let Ok(outcome) = etcd::txn_outcome(body) else {
+            return self.fleet_publish_failed(breaker, now_ms);
+        };
+        if outcome.succeeded {
+            let settled = update_shadow(host, breaker, |s| {
+                s.seen = Some((sent.clone(), outcome.revision));
+                let same = s.claim.as_ref().is_some_and(|c| {
+                    FleetRecord {
+                        generation: sent.generation,
+                        ..c.clone()
+                    } == sent
+                });
+                if same {
+                    s.claim = None;
+                }
+                s.claim.is_none()
+            });
+            let Some(fleet) = &mut self.fleet else {
+                return;
+            };
+            fleet.metrics.bump(stat::PUBLISHED);
+            match settled {
+                Some(true) => {
+                    fleet.owed.remove(breaker);
+                }
+                _ => {
+                    fleet.owed.insert(breaker.to_string(), Owed::default());
+                }
+            }
+            return;
+        }
+        // Lost the swap: the failure branch holds the record that won (or nothing, when
+        // the key is gone); settle the claim against it.
+        let rounds = self
+            .fleet
+            .as_mut()
+            .and_then(|f| f.owed.get_mut(breaker))
+            .map(|o| {
+                o.rounds += 1;
+                o.due_ms = if o.rounds >= MAX_ROUNDS {
+                    o.rounds = 0;
+                    now_ms.saturating_add(RETRY_MS)
+                } else {
+                    now_ms
+                };
+            });
+        let _ = rounds;
+        match outcome.kvs.first() {
+            Some(kv) => self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms),
+            None => {
+                update_shadow(host, breaker, |s| s.seen = None);
+            }
+        }
+    }
+
+    fn fleet_down_from_call(&mut self, host: &impl Host, status: u32, now_ms: u64) {
+        // A failed first read or lease grant ends the link like a closed stream.
+        let code = if status == 0 { 2 } else { status };
+        self.fleet_down(host, code, now_ms);
+    }
+
+    /// A key and value read from etcd. Only decision keys matter here; a damaged record,
+    /// or one for a breaker this Envoy does not have, is ignored with one log line.
+    pub(super) fn fleet_stored(
+        &mut self,
+        host: &impl Host,
+        key: &[u8],
+        value: &[u8],
+        mod_revision: i64,
+        now_ms: u64,
+    ) {
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        let Some(FleetKey::Decision(name)) = keys::parse(&fleet.settings.prefix, key) else {
+            return;
+        };
+        let record = match FleetRecord::decode(value) {
+            Ok(r) => r,
+            Err(e) => {
+                let line = format!(
+                    "[CIRCUIT_BREAKER] fleet: ignored the record under {} (revision {mod_revision}): {e}",
+                    String::from_utf8_lossy(key)
+                );
+                fleet.warn_once(key, &line);
+                return;
+            }
+        };
+        let known = self.index.contains_key(name.as_bytes())
+            || self.config.clusters.contains_key(&name)
+            || Worker::listed(host).contains(&name);
+        let Some(i) = known
+            .then(|| self.slot_for(host, name.as_bytes()))
+            .flatten()
+        else {
+            if let Some(fleet) = &mut self.fleet {
+                let line = format!(
+                    "[CIRCUIT_BREAKER] fleet: ignored the record of {name:?} from {}: no such breaker here",
+                    record.member
+                );
+                fleet.warn_once(key, &line);
+            }
+            return;
+        };
+        if self.slots.get(i).is_some_and(|s| s.settings.fleet) {
+            self.fleet_meet(host, i, record, mod_revision, now_ms);
+        }
+    }
+
+    /// The merge rule against the shadow: adopt, rebase this Envoy's claim on it, or
+    /// ignore it.
+    fn fleet_meet(
+        &mut self,
+        host: &impl Host,
+        i: usize,
+        record: FleetRecord,
+        rev: i64,
+        now_ms: u64,
+    ) {
+        let Some(name) = self.slots.get(i).map(|s| s.name.clone()) else {
+            return;
+        };
+        let decision = update_shadow(host, &name, |s| {
+            let d = merge::on_stored(s, &record, rev);
+            match d {
+                Decision::Adopt => {
+                    s.seen = Some((record.clone(), rev));
+                    s.claim = None;
+                }
+                Decision::Rebase { .. } => s.seen = Some((record.clone(), rev)),
+                Decision::Ignore => {}
+            }
+            d
+        });
+        match decision {
+            Some(Decision::Adopt) => self.fleet_adopt(host, i, &record, now_ms),
+            Some(Decision::Rebase { .. }) => {
+                if let Some(fleet) = &mut self.fleet {
+                    fleet.owed.entry(name).or_default().due_ms = now_ms;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes the local record follow a stored record that won: a local transition when the
+    /// state changes, logged with the member that decided it, and every worker told.
+    fn fleet_adopt(&mut self, host: &impl Host, i: usize, record: &FleetRecord, now_ms: u64) {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        let settings = slot.settings.clone();
+        let mut adopted = None;
+        let result = store::update(&SharedData(host), &slot.key, CAS_ATTEMPTS, |r| {
+            adopted = Some(merge::adopt(r, record, &settings, now_ms));
+            Step {
+                value: (),
+                dirty: true,
+                transition: None,
+            }
+        });
+        let Ok(updated) = result else {
+            slot.metrics.store_give_up(host);
+            return;
+        };
+        slot.absorb(host, updated, now_ms);
+        slot.moved = true;
+        if let Some(a) = adopted.filter(|a| a.moved) {
+            log::info!("{}", record.log_line(&slot.name, a.from));
+            if let Some(t) = record.transition(a.from) {
+                slot.record_transition(host, &t);
+            }
+            if let Some(fleet) = &mut self.fleet {
+                fleet.metrics.bump(stat::ADOPTED);
+                fleet.metrics.propagation(host, a.delay_ms);
+            }
+        }
+        let member = record.member.clone();
+        Conn::update(host, |c| c.last_member.clone_from(&member));
+        self.tell_others(host, i);
+    }
+}

@@ -1,0 +1,171 @@
+//! Fleet mode in the real Envoy: three Envoys (different node ids, two workers each) in
+//! front of the same services share the school breaker through a real etcd. A trip seen
+//! by one is refused by the others without touching the upstream; etcd's loss leaves each
+//! Envoy protecting itself; a new Envoy learns an open breaker before its first request.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use school_system::etcd::{Etcd, Options};
+
+const PREFIX: &str = "/ecb/fleet-test";
+
+fn plugin_json(open: &str) -> String {
+    format!(
+        r#"{{
+  "default": {{ "failure_threshold": 5, "open_duration": "{open}" }},
+  "clusters": {{ "school": {{ "failure_threshold": 5, "open_duration": "{open}" }},
+                 "auth": {{ "fleet": false }} }},
+  "fleet": {{ "etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "lease_ttl": "2s" }}
+}}"#
+    )
+}
+
+/// The etcd cluster as the fleet note says: HTTP/2, and outlier detection so a dead member
+/// is ejected after one failure.
+fn etcd_cluster(port: u16) -> String {
+    h2_cluster("etcd", port).replace(
+        "    load_assignment:",
+        "    outlier_detection:\n      split_external_local_origin_errors: true\n      consecutive_local_origin_failure: 1\n      max_ejection_percent: 100\n    load_assignment:",
+    )
+}
+
+struct Fleet {
+    etcd: Etcd,
+    stack: Stack,
+    others: Vec<Envoy>,
+}
+
+/// A second Envoy like `first` (same services, same etcd), with its own ports and node id.
+fn another(first: &Envoy, node: &str) -> Envoy {
+    let yaml = std::fs::read_to_string(&first.config_path).unwrap();
+    let mut yaml = yaml.replacen(
+        "node: { id: gateway-1 }",
+        &format!("node: {{ id: {node} }}"),
+        1,
+    );
+    for listener in ["gateway", "control"] {
+        if let Some(addr) = listener_of(&yaml, listener) {
+            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            yaml = with_port(&yaml, port, free_port().unwrap());
+        }
+    }
+    Envoy::start(&yaml, 2).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn fleet(open: &str, envoys: usize) -> Fleet {
+    let etcd = Etcd::start(&Options {
+        members: 1,
+        ..Options::default()
+    })
+    .unwrap();
+    let port: u16 = etcd
+        .url(0)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let stack = stack_with(Some(&plugin_json(open)), 2, |y| {
+        format!(
+            "node: {{ id: gateway-1 }}\n{}",
+            add_clusters(&y, &etcd_cluster(port))
+        )
+    });
+    let others = (2..=envoys)
+        .map(|n| another(&stack.envoy, &format!("gateway-{n}")))
+        .collect();
+    let f = Fleet {
+        etcd,
+        stack,
+        others,
+    };
+    for e in f.envoys() {
+        wait_connected(e);
+    }
+    f
+}
+
+impl Fleet {
+    fn envoys(&self) -> Vec<&Envoy> {
+        std::iter::once(&self.stack.envoy)
+            .chain(self.others.iter())
+            .collect()
+    }
+}
+
+/// A stat without labels, as Envoy's Prometheus page shows it.
+fn stat(e: &Envoy, name: &str) -> Option<f64> {
+    e.prometheus().ok()?.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        rest.trim().parse().ok()
+    })
+}
+
+fn wait_connected(e: &Envoy) {
+    wait_for("the fleet link", Duration::from_secs(10), || {
+        (stat(e, "circuit_breaker_fleet_connected") == Some(1.0)).then_some(())
+    });
+}
+
+fn trip_through(envoy: &Envoy, stack: &Stack) {
+    stack.school.fail_everything();
+    for _ in 0..5 {
+        let r = envoy.call("/schools");
+        assert_eq!(r.status, 503);
+        assert!(!is_rejection(&r), "the upstream's own 503s come first");
+    }
+    assert!(is_rejection(&envoy.call("/schools")));
+}
+
+#[test]
+fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
+    let f = fleet("30s", 3);
+    trip_through(&f.stack.envoy, &f.stack);
+    let started = Instant::now();
+    for other in &f.others {
+        let line = other.wait_log(
+            "[CIRCUIT_BREAKER] school circuit breaker OPENED by gateway-1",
+            1,
+        );
+        assert!(line[0].contains("5 consecutive failures"), "{}", line[0]);
+    }
+    eprintln!(
+        "adopted by both others within {:?} (log lines reach the file every 50 ms)",
+        started.elapsed()
+    );
+    let hits = f.stack.school.hits();
+    for other in &f.others {
+        for _ in 0..20 {
+            let r = other.call("/schools");
+            assert!(is_rejection(&r), "{} {}", r.status, r.text());
+        }
+        assert_eq!(
+            stat(other, "circuit_breaker_fleet_adopted_total"),
+            Some(1.0)
+        );
+    }
+    assert_eq!(
+        f.stack.school.hits(),
+        hits,
+        "no upstream call on the others"
+    );
+    assert!(
+        f.stack.envoy.log_lines("OPENED by").is_empty(),
+        "the tripping Envoy adopts nothing"
+    );
+    let stored = f
+        .etcd
+        .ctl(&["get", "--prefix", "--keys-only", PREFIX])
+        .unwrap();
+    assert!(stored.contains(&format!("{PREFIX}/b/school")), "{stored}");
+    assert!(
+        !stored.contains(&format!("{PREFIX}/b/auth")),
+        "auth is kept local: {stored}"
+    );
+}
