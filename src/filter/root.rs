@@ -44,10 +44,10 @@ impl Root {
             }
         };
         let worker = Rc::new(RefCell::new(Worker::new(host, config)));
-        // In fleet mode the holder reads etcd from here, before the listeners open, so a
-        // starting Envoy learns the fleet's decisions in its first milliseconds.
+        // In fleet mode each context reads etcd once from here, so a starting Envoy
+        // learns the fleet's decisions in its first milliseconds.
         if let Ok(mut w) = worker.try_borrow_mut() {
-            w.fleet_tick(host, host.now_ms());
+            w.fleet_start(host);
         }
         self.worker = Some(worker);
         if let Err(e) = host.set_tick_period_ms(TICK_MS) {

@@ -104,13 +104,11 @@ pub fn update_shadow<T>(
 pub fn elect(host: &impl Host, me: u64, now_ms: u64) -> bool {
     let k = key("holder");
     let store = SharedData(host);
-    let (stored, cas) = match store.load(&k) {
-        Ok(Some((bytes, cas))) => (bytes, cas),
-        Ok(None) => {
-            let _ = host.set_shared_data(&k, b"", 0);
-            return false;
-        }
-        Err(_) => return false,
+    if let Ok(None) = store.load(&k) {
+        let _ = host.set_shared_data(&k, b"", 0);
+    }
+    let Ok(Some((stored, cas))) = store.load(&k) else {
+        return false;
     };
     match holder::step(Some(&stored), me, now_ms) {
         holder::Step::Hold(bytes) => {

@@ -164,6 +164,30 @@ impl Worker {
         }
     }
 
+    /// Reads the prefix once when the VM starts, before any election: the first holder is
+    /// only elected on a timer tick, and a root context configured on the main thread
+    /// before Envoy runs may never tick, so every context takes what etcd holds now.
+    pub fn fleet_start(&mut self, host: &impl Host) {
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        let range = etcd::range_prefix(
+            keys::everything(&fleet.settings.prefix).as_bytes(),
+            RANGE_LIMIT,
+        );
+        let _ = fleet.call(host, (method::KV, method::RANGE), &range, Pending::Peek);
+    }
+
+    /// The answer to [`Worker::fleet_start`]: adopt what etcd holds; the link is the
+    /// holder's business.
+    pub(super) fn fleet_peeked(&mut self, host: &impl Host, body: &[u8], now_ms: u64) {
+        if let Ok((_, kvs)) = etcd::range_answer(body) {
+            for kv in &kvs {
+                self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
+            }
+        }
+    }
+
     /// A holder's call or stream failed with `status`: the link decides what follows.
     pub(super) fn fleet_down(&mut self, host: &impl Host, status: u32, now_ms: u64) {
         let commands = match self.fleet.as_mut().and_then(|f| f.holder.as_mut()) {

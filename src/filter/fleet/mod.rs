@@ -31,6 +31,8 @@ enum Pending {
     },
     /// The holder's first read of the prefix.
     Range,
+    /// A context's one read of the prefix when it starts.
+    Peek,
     LeaseGrant,
     /// The member key's put; its answer only matters as a sign of life.
     Member,

@@ -72,11 +72,13 @@ impl Worker {
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
-            self.fleet_send(host, &name, now_ms);
+            self.fleet_send(host, &name, None, now_ms);
         }
     }
 
-    fn fleet_send(&mut self, host: &impl Host, name: &str, now_ms: u64) {
+    /// Sends the breaker's claim, compared against the last record seen, or against
+    /// `over` (the revision of damaged bytes under the key, which a valid record replaces).
+    fn fleet_send(&mut self, host: &impl Host, name: &str, over: Option<i64>, now_ms: u64) {
         let Some(fleet) = &mut self.fleet else {
             return;
         };
@@ -86,10 +88,11 @@ impl Worker {
             return;
         };
         sent.generation = merge::claim_generation(&shadow);
-        let expect = shadow
-            .seen
-            .as_ref()
-            .map_or(Expect::Absent, |(_, rev)| Expect::ModRevision(*rev));
+        let expect = match (over, &shadow.seen) {
+            (Some(rev), _) => Expect::ModRevision(rev),
+            (None, Some((_, rev))) => Expect::ModRevision(*rev),
+            (None, None) => Expect::Absent,
+        };
         let prefix = &fleet.settings.prefix;
         let slots = keys::slots(prefix, name);
         let deletes = if sent.state == State::HalfOpen {
@@ -141,7 +144,8 @@ impl Worker {
             (Pending::Publish { breaker, .. }, _) => self.fleet_publish_failed(&breaker, now_ms),
             (Pending::Range, 0) => self.fleet_joined(host, &body, now_ms),
             (Pending::LeaseGrant, 0) => self.fleet_leased(host, &body, now_ms),
-            (Pending::Member, _) => {}
+            (Pending::Peek, 0) => self.fleet_peeked(host, &body, now_ms),
+            (Pending::Member | Pending::Peek, _) => {}
             (Pending::Range | Pending::LeaseGrant, status) => {
                 self.fleet_down_from_call(host, status, now_ms)
             }
@@ -214,6 +218,10 @@ impl Worker {
             });
         let _ = rounds;
         match outcome.kvs.first() {
+            Some(kv) if FleetRecord::decode(&kv.value).is_err() => {
+                self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
+                self.fleet_send(host, breaker, Some(kv.mod_revision), now_ms);
+            }
             Some(kv) => self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms),
             None => {
                 update_shadow(host, breaker, |s| s.seen = None);
