@@ -154,6 +154,16 @@ fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
         f.stack.envoy.log_lines("OPENED by").is_empty(),
         "the tripping Envoy adopts nothing"
     );
+    for other in &f.others {
+        let health = api(other, "GET", "/health", None, None).json().unwrap();
+        assert_eq!(health["fleet"]["connected"], true, "{health}");
+        assert_eq!(health["fleet"]["last_member"], "gateway-1", "{health}");
+        let view = api(other, "GET", "/circuit-breakers/school", None, None)
+            .json()
+            .unwrap();
+        assert_eq!(view["fleet"]["last_member"], "gateway-1", "{view}");
+        assert_eq!(view["fleet"]["generation"], 1, "{view}");
+    }
     // From the publisher's clock to adoption; Envoy merges histograms on its stats flush.
     for other in &f.others {
         let sum = wait_for("the propagation histogram", Duration::from_secs(12), || {

@@ -299,6 +299,7 @@ impl Worker {
                 for (_, kv) in events.iter().filter(|(deleted, _)| !deleted) {
                     self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
                 }
+                Conn::update(host, |c| c.revision = c.revision.max(revision));
             }
             // Compacted past our revision, or refused: read everything again.
             Ok(WatchMessage::Canceled { .. }) => self.fleet_down(host, 0, now_ms),

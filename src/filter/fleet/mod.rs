@@ -7,6 +7,9 @@ mod conn;
 mod holder;
 mod publish;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 
@@ -14,6 +17,7 @@ use crate::core::fleet::record::FleetRecord;
 use crate::core::fleet::settings::FleetSettings;
 
 use super::host::{node_id, Host, MetricKind};
+use super::worker::Worker;
 
 pub use conn::{Conn, Link as LinkState};
 use holder::Holder;
@@ -96,6 +100,44 @@ impl Fleet {
             return true;
         }
         false
+    }
+}
+
+impl Worker {
+    /// The link as the control API and `/health` show it; `None` without fleet mode.
+    pub fn fleet_view(&self, host: &impl Host) -> Option<serde_json::Value> {
+        let fleet = self.fleet.as_ref()?;
+        let c = Conn::load(host);
+        Some(serde_json::json!({
+            "member": fleet.member,
+            "prefix": fleet.settings.prefix,
+            "connected": c.link == LinkState::Connected,
+            "link": c.link,
+            "since_ms": c.since_ms,
+            "reason": (!c.reason.is_empty()).then_some(c.reason),
+            "last_member": (!c.last_member.is_empty()).then_some(c.last_member),
+            "last_revision": c.revision,
+        }))
+    }
+
+    /// One breaker's fleet view: whether it is shared, the last record seen in etcd (its
+    /// member, generation and revision) and whether a decision made here is not stored yet.
+    pub fn fleet_breaker_view(
+        &self,
+        host: &impl Host,
+        name: &str,
+        shared: bool,
+    ) -> Option<serde_json::Value> {
+        self.fleet.as_ref()?;
+        let shadow = conn::load_shadow(host, name);
+        let seen = shadow.seen.as_ref();
+        Some(serde_json::json!({
+            "shared": shared,
+            "last_member": seen.map(|(r, _)| r.member.clone()),
+            "generation": seen.map(|(r, _)| r.generation),
+            "revision": seen.map(|(_, rev)| *rev),
+            "unpublished": shadow.claim.is_some(),
+        }))
     }
 }
 

@@ -43,6 +43,8 @@ pub struct FakeHost {
     /// Every gRPC message sent (calls and streams), by token, in order.
     pub grpc_sent: RefCell<Vec<(u32, Vec<u8>)>>,
     grpc_tokens: Cell<u32>,
+    /// What the next read of the gRPC receive buffer returns.
+    pub grpc_answer: RefCell<Vec<u8>>,
     journal: RefCell<Vec<Call>>,
 }
 
@@ -108,9 +110,12 @@ impl Host for FakeHost {
         Ok(self.headers.borrow().get(&(map, name.to_string())).cloned())
     }
 
-    fn buffer(&self, _buffer: Buffer, _size: usize) -> Result<Vec<u8>, HostError> {
+    fn buffer(&self, buffer: Buffer, _size: usize) -> Result<Vec<u8>, HostError> {
         self.note(Call::Buffer);
-        Ok(Vec::new())
+        Ok(match buffer {
+            Buffer::GrpcReceive => self.grpc_answer.borrow().clone(),
+            _ => Vec::new(),
+        })
     }
 
     fn shared_data(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {

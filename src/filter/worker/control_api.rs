@@ -50,14 +50,22 @@ impl Worker {
                         Some((name.clone(), record, settings))
                     })
                     .collect();
-                json(view::health(&rows, now_ms))
+                let mut health = view::health(&rows, now_ms);
+                if let Some(fleet) = self.fleet_view(host) {
+                    health["fleet"] = fleet;
+                }
+                json(health)
             }
             Command::List => {
                 let views: Vec<_> = names
                     .iter()
                     .filter_map(|n| self.view(host, n, now_ms))
                     .collect();
-                json(serde_json::json!({ "circuit_breakers": views }))
+                let mut list = serde_json::json!({ "circuit_breakers": views });
+                if let Some(fleet) = self.fleet_view(host) {
+                    list["fleet"] = fleet;
+                }
+                json(list)
             }
             Command::Show(name) => json(self.view(host, name, now_ms).unwrap_or_default()),
             Command::Reset(name) => {
@@ -105,7 +113,11 @@ impl Worker {
 
     fn view(&mut self, host: &impl Host, name: &str, now_ms: u64) -> Option<serde_json::Value> {
         let (record, settings, history) = self.current(host, name)?;
-        Some(view::breaker(name, &record, &settings, &history, now_ms))
+        let mut view = view::breaker(name, &record, &settings, &history, now_ms);
+        if let Some(fleet) = self.fleet_breaker_view(host, name, settings.fleet) {
+            view["fleet"] = fleet;
+        }
+        Some(view)
     }
 
     fn change(
