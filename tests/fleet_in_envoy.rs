@@ -14,10 +14,14 @@ use school_system::etcd::{Etcd, Options};
 const PREFIX: &str = "/ecb/fleet-test";
 
 fn plugin_json(open: &str) -> String {
+    plugin_json_with(open, "")
+}
+
+fn plugin_json_with(open: &str, school: &str) -> String {
     format!(
         r#"{{
   "default": {{ "failure_threshold": 5, "open_duration": "{open}" }},
-  "clusters": {{ "school": {{ "failure_threshold": 5, "open_duration": "{open}" }},
+  "clusters": {{ "school": {{ "failure_threshold": 5, "open_duration": "{open}"{school} }},
                  "auth": {{ "fleet": false }} }},
   "fleet": {{ "etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "lease_ttl": "2s" }}
 }}"#
@@ -57,6 +61,10 @@ fn another(first: &Envoy, node: &str) -> Envoy {
 }
 
 fn fleet(open: &str, envoys: usize) -> Fleet {
+    fleet_with(&plugin_json(open), envoys)
+}
+
+fn fleet_with(json: &str, envoys: usize) -> Fleet {
     let etcd = Etcd::start(&Options {
         members: 1,
         ..Options::default()
@@ -70,7 +78,7 @@ fn fleet(open: &str, envoys: usize) -> Fleet {
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let stack = stack_with(Some(&plugin_json(open)), 2, |y| {
+    let stack = stack_with(Some(json), 2, |y| {
         format!(
             "node: {{ id: gateway-1 }}\n{}",
             add_clusters(&y, &etcd_cluster(port))
@@ -207,7 +215,7 @@ fn with_etcd_frozen_each_envoy_protects_itself_and_a_trip_made_alone_reaches_the
         assert!(*d < Duration::from_secs(3), "detected only after {d:?}");
     }
     for e in f.envoys() {
-        assert_eq!(e.log_lines("fleet: etcd unreachable").len(), 1, "said once");
+        e.wait_log("fleet: etcd unreachable", 1);
         let r = e.call("/schools");
         assert_eq!(r.status, 200, "etcd's loss fails no request: {}", r.text());
     }
@@ -296,4 +304,61 @@ fn damaged_records_under_the_prefix_are_ignored_with_one_line_and_then_replaced(
         (f.others[0].log_lines("OPENED by gateway-1").len() == 1).then_some(())
     });
     assert!(is_rejection(&f.others[0].call("/schools")));
+}
+
+fn state_everywhere(f: &Fleet, state: &str) {
+    for e in f.envoys() {
+        wait_for(
+            &format!("{state} on every Envoy"),
+            Duration::from_secs(5),
+            || {
+                let v = api(e, "GET", "/circuit-breakers/school", None, None)
+                    .json()
+                    .ok()?;
+                (v["state"] == state).then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn half_open_admits_exactly_the_fleets_probes_across_envoys() {
+    let json = plugin_json_with(
+        "1s",
+        r#", "half_open_max_requests": 2, "success_threshold": 1"#,
+    );
+    let f = fleet_with(&json, 3);
+    let envoys = f.envoys();
+    for cycle in 0..3 {
+        trip_through(envoys[cycle % 3], &f.stack);
+        state_everywhere(&f, "open");
+        // Healthy again but slow, so both probes are in flight while the burst lands.
+        f.stack
+            .school
+            .set_faults(serde_json::json!({"is_healthy": true, "response_time_ms": 1500}));
+        state_everywhere(&f, "half_open");
+        let before = f.stack.school.hits();
+        let responses: Vec<Response> = std::thread::scope(|s| {
+            let handles: Vec<_> = envoys
+                .iter()
+                .map(|e| s.spawn(|| burst(&e.gateway, "/schools", 20)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let passed = responses.iter().filter(|r| r.status == 200).count();
+        let refused = responses.iter().filter(|r| is_rejection(r)).count();
+        let probes = f.stack.school.hits() - before;
+        eprintln!("cycle {cycle}: {probes} probe(s) upstream, {passed} passed, {refused} refused");
+        assert_eq!(
+            probes, 2,
+            "exactly half_open_max_requests for the whole fleet"
+        );
+        assert_eq!((passed, refused), (2, 58));
+        // The first good probe closes the breaker everywhere.
+        f.stack.school.heal();
+        state_everywhere(&f, "closed");
+    }
 }

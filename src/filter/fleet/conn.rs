@@ -99,6 +99,30 @@ pub fn update_shadow<T>(
     .ok()
 }
 
+/// The probe slots known taken in a breaker's current half-open episode.
+pub fn load_slots(host: &impl Host, breaker: &str) -> shadow::Slots {
+    match host.shared_data(&key(&format!("slots/{breaker}"))) {
+        Ok(Some((bytes, _))) => shadow::Slots::decode(&bytes).unwrap_or_default(),
+        _ => shadow::Slots::default(),
+    }
+}
+
+/// Changes a breaker's known slots through compare-and-swap.
+pub fn update_slots(host: &impl Host, breaker: &str, change: impl Fn(&mut shadow::Slots)) {
+    let empty = shadow::Slots::default().encode();
+    let _ = store::compare_and_swap(
+        &SharedData(host),
+        &key(&format!("slots/{breaker}")),
+        &empty,
+        CAS_ATTEMPTS,
+        |b| {
+            let mut s = shadow::Slots::decode(b).unwrap_or_default();
+            change(&mut s);
+            ((), Some(s.encode()))
+        },
+    );
+}
+
 /// One election step (`core::fleet::holder`): true when this context holds the watch
 /// after it. The host has no atomic create, so a missing key is first written empty.
 pub fn elect(host: &impl Host, me: u64, now_ms: u64) -> bool {

@@ -296,8 +296,12 @@ impl Worker {
             Ok(WatchMessage::Progress { revision }) => h.link.on_watch(revision, now_ms),
             Ok(WatchMessage::Events { revision, events }) => {
                 h.link.on_watch(revision, now_ms);
-                for (_, kv) in events.iter().filter(|(deleted, _)| !deleted) {
-                    self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
+                for (deleted, kv) in &events {
+                    if *deleted {
+                        self.fleet_deleted(host, &kv.key);
+                    } else {
+                        self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
+                    }
                 }
                 Conn::update(host, |c| c.revision = c.revision.max(revision));
             }

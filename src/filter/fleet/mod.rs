@@ -5,6 +5,7 @@
 
 mod conn;
 mod holder;
+mod probe;
 mod publish;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ use super::worker::Worker;
 
 pub use conn::{Conn, Link as LinkState};
 use holder::Holder;
+pub use probe::{Probe, SlotClaim};
 
 /// The member name when neither `fleet.member` nor the Envoy node id is set.
 const FALLBACK_MEMBER: &str = "envoy";

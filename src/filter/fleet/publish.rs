@@ -248,8 +248,10 @@ impl Worker {
         let Some(fleet) = &mut self.fleet else {
             return;
         };
-        let Some(FleetKey::Decision(name)) = keys::parse(&fleet.settings.prefix, key) else {
-            return;
+        let name = match keys::parse(&fleet.settings.prefix, key) {
+            Some(FleetKey::Decision(name)) => name,
+            Some(slot @ FleetKey::Slot { .. }) => return self.fleet_slot_seen(host, &slot, false),
+            _ => return,
         };
         let record = match FleetRecord::decode(value) {
             Ok(r) => r,
@@ -280,6 +282,17 @@ impl Worker {
         };
         if self.slots.get(i).is_some_and(|s| s.settings.fleet) {
             self.fleet_meet(host, i, record, mod_revision, now_ms);
+        }
+    }
+
+    /// A key deleted under the prefix: a freed probe slot matters; a decision key's
+    /// deletion changes nothing (the next decision is created again).
+    pub(super) fn fleet_deleted(&mut self, host: &impl Host, key: &[u8]) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        if let Some(slot @ FleetKey::Slot { .. }) = keys::parse(&fleet.settings.prefix, key) {
+            self.fleet_slot_seen(host, &slot, true);
         }
     }
 

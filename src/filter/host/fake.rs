@@ -28,6 +28,7 @@ pub enum Call {
     Grpc(String),
     GrpcSend(u32),
     GrpcCancel(u32),
+    Resume,
 }
 
 #[derive(Default)]
@@ -232,6 +233,11 @@ impl Host for FakeHost {
 
     fn grpc_cancel(&self, token: u32) -> Result<(), HostError> {
         self.note(Call::GrpcCancel(token));
+        Ok(())
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        self.note(Call::Resume);
         Ok(())
     }
 }

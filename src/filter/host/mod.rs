@@ -109,6 +109,8 @@ pub trait Host {
     fn grpc_send(&self, token: u32, message: &[u8]) -> Result<(), HostError>;
     /// Cancels a call or a stream; no callback follows.
     fn grpc_cancel(&self, token: u32) -> Result<(), HostError>;
+    /// Lets a request paused in its headers go on to the upstream.
+    fn resume_request(&self) -> Result<(), HostError>;
 }
 
 /// This Envoy's node id (`--service-node` or the bootstrap's `node.id`), when set.

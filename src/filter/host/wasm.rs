@@ -81,6 +81,7 @@ extern "C" {
     fn proxy_dequeue_shared_queue(id: u32, out: *mut *mut u8, out_size: *mut usize) -> u32;
     fn proxy_grpc_send(token: u32, data: *const u8, size: usize, end_stream: u32) -> u32;
     fn proxy_grpc_cancel(token: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -314,6 +315,11 @@ impl Host for Wasm {
     fn grpc_cancel(&self, token: u32) -> Result<(), HostError> {
         // SAFETY: a plain value, no memory is shared.
         check(unsafe { proxy_grpc_cancel(token) })
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        // SAFETY: a plain value (the ABI's stream type 0, the request), no memory is shared.
+        check(unsafe { proxy_continue_stream(0) })
     }
 }
 
