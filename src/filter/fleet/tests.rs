@@ -9,7 +9,9 @@ use prost::Message;
 use proxy_wasm::types::Action;
 
 use crate::core::config::PluginConfig;
-use crate::core::fleet::etcd::{KeyValue, RangeResponse, ResponseHeader, TxnResponse};
+use crate::core::fleet::etcd::{
+    KeyValue, RangeResponse, Response, ResponseHeader, ResponseOp, TxnResponse,
+};
 use crate::core::fleet::keys;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, State, TripReason};
@@ -185,4 +187,131 @@ fn damaged_bytes_from_etcd_change_nothing() {
         .fleet_answered(&host, range, 0, 100, host.clock_ms.get());
     assert_eq!(request(&host, &w, 200), Action::Continue);
     assert_eq!(load_shadow(&host, "school").seen, None);
+}
+
+/// A worker whose breaker the fleet moved to half-open (generation 3, stored at revision
+/// 20), connected and holding a lease.
+fn half_open_fleet(host: &FakeHost) -> Rc<RefCell<Worker>> {
+    let w = worker(
+        host,
+        r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
+            "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}"#,
+    );
+    Conn::update(host, |c| {
+        c.link = Link::Connected;
+        c.lease = 5;
+    });
+    let record = FleetRecord {
+        state: State::HalfOpen,
+        cause: FleetCause::OpenElapsed,
+        open_for_ms: 0,
+        ..open_by("gateway-2", 3, host.clock_ms.get())
+    };
+    w.borrow_mut().fleet_start(host);
+    *host.grpc_answer.borrow_mut() = RangeResponse {
+        kvs: vec![KeyValue {
+            key: keys::decision("/p", "school").into_bytes(),
+            mod_revision: 20,
+            value: record.encode(),
+            ..KeyValue::default()
+        }],
+        ..RangeResponse::default()
+    }
+    .encode_to_vec();
+    let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
+    w.borrow_mut()
+        .fleet_answered(host, range, 0, 100, host.clock_ms.get());
+    w
+}
+
+fn last_token(host: &FakeHost) -> u32 {
+    host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0)
+}
+
+#[test]
+fn a_probe_waits_for_its_fleet_slot_then_goes() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet(&host);
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut probe = Stream::new(Some(w.clone()));
+    host.take_journal();
+    assert_eq!(probe.request_headers(&host, true), Action::Pause);
+    assert_eq!(grpc_calls(&host.take_journal()), ["Txn"], "one slot claim");
+    // A second request meets the local gate (one probe) and never reaches etcd.
+    assert_eq!(request(&host, &w, 200), Action::Pause);
+    let journal = host.take_journal();
+    assert!(grpc_calls(&journal).is_empty(), "{journal:?}");
+    assert!(journal.contains(&Call::LocalReply(503)));
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        succeeded: true,
+        ..TxnResponse::default()
+    }
+    .encode_to_vec();
+    probe.grpc_answered(&host, last_token(&host), 0, 10);
+    assert!(
+        host.take_journal().contains(&Call::Resume),
+        "the probe goes"
+    );
+}
+
+#[test]
+fn a_probe_without_a_free_slot_is_refused_and_gives_its_local_slot_back() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet(&host);
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut probe = Stream::new(Some(w.clone()));
+    assert_eq!(probe.request_headers(&host, true), Action::Pause);
+    // Another Envoy holds slot 0 of episode 3; the breaker is still at revision 20.
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        succeeded: false,
+        responses: vec![
+            range_op(keys::slot("/p", "school", 3, 0), 21, Vec::new()),
+            range_op(keys::decision("/p", "school"), 20, b"x".to_vec()),
+        ],
+        ..TxnResponse::default()
+    }
+    .encode_to_vec();
+    host.take_journal();
+    probe.grpc_answered(&host, last_token(&host), 0, 10);
+    let journal = host.take_journal();
+    assert!(journal.contains(&Call::LocalReply(503)), "{journal:?}");
+    assert!(!journal.contains(&Call::Resume));
+    assert!(
+        grpc_calls(&journal).is_empty(),
+        "no second claim: no slot is free"
+    );
+    probe.log(&host);
+    let stored = crate::core::store::load(
+        &super::super::shared::SharedData(&host),
+        &super::super::shared::record_key("school"),
+    )
+    .map(|l| l.record.probes_in_flight);
+    assert_eq!(stored, Ok(0), "the local probe was given back");
+    // The next request passes the local gate again, and is refused by the slot it knows.
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut next = Stream::new(Some(w.clone()));
+    host.take_journal();
+    assert_eq!(next.request_headers(&host, true), Action::Pause);
+    let journal = host.take_journal();
+    assert!(
+        grpc_calls(&journal).is_empty() && journal.contains(&Call::LocalReply(503)),
+        "the known-taken slot is refused without etcd: {journal:?}"
+    );
+}
+
+fn range_op(key: String, mod_revision: i64, value: Vec<u8>) -> ResponseOp {
+    ResponseOp {
+        response: Some(Response::Range(RangeResponse {
+            kvs: vec![KeyValue {
+                key: key.into_bytes(),
+                mod_revision,
+                value,
+                ..KeyValue::default()
+            }],
+            ..RangeResponse::default()
+        })),
+    }
 }
