@@ -23,6 +23,9 @@ pub struct Holder {
     link: Link,
     watch: Option<u32>,
     keep: Option<u32>,
+    /// Counts connection attempts, so a late answer to an earlier attempt's first read
+    /// cannot end the current one.
+    attempt: u32,
 }
 
 impl Holder {
@@ -35,6 +38,7 @@ impl Holder {
             link: Link::new(timing, now_ms),
             watch: None,
             keep: None,
+            attempt: 0,
         }
     }
 
@@ -121,12 +125,18 @@ impl Worker {
             match command {
                 Command::Connect => {
                     h.hang_up(host);
+                    h.attempt = h.attempt.wrapping_add(1);
+                    let attempt = h.attempt;
                     let range = etcd::range_prefix(
                         keys::everything(&fleet.settings.prefix).as_bytes(),
                         RANGE_LIMIT,
                     );
-                    let sent =
-                        fleet.call(host, (method::KV, method::RANGE), &range, Pending::Range);
+                    let sent = fleet.call(
+                        host,
+                        (method::KV, method::RANGE),
+                        &range,
+                        Pending::Range(attempt),
+                    );
                     if let Err(status) = sent {
                         self.fleet_down(host, status, now_ms);
                     }
@@ -199,6 +209,14 @@ impl Worker {
 
     /// The first read answered: adopt what it holds, then watch from the next revision
     /// and keep the lease alive (granting one if the process has none).
+    /// Whether `attempt` is the holder's current connection attempt.
+    pub(super) fn fleet_attempt_is(&self, attempt: u32) -> bool {
+        self.fleet
+            .as_ref()
+            .and_then(|f| f.holder.as_ref())
+            .is_some_and(|h| h.attempt == attempt)
+    }
+
     pub(super) fn fleet_joined(&mut self, host: &impl Host, body: &[u8], now_ms: u64) {
         let Ok((revision, kvs)) = etcd::range_answer(body) else {
             return self.fleet_down(host, 2, now_ms);

@@ -35,8 +35,8 @@ enum Pending {
         breaker: String,
         sent: FleetRecord,
     },
-    /// The holder's first read of the prefix.
-    Range,
+    /// The holder's first read of the prefix, in its connection attempt.
+    Range(u32),
     /// A context's one read of the prefix when it starts.
     Peek,
     LeaseGrant,

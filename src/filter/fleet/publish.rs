@@ -142,11 +142,12 @@ impl Worker {
                 self.fleet_published(host, &breaker, sent, &body, now_ms)
             }
             (Pending::Publish { breaker, .. }, _) => self.fleet_publish_failed(&breaker, now_ms),
-            (Pending::Range, 0) => self.fleet_joined(host, &body, now_ms),
+            (Pending::Range(attempt), _) if !self.fleet_attempt_is(attempt) => {}
+            (Pending::Range(_), 0) => self.fleet_joined(host, &body, now_ms),
             (Pending::LeaseGrant, 0) => self.fleet_leased(host, &body, now_ms),
             (Pending::Peek, 0) => self.fleet_peeked(host, &body, now_ms),
             (Pending::Member | Pending::Peek, _) => {}
-            (Pending::Range | Pending::LeaseGrant, status) => {
+            (Pending::Range(_) | Pending::LeaseGrant, status) => {
                 self.fleet_down_from_call(host, status, now_ms)
             }
         }
