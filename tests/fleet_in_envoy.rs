@@ -57,7 +57,8 @@ fn another(first: &Envoy, node: &str) -> Envoy {
             yaml = with_port(&yaml, port, free_port().unwrap());
         }
     }
-    Envoy::start(&yaml, 2).unwrap_or_else(|e| panic!("{e}"))
+    Envoy::start_with_env(&yaml, 2, &[("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)])
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fleet(open: &str, envoys: usize) -> Fleet {
@@ -78,12 +79,14 @@ fn fleet_with(json: &str, envoys: usize) -> Fleet {
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let stack = stack_with(Some(json), 2, |y| {
+    let token = [("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)];
+    let stack = Stack::start_with_env(Some(json), 2, &token, |y| {
         format!(
             "node: {{ id: gateway-1 }}\n{}",
             add_clusters(&y, &etcd_cluster(port))
         )
-    });
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let others = (2..=envoys)
         .map(|n| another(&stack.envoy, &format!("gateway-{n}")))
         .collect();
@@ -437,4 +440,36 @@ fn a_lost_quorum_is_detected_and_the_link_returns_with_it() {
             etcd_lines.join("\n")
         );
     }
+}
+
+#[test]
+fn an_operators_mode_changes_reach_every_envoy() {
+    let f = fleet("30s", 2);
+    let other = &f.others[0];
+    let put = |mode: &str| {
+        let body = format!(r#"{{"mode": "{mode}"}}"#);
+        let r = api(
+            &f.stack.envoy,
+            "PUT",
+            "/circuit-breakers/school/mode",
+            Some(TOKEN),
+            Some(&body),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    put("dry_run");
+    wait_for("dry run on gateway-2", Duration::from_secs(3), || {
+        let v = api(other, "GET", "/circuit-breakers/school", None, None)
+            .json()
+            .ok()?;
+        (v["mode_override"] == "dry_run").then_some(())
+    });
+    other.wait_log(
+        "school circuit breaker MODE by gateway-1: set to dry_run",
+        1,
+    );
+    put("forced_open");
+    wait_for("forced open on gateway-2", Duration::from_secs(3), || {
+        is_forced_refusal(&other.call("/schools")).then_some(())
+    });
 }

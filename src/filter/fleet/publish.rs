@@ -8,8 +8,8 @@ use crate::core::breaker::Step;
 use crate::core::fleet::etcd::{self, method, Delete, Expect};
 use crate::core::fleet::keys::{self, FleetKey};
 use crate::core::fleet::merge::{self, Decision};
-use crate::core::fleet::record::FleetRecord;
-use crate::core::state::State;
+use crate::core::fleet::record::{FleetCause, FleetRecord};
+use crate::core::state::{Counts, Record, State};
 use crate::core::store;
 
 use super::super::host::{Buffer, Host};
@@ -18,6 +18,28 @@ use super::super::worker::slot::CAS_ATTEMPTS;
 use super::super::worker::Worker;
 use super::conn::{load_shadow, update_shadow, Conn, Link as LinkState};
 use super::{stat, Owed, Pending};
+
+/// The record of an operator's mode override that moved no state: the state as it is, so
+/// adopting it changes only the mode.
+fn mode_record(r: &Record, generation: u32, member: &str, now_ms: u64) -> FleetRecord {
+    FleetRecord {
+        state: r.state,
+        reason: r.reason.filter(|_| r.state != State::Closed),
+        cause: FleetCause::ModeChanged,
+        mode_override: r.mode_override,
+        generation,
+        published_at_ms: now_ms,
+        open_for_ms: match r.state {
+            State::Open if r.open_until_ms == u64::MAX => u64::MAX,
+            State::Open => r.open_until_ms.saturating_sub(now_ms),
+            _ => 0,
+        },
+        trips_in_row: r.trips_in_row,
+        probe_successes: r.probe_successes,
+        counts: Counts::default(),
+        member: member.to_string(),
+    }
+}
 
 /// Publish rounds one claim may take between two ticks (lost swaps, then rebases).
 const MAX_ROUNDS: u32 = 3;
@@ -31,22 +53,38 @@ impl Worker {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
-        let Some((t, mode, reason)) = slot.unpublished.take() else {
+        let transition = slot.unpublished.take();
+        let mode_only = std::mem::take(&mut slot.mode_unpublished);
+        let (Some(fleet), true) = (&self.fleet, slot.settings.fleet) else {
             return;
         };
-        let Some(fleet) = &mut self.fleet else {
-            return;
-        };
-        if !slot.settings.fleet {
-            return;
-        }
-        let name = slot.name.clone();
         let member = fleet.member.clone();
+        match transition {
+            Some((t, mode, reason)) => self.fleet_claim_with(host, i, |g| {
+                FleetRecord::of_transition(&t, mode, g, &member, t.at_ms, reason)
+            }),
+            None if mode_only => {
+                let r = slot.last_seen.clone();
+                let now_ms = self.clock_ms;
+                self.fleet_claim_with(host, i, |g| mode_record(&r, g, &member, now_ms));
+            }
+            None => {}
+        }
+    }
+
+    /// Makes `record(generation)` slot `i`'s claim, owed to etcd by this worker.
+    fn fleet_claim_with(
+        &mut self,
+        host: &impl Host,
+        i: usize,
+        record: impl Fn(u32) -> FleetRecord,
+    ) {
+        let (Some(slot), Some(fleet)) = (self.slots.get(i), &mut self.fleet) else {
+            return;
+        };
+        let name = slot.name.clone();
         let claimed = update_shadow(host, &name, |s| {
-            let g = merge::claim_generation(s);
-            s.claim = Some(FleetRecord::of_transition(
-                &t, mode, g, &member, t.at_ms, reason,
-            ));
+            s.claim = Some(record(merge::claim_generation(s)));
         });
         if claimed.is_some() {
             fleet.owed.insert(name.clone(), Owed::default());
@@ -355,7 +393,7 @@ impl Worker {
         };
         slot.absorb(host, updated, now_ms);
         slot.moved = true;
-        if let Some(a) = adopted.filter(|a| a.moved) {
+        if let Some(a) = adopted.filter(|a| a.moved || record.cause == FleetCause::ModeChanged) {
             log::info!("{}", record.log_line(&slot.name, a.from));
             if let Some(t) = record.transition(a.from) {
                 slot.record_transition(host, &t);

@@ -130,10 +130,13 @@ impl Worker {
         let missing = || ApiError::not_found(format!("no circuit breaker named {name:?}"));
         let i = self.slot_for(host, name.as_bytes()).ok_or_else(missing)?;
         let slot = self.slots.get_mut(i).ok_or_else(missing)?;
+        let mode_before = slot.last_seen.mode_override;
         if slot.write(host, now_ms, decide) {
             // An operator's change may move no state (a mode override) and still change
-            // what every worker must do.
+            // what every worker must do, and every Envoy of a fleet.
             slot.moved = true;
+            slot.mode_unpublished |=
+                slot.unpublished.is_none() && slot.last_seen.mode_override != mode_before;
             self.tell_others(host, i);
             Ok(())
         } else {

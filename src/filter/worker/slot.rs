@@ -48,6 +48,9 @@ pub struct Slot {
         Option<Mode>,
         Option<crate::core::state::TripReason>,
     )>,
+    /// An operator changed the mode override here without a change of state, and the fleet
+    /// has not been told.
+    pub mode_unpublished: bool,
     events_on: bool,
 }
 
@@ -80,6 +83,7 @@ impl Slot {
             dry_run_logged_at_ms: 0,
             outbox: Vec::new(),
             unpublished: None,
+            mode_unpublished: false,
             events_on,
         };
         slot.metrics.state(host, slot.last_seen.state);
