@@ -45,6 +45,10 @@ struct Fleet {
 
 /// A second Envoy like `first` (same services, same etcd), with its own ports and node id.
 fn another(first: &Envoy, node: &str) -> Envoy {
+    another_with_env(first, node, &[("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)])
+}
+
+fn another_with_env(first: &Envoy, node: &str, env: &[(&str, &str)]) -> Envoy {
     let yaml = std::fs::read_to_string(&first.config_path).unwrap();
     let mut yaml = yaml.replacen(
         "node: { id: gateway-1 }",
@@ -57,8 +61,7 @@ fn another(first: &Envoy, node: &str) -> Envoy {
             yaml = with_port(&yaml, port, free_port().unwrap());
         }
     }
-    Envoy::start_with_env(&yaml, 2, &[("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)])
-        .unwrap_or_else(|e| panic!("{e}"))
+    Envoy::start_with_env(&yaml, 2, env).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn fleet(open: &str, envoys: usize) -> Fleet {
@@ -472,4 +475,47 @@ fn an_operators_mode_changes_reach_every_envoy() {
     wait_for("forced open on gateway-2", Duration::from_secs(3), || {
         is_forced_refusal(&other.call("/schools")).then_some(())
     });
+}
+
+#[test]
+fn with_etcd_authentication_the_fleet_logs_in_and_a_wrong_password_is_said() {
+    let etcd = Etcd::start(&Options {
+        members: 1,
+        root_password: Some("root-secret".into()),
+        ..Options::default()
+    })
+    .unwrap();
+    etcd.add_user("fleet", "fleet-secret", &format!("{PREFIX}/"))
+        .unwrap();
+    let port: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let json = plugin_json("30s").replace(
+        r#""lease_ttl": "2s""#,
+        r#""lease_ttl": "2s", "username_env": "ETCD_USER", "password_env": "ETCD_PASSWORD""#,
+    );
+    let env = [("ETCD_USER", "fleet"), ("ETCD_PASSWORD", "fleet-secret")];
+    let stack = Stack::start_with_env(Some(&json), 2, &env, |y| {
+        let y = y.replace(
+            r#"host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN"]"#,
+            r#"host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN", "ETCD_USER", "ETCD_PASSWORD"]"#,
+        );
+        format!(
+            "node: {{ id: gateway-1 }}\n{}",
+            add_clusters(&y, &etcd_cluster(port))
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let other = another_with_env(&stack.envoy, "gateway-2", &env);
+    wait_connected(&stack.envoy);
+    wait_connected(&other);
+    trip_through(&stack.envoy, &stack);
+    other.wait_log("school circuit breaker OPENED by gateway-1", 1);
+    assert!(is_rejection(&other.call("/schools")));
+    let wrong = another_with_env(
+        &stack.envoy,
+        "gateway-3",
+        &[("ETCD_USER", "fleet"), ("ETCD_PASSWORD", "wrong")],
+    );
+    wrong.wait_log("fleet: etcd unreachable (etcd call ended with gRPC status 3): check the etcd user and password", 1);
+    let health = api(&wrong, "GET", "/health", None, None).json().unwrap();
+    assert_eq!(health["fleet"]["connected"], false, "{health}");
 }

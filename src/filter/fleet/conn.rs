@@ -35,6 +35,7 @@ pub enum Link {
 
 /// The link's state in shared data, written by the holder.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Conn {
     pub link: Link,
     /// Wall clock (Unix ms) of the last change of `link`.
@@ -47,6 +48,9 @@ pub struct Conn {
     pub last_member: String,
     /// The lease this process binds its keys to (0: none yet).
     pub lease: i64,
+    /// etcd's authentication token, when the fleet authenticates (empty: none yet, or
+    /// refused and to be asked again).
+    pub token: String,
 }
 
 impl Conn {

@@ -14,6 +14,10 @@ use super::super::worker::Worker;
 use super::conn::{self, Conn, Link as LinkState};
 use super::{Fleet, Pending};
 
+/// gRPC's UNAUTHENTICATED: etcd refused the token (expired, or authentication was
+/// switched on); a new one is asked for.
+pub(super) const UNAUTHENTICATED: u32 = 16;
+
 /// Most keys read when joining: every breaker (at most 512) with room for slots and
 /// members.
 const RANGE_LIMIT: i64 = 4_096;
@@ -74,11 +78,45 @@ impl Fleet {
         pending: Pending,
     ) -> Result<(), u32> {
         let timeout = u32::try_from(self.settings.timeout_ms).unwrap_or(u32::MAX);
+        let auth = Conn::load(host).token;
         let token = host
-            .grpc_call(self.target(to.0, to.1), &[], message, timeout)
+            .grpc_call(
+                self.target(to.0, to.1),
+                &Fleet::metadata(&auth),
+                message,
+                timeout,
+            )
             .map_err(|e| e.0)?;
         self.calls.insert(token, pending);
         Ok(())
+    }
+
+    /// The first read of a connection attempt.
+    pub(super) fn read_all(&mut self, host: &impl Host, attempt: u32) -> Result<(), u32> {
+        let range = etcd::range_prefix(
+            keys::everything(&self.settings.prefix).as_bytes(),
+            RANGE_LIMIT,
+        );
+        self.call(
+            host,
+            (method::KV, method::RANGE),
+            &range,
+            Pending::Range(attempt),
+        )
+    }
+
+    /// Asks etcd for a new token while connected (the last one was refused).
+    fn reauthenticate(&mut self, host: &impl Host) {
+        let Some((user, password)) = &self.credentials else {
+            return;
+        };
+        let auth = etcd::authenticate(user, password);
+        let _ = self.call(
+            host,
+            (method::AUTH, method::AUTHENTICATE),
+            &auth,
+            Pending::Reauth,
+        );
     }
 
     /// One election step; taking or losing the role starts or ends the holder's work.
@@ -110,6 +148,14 @@ impl Worker {
             Some(h) => h.link.tick(now_ms, jitter(now_ms)),
             None => Vec::new(),
         };
+        let refused = fleet.credentials.is_some()
+            && fleet.holder.as_ref().is_some_and(|h| h.link.connected());
+        if refused
+            && Conn::load(host).token.is_empty()
+            && !fleet.calls.values().any(|p| matches!(p, Pending::Reauth))
+        {
+            fleet.reauthenticate(host);
+        }
         self.fleet_run(host, commands, now_ms);
         self.fleet_publish(host, now_ms);
     }
@@ -127,16 +173,18 @@ impl Worker {
                     h.hang_up(host);
                     h.attempt = h.attempt.wrapping_add(1);
                     let attempt = h.attempt;
-                    let range = etcd::range_prefix(
-                        keys::everything(&fleet.settings.prefix).as_bytes(),
-                        RANGE_LIMIT,
-                    );
-                    let sent = fleet.call(
-                        host,
-                        (method::KV, method::RANGE),
-                        &range,
-                        Pending::Range(attempt),
-                    );
+                    let sent = match &fleet.credentials {
+                        Some((user, password)) if Conn::load(host).token.is_empty() => {
+                            let auth = etcd::authenticate(user, password);
+                            fleet.call(
+                                host,
+                                (method::AUTH, method::AUTHENTICATE),
+                                &auth,
+                                Pending::Auth(attempt),
+                            )
+                        }
+                        _ => fleet.read_all(host, attempt),
+                    };
                     if let Err(status) = sent {
                         self.fleet_down(host, status, now_ms);
                     }
@@ -164,6 +212,9 @@ impl Worker {
                         let hint = match why {
                             Down::Closed { status: 14 } => {
                                 ": check the etcd cluster's address and TLS"
+                            }
+                            Down::Closed { status: 3 | 16 } => {
+                                ": check the etcd user and password (fleet.username_env, fleet.password_env)"
                             }
                             _ => "",
                         };
@@ -200,6 +251,9 @@ impl Worker {
 
     /// A holder's call or stream failed with `status`: the link decides what follows.
     pub(super) fn fleet_down(&mut self, host: &impl Host, status: u32, now_ms: u64) {
+        if status == UNAUTHENTICATED {
+            Conn::update(host, |c| c.token.clear());
+        }
         let commands = match self.fleet.as_mut().and_then(|f| f.holder.as_mut()) {
             Some(h) => h.link.on_closed(status, now_ms, jitter(now_ms)),
             None => return,
@@ -228,11 +282,14 @@ impl Worker {
             return;
         };
         let everything = keys::everything(&fleet.settings.prefix);
-        let watch = host.grpc_stream(
-            fleet.target(method::WATCH, method::WATCH_STREAM),
-            &[(etcd::HAS_LEADER.0, etcd::HAS_LEADER.1.as_bytes())],
+        let auth = Conn::load(host).token;
+        let mut metadata = Fleet::metadata(&auth);
+        let keep = host.grpc_stream(
+            fleet.target(method::LEASE, method::LEASE_KEEP_ALIVE),
+            &metadata,
         );
-        let keep = host.grpc_stream(fleet.target(method::LEASE, method::LEASE_KEEP_ALIVE), &[]);
+        metadata.push((etcd::HAS_LEADER.0, etcd::HAS_LEADER.1.as_bytes()));
+        let watch = host.grpc_stream(fleet.target(method::WATCH, method::WATCH_STREAM), &metadata);
         let (Ok(watch), Ok(keep)) = (watch, keep) else {
             return self.fleet_down(host, 14, now_ms);
         };
@@ -253,6 +310,30 @@ impl Worker {
             );
         } else {
             let _ = host.grpc_send(keep, &etcd::lease_keep_alive(lease));
+        }
+    }
+
+    /// The token for this connection attempt: share it, then read the prefix.
+    pub(super) fn fleet_authenticated(
+        &mut self,
+        host: &impl Host,
+        body: &[u8],
+        attempt: Option<u32>,
+        now_ms: u64,
+    ) {
+        let Ok(token) = etcd::auth_token(body) else {
+            return self.fleet_down(host, 2, now_ms);
+        };
+        Conn::update(host, |c| c.token.clone_from(&token));
+        let Some(attempt) = attempt else {
+            return;
+        };
+        let sent = match &mut self.fleet {
+            Some(fleet) => fleet.read_all(host, attempt),
+            None => return,
+        };
+        if let Err(status) = sent {
+            self.fleet_down(host, status, now_ms);
         }
     }
 

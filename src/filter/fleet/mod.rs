@@ -42,6 +42,10 @@ enum Pending {
     LeaseGrant,
     /// The member key's put; its answer only matters as a sign of life.
     Member,
+    /// `Authenticate` before the first read of this connection attempt.
+    Auth(u32),
+    /// `Authenticate` again while connected, after etcd refused the token.
+    Reauth,
 }
 
 /// A claim this worker made and must see stored: when to try next, and how many rounds
@@ -64,6 +68,8 @@ pub struct Fleet {
     /// Keys already said to be damaged or unknown, so each is logged once.
     warned: HashSet<Vec<u8>>,
     metrics: FleetMetrics,
+    /// The etcd user and password, read from the environment variables the settings name.
+    credentials: Option<(String, String)>,
 }
 
 impl Fleet {
@@ -77,6 +83,13 @@ impl Fleet {
         // Context ids repeat from VM to VM and workers start in the same millisecond, so
         // the election id comes from WASI's random_get through std's hasher keys.
         let id = std::collections::hash_map::RandomState::new().hash_one(host.now_ms());
+        let credentials = settings.credentials_env.as_ref().and_then(|(u, p)| {
+            let read = std::env::var(u).ok().zip(std::env::var(p).ok());
+            if read.is_none() {
+                log::error!("[CIRCUIT_BREAKER] fleet: {u} or {p} is not in the VM's environment (list both in vm_config.environment_variables.host_env_keys); etcd will refuse this Envoy");
+            }
+            read
+        });
         Fleet {
             settings,
             member,
@@ -86,6 +99,16 @@ impl Fleet {
             owed: BTreeMap::new(),
             warned: HashSet::new(),
             metrics: FleetMetrics::define(host),
+            credentials,
+        }
+    }
+
+    /// The initial metadata of every etcd call: the authentication token, if any.
+    pub(super) fn metadata(token: &str) -> Vec<(&str, &[u8])> {
+        if token.is_empty() {
+            Vec::new()
+        } else {
+            vec![(crate::core::fleet::etcd::TOKEN_METADATA, token.as_bytes())]
         }
     }
 

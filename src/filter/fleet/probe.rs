@@ -94,7 +94,14 @@ impl Worker {
             keys::episode_slots(p, b, claim.generation).as_bytes(),
         );
         let timeout = u32::try_from(fleet.settings.timeout_ms).unwrap_or(u32::MAX);
-        match host.grpc_call(fleet.target(method::KV, method::TXN), &[], &txn, timeout) {
+        let auth = Conn::load(host).token;
+        let metadata = super::Fleet::metadata(&auth);
+        match host.grpc_call(
+            fleet.target(method::KV, method::TXN),
+            &metadata,
+            &txn,
+            timeout,
+        ) {
             Ok(token) => {
                 claim.token = token;
                 Probe::Wait(claim)

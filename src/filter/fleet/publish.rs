@@ -179,13 +179,24 @@ impl Worker {
             (Pending::Publish { breaker, sent }, 0) => {
                 self.fleet_published(host, &breaker, sent, &body, now_ms)
             }
-            (Pending::Publish { breaker, .. }, _) => self.fleet_publish_failed(&breaker, now_ms),
-            (Pending::Range(attempt), _) if !self.fleet_attempt_is(attempt) => {}
+            (Pending::Publish { breaker, .. }, status) => {
+                if status == super::holder::UNAUTHENTICATED {
+                    Conn::update(host, |c| c.token.clear());
+                }
+                self.fleet_publish_failed(&breaker, now_ms)
+            }
+            (Pending::Range(attempt) | Pending::Auth(attempt), _)
+                if !self.fleet_attempt_is(attempt) => {}
+            (Pending::Auth(attempt), 0) => {
+                self.fleet_authenticated(host, &body, Some(attempt), now_ms)
+            }
+            (Pending::Reauth, 0) => self.fleet_authenticated(host, &body, None, now_ms),
+            (Pending::Reauth, _) => {}
             (Pending::Range(_), 0) => self.fleet_joined(host, &body, now_ms),
             (Pending::LeaseGrant, 0) => self.fleet_leased(host, &body, now_ms),
             (Pending::Peek, 0) => self.fleet_peeked(host, &body, now_ms),
             (Pending::Member | Pending::Peek, _) => {}
-            (Pending::Range(_) | Pending::LeaseGrant, status) => {
+            (Pending::Range(_) | Pending::Auth(_) | Pending::LeaseGrant, status) => {
                 self.fleet_down_from_call(host, status, now_ms)
             }
         }
