@@ -3,8 +3,10 @@
 //! answers back; one root context per process, elected in shared data, holds the watch
 //! and the lease. The pure rules live in `core::fleet`; this module makes the host calls.
 
+mod adopt;
 mod conn;
 mod holder;
+mod join;
 mod probe;
 mod publish;
 
