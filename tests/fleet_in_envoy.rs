@@ -177,6 +177,12 @@ fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
             .unwrap();
         assert_eq!(view["fleet"]["last_member"], "gateway-1", "{view}");
         assert_eq!(view["fleet"]["generation"], 1, "{view}");
+        let adopted = view["transitions"]
+            .as_array()
+            .and_then(|t| t.iter().find(|e| e["to"] == "open"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(adopted["member"], "gateway-1", "{view}");
     }
     // From the publisher's clock to adoption; Envoy merges histograms on its stats flush.
     for other in &f.others {

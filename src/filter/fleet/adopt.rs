@@ -7,6 +7,7 @@ use crate::core::breaker::Step;
 use crate::core::fleet::keys::{self, FleetKey};
 use crate::core::fleet::merge::{self, Decision};
 use crate::core::fleet::record::{FleetCause, FleetRecord};
+use crate::core::history::Event;
 use crate::core::store;
 
 use super::super::host::Host;
@@ -137,9 +138,11 @@ impl Worker {
         slot.absorb(host, updated, now_ms);
         slot.moved = true;
         if let Some(a) = adopted.filter(|a| a.moved || record.cause == FleetCause::ModeChanged) {
-            log::info!("{}", record.log_line(&slot.name, a.from));
+            let line = record.log_line(&slot.name, a.from);
+            log::info!("{line}");
             if let Some(t) = record.transition(a.from) {
-                slot.record_transition(host, &t);
+                let event = Event::of(&slot.name, &t).decided_by(&record.member, line);
+                slot.record_event(host, &t, event);
             }
             if let Some(fleet) = &mut self.fleet {
                 fleet.metrics.bump(stat::ADOPTED);

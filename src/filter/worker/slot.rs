@@ -165,8 +165,13 @@ impl Slot {
     /// Stats, stored history and webhook event of a transition, whoever decided it (this
     /// worker, or another Envoy of the fleet whose decision was adopted here).
     pub fn record_transition(&mut self, host: &impl Host, t: &Transition) {
-        self.metrics.transition(host, t);
         let event = Event::of(&self.name, t);
+        self.record_event(host, t, event);
+    }
+
+    /// Stats, stored history and webhook event of a transition, reported as `event`.
+    pub fn record_event(&mut self, host: &impl Host, t: &Transition, event: Event) {
+        self.metrics.transition(host, t);
         let _ = store::compare_and_swap(
             &SharedData(host),
             &history_key(&self.name),
