@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::cache::CacheSettings;
 use super::duration::{parse_millis, Millis};
 use super::fallback::{Fallback, Template};
+use super::fleet::settings::{FleetDoc, FleetSettings};
 use super::limits::{self as l, Limit};
 use super::outcome::{Classifier, StatusSet, GRPC_CODES};
 use super::settings::{Mode, Settings, StoreFailure};
@@ -61,6 +62,10 @@ pub struct PluginConfigDoc {
     /// Where to POST a JSON event for every transition (optional).
     #[serde(default)]
     pub events: Option<EventsDoc>,
+    /// Share every breaker's decisions with the other Envoys of a fleet through etcd v3
+    /// (optional; see "Fleet mode" in the README).
+    #[serde(default)]
+    pub fleet: Option<FleetDoc>,
 }
 
 /// A webhook for transitions: an Envoy cluster and a path on it.
@@ -211,6 +216,9 @@ settings_doc! {
     /// and the breaker was last seen closed: `pass` (default) lets the request through
     /// untracked, `refuse` refuses it. Open or half-open breakers always refuse then.
     store_failure_mode: StoreFailure,
+    /// With a `fleet` block: whether this breaker's decisions are shared with the fleet.
+    /// Default true; false keeps this breaker local.
+    fleet: bool,
 }
 
 /// Kind of window.
@@ -273,6 +281,8 @@ pub struct PluginConfig {
     pub default: Settings,
     pub clusters: HashMap<String, Settings>,
     pub events: Option<EventsTarget>,
+    /// Fleet mode, when the `fleet` block is given.
+    pub fleet: Option<FleetSettings>,
 }
 
 impl PluginConfig {
@@ -320,10 +330,12 @@ impl PluginConfig {
             clusters.insert(name.clone(), compile_block(&merged, &at)?);
         }
         let events = doc.events.as_ref().map(compile_events).transpose()?;
+        let fleet = doc.fleet.as_ref().map(FleetSettings::compile).transpose()?;
         Ok(PluginConfig {
             default,
             clusters,
             events,
+            fleet,
         })
     }
 
@@ -495,6 +507,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
             .map(|c| check.cache(c))
             .transpose()?,
         store_failure: d.store_failure_mode.unwrap_or_default(),
+        fleet: d.fleet.unwrap_or(l::FLEET_SHARED),
     })
 }
 

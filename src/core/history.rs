@@ -30,6 +30,9 @@ pub struct Event {
     pub trips_in_row: u32,
     /// The log line, word for word.
     pub message: String,
+    /// In fleet mode, for a decision adopted from another Envoy: the member that made it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub member: Option<String>,
 }
 
 /// Counts just before the transition.
@@ -66,6 +69,16 @@ impl Event {
                 .then(|| rfc3339(t.open_until_ms)),
             trips_in_row: t.trips_in_row,
             message: t.log_line(cluster),
+            member: None,
+        }
+    }
+
+    /// The same event as decided by another member of the fleet, with its log line.
+    pub fn decided_by(self, member: &str, message: String) -> Event {
+        Event {
+            member: Some(member.to_string()),
+            message,
+            ..self
         }
     }
 }

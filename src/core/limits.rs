@@ -49,3 +49,6 @@ pub const CACHE_MAX_ENTRIES: Limit<u32> = limit(1, 10_000, 100);
 pub const CACHE_MAX_BYTES: Limit<u64> = limit(1, 67_108_864, 1_048_576);
 pub const CACHE_MAX_AGE_MS: Limit<u64> = limit(SECOND, 24 * HOUR, 5 * MINUTE);
 pub const EVENTS_TIMEOUT_MS: Limit<u64> = limit(1, MINUTE, 5 * SECOND);
+/// Whether a breaker joins the fleet when a `fleet` block exists (`"fleet": false` keeps
+/// it local).
+pub const FLEET_SHARED: bool = true;

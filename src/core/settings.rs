@@ -116,6 +116,8 @@ pub struct Settings {
     pub cache: Option<CacheSettings>,
     /// Pass or refuse, for a breaker last seen closed, when the store gives up.
     pub store_failure: StoreFailure,
+    /// With fleet mode on: whether this breaker's decisions go through etcd.
+    pub fleet: bool,
 }
 
 impl Default for Settings {
@@ -145,6 +147,7 @@ impl Default for Settings {
             fallback: None,
             cache: None,
             store_failure: StoreFailure::Pass,
+            fleet: l::FLEET_SHARED,
         }
     }
 }

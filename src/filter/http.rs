@@ -13,6 +13,7 @@ use proxy_wasm::types::Action;
 use crate::core::control::{self, ApiError, Command};
 use crate::core::reply::Answer;
 
+use super::fleet::{Probe, SlotClaim};
 use super::host::wasm::Wasm;
 use super::host::{header_u32, Buffer, Host, Map};
 use super::worker::{Admitted, Captured, Decision, Seen, Worker};
@@ -30,6 +31,8 @@ pub struct Stream {
     admitted: Option<Admitted>,
     /// A control API command waiting for its request body.
     control: Option<Command>,
+    /// A fleet probe slot being claimed while the request waits.
+    claiming: Option<SlotClaim>,
 }
 
 impl Stream {
@@ -38,6 +41,7 @@ impl Stream {
             worker,
             admitted: None,
             control: None,
+            claiming: None,
         }
     }
 
@@ -97,10 +101,54 @@ impl Stream {
                     retry_after: None,
                     capture,
                 });
-                Action::Continue
+                if !ticket.probe {
+                    return Action::Continue;
+                }
+                let probe = worker.fleet_probe(host, asks.slot);
+                self.probe(host, worker, probe)
             }
             Decision::Pass => Action::Continue,
             Decision::Reject(reply) => answer(host, &reply, REFUSAL_DETAILS),
+        }
+    }
+
+    /// What a probe does after its slot claim (or without one): go, wait, or be refused.
+    fn probe(&mut self, host: &impl Host, worker: &mut Worker, probe: Probe) -> Action {
+        match probe {
+            Probe::Go => Action::Continue,
+            Probe::Wait(claim) => {
+                self.claiming = Some(claim);
+                Action::Pause
+            }
+            Probe::Refuse => {
+                let Some(a) = self.admitted.take() else {
+                    return Action::Continue;
+                };
+                worker.give_back(host, a.slot, a.ticket);
+                match worker.half_open_refusal(a.slot, is_grpc(host)) {
+                    Some(reply) => answer(host, &reply, REFUSAL_DETAILS),
+                    None => Action::Continue,
+                }
+            }
+        }
+    }
+
+    /// The answer to this stream's probe slot claim; the request waits for it.
+    pub fn grpc_answered(&mut self, host: &impl Host, token: u32, status: u32, size: usize) {
+        let Some(claim) = self.claiming.take_if(|c| c.token == token) else {
+            return;
+        };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            // Busy (cannot happen between callbacks): no slot is safer than a guess.
+            let _ = host.resume_request();
+            return;
+        };
+        let next = worker.fleet_probe_answered(host, claim, status, size);
+        if self.probe(host, &mut worker, next) == Action::Continue {
+            let _ = host.resume_request();
         }
     }
 
@@ -251,7 +299,13 @@ impl Stream {
         let (Some(a), Some(worker)) = (self.admitted.take(), &self.worker) else {
             return;
         };
-        if let Ok(mut worker) = worker.try_borrow_mut() {
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return;
+        };
+        if self.claiming.take().is_some() {
+            // The client left while its probe waited for a slot: it never went upstream.
+            worker.give_back(host, a.slot, a.ticket);
+        } else {
             worker.record(host, a);
         }
     }
@@ -299,7 +353,11 @@ impl Asks {
     }
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        self.grpc_answered(&Wasm, token, status, size);
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -344,6 +402,10 @@ fn test_hooks() {
         let key = super::shared::record_key(&String::from_utf8_lossy(&name));
         let _ = Wasm.set_shared_data(&key, b"\x02junk that is no record", 0);
     }
+}
+
+fn is_grpc(host: &impl Host) -> bool {
+    request_header(host, "content-type").is_some_and(|ct| ct.starts_with(b"application/grpc"))
 }
 
 fn request_header(host: &impl Host, name: &str) -> Option<Vec<u8>> {

@@ -43,7 +43,13 @@ impl Root {
                 return false;
             }
         };
-        self.worker = Some(Rc::new(RefCell::new(Worker::new(host, config))));
+        let worker = Rc::new(RefCell::new(Worker::new(host, config)));
+        // In fleet mode each context reads etcd once from here, so a starting Envoy
+        // learns the fleet's decisions in its first milliseconds.
+        if let Ok(mut w) = worker.try_borrow_mut() {
+            w.fleet_start(host);
+        }
+        self.worker = Some(worker);
         if let Err(e) = host.set_tick_period_ms(TICK_MS) {
             log::error!("[CIRCUIT_BREAKER] cannot start the timer (host status {}); open breakers will only move on traffic", e.0);
         }
@@ -67,6 +73,15 @@ impl Root {
         }
     }
 
+    /// Runs `f` on this thread's worker, unless it is busy (a callback inside a callback).
+    fn with_worker(&self, f: impl FnOnce(&mut Worker)) {
+        if let Some(worker) = &self.worker {
+            if let Ok(mut worker) = worker.try_borrow_mut() {
+                f(&mut worker);
+            }
+        }
+    }
+
     /// The webhook's answer to an event delivery.
     pub fn call_answered(&mut self, host: &impl Host, token: u32, headers: usize) {
         let status = (headers > 0)
@@ -81,6 +96,24 @@ impl Root {
 }
 
 impl Context for Root {
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let host = Wasm;
+        self.with_worker(|w| w.fleet_answered(&host, token, status, size, host.now_ms()));
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        let host = Wasm;
+        let body = host
+            .buffer(super::host::Buffer::GrpcReceive, size)
+            .unwrap_or_default();
+        self.with_worker(|w| w.fleet_message(&host, token, &body, host.now_ms()));
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        let host = Wasm;
+        self.with_worker(|w| w.fleet_closed(&host, token, status, host.now_ms()));
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,

@@ -7,7 +7,7 @@ mod admission;
 mod control_api;
 mod events;
 mod notices;
-mod slot;
+pub(crate) mod slot;
 
 use std::collections::HashMap;
 
@@ -18,6 +18,7 @@ use crate::core::registry;
 use crate::core::settings::Settings;
 use crate::core::store;
 
+use super::fleet::Fleet;
 use super::host::Host;
 use super::shared::{SharedData, REGISTRY_KEY};
 
@@ -27,9 +28,9 @@ use notices::Notices;
 use slot::{Slot, CAS_ATTEMPTS};
 
 pub struct Worker {
-    config: PluginConfig,
-    index: HashMap<Vec<u8>, usize>,
-    slots: Vec<Slot>,
+    pub(crate) config: PluginConfig,
+    pub(crate) index: HashMap<Vec<u8>, usize>,
+    pub(crate) slots: Vec<Slot>,
     /// Whether this worker has already said that the breaker list is full.
     warned_full: bool,
     rng: u64,
@@ -37,9 +38,11 @@ pub struct Worker {
     token: Option<String>,
     /// The latest clock reading this worker made (at least every timer tick): good enough
     /// to refuse at a glance while a breaker is well inside its open time.
-    clock_ms: u64,
+    pub(crate) clock_ms: u64,
     deliveries: HashMap<u32, Delivery>,
     notices: Notices,
+    /// Fleet mode's state in this VM, when the configuration has a `fleet` block.
+    pub(crate) fleet: Option<Fleet>,
 }
 
 impl Worker {
@@ -57,7 +60,13 @@ impl Worker {
             deliveries: HashMap::new(),
             clock_ms: now_ms,
             notices: Notices::default(),
+            fleet: None,
         };
+        worker.fleet = worker
+            .config
+            .fleet
+            .clone()
+            .map(|settings| Fleet::new(host, settings));
         let mut named: Vec<String> = worker.config.clusters.keys().cloned().collect();
         named.sort();
         for name in named {
@@ -136,7 +145,13 @@ impl Worker {
     }
 
     /// Adds `name` to the process-wide list; false if it cannot be tracked.
-    fn register(&mut self, host: &impl Host, name: &str, prefix: &str, limit: usize) -> bool {
+    pub(crate) fn register(
+        &mut self,
+        host: &impl Host,
+        name: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> bool {
         let result =
             store::compare_and_swap(&SharedData(host), REGISTRY_KEY, b"", CAS_ATTEMPTS, |b| {
                 match registry::with_limited(b, name, prefix, limit) {
@@ -163,7 +178,7 @@ impl Worker {
     }
 
     /// The names in the process-wide list, as stored.
-    fn listed(host: &impl Host) -> Vec<String> {
+    pub(crate) fn listed(host: &impl Host) -> Vec<String> {
         match host.shared_data(REGISTRY_KEY) {
             Ok(Some((bytes, _))) => registry::names(&bytes),
             _ => Vec::new(),
@@ -198,5 +213,6 @@ impl Worker {
             self.register(host, &name, "", usize::MAX);
         }
         self.deliver_events(host);
+        self.fleet_tick(host, now_ms);
     }
 }

@@ -451,3 +451,48 @@ fn every_duration_bound_is_enforced_and_documented() {
         );
     }
 }
+
+#[test]
+fn without_a_fleet_block_there_is_no_fleet() {
+    let c = parse("{}").unwrap();
+    assert_eq!(c.fleet, None);
+    assert!(
+        c.default.fleet,
+        "breakers join a fleet by default once there is one"
+    );
+}
+
+#[test]
+fn a_fleet_block_is_checked_and_compiled() {
+    let c = parse(
+        r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "/ecb/school", "timeout": "250ms", "member": "gateway-2"},
+            "clusters": {"auth": {"fleet": false}}}"#,
+    )
+    .unwrap();
+    let fleet = c.fleet.unwrap();
+    assert_eq!(fleet.prefix, "/ecb/school");
+    assert_eq!(fleet.timeout_ms, 250);
+    assert_eq!(fleet.member.as_deref(), Some("gateway-2"));
+    assert!(!c.clusters["auth"].fleet);
+    assert!(c.default.fleet);
+}
+
+#[test]
+fn fleet_refusals_name_the_field() {
+    let msg = refusal(r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "/p", "timeout": "0ms"}}"#);
+    assert!(
+        msg.contains("fleet.timeout: must be between 1ms and 60s, but was \"0ms\""),
+        "{msg}"
+    );
+    let msg = refusal(r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "p"}}"#);
+    assert!(msg.contains("fleet.prefix: must start"), "{msg}");
+    let msg = refusal(r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "/p", "tls": true}}"#);
+    assert!(
+        msg.contains("fleet") && msg.contains("unknown field `tls`"),
+        "{msg}"
+    );
+    let msg = refusal(r#"{"fleet": {"prefix": "/p"}}"#);
+    assert!(msg.contains("missing field `etcd_cluster`"), "{msg}");
+    let msg = refusal(r#"{"clusters": {"auth": {"fleet": "no"}}}"#);
+    assert!(msg.contains("clusters.auth.fleet"), "{msg}");
+}

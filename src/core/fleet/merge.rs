@@ -44,13 +44,14 @@ pub fn claim_wins(claim: &FleetRecord, stored: &FleetRecord) -> bool {
     if claim.generation != stored.generation {
         return newer(claim.generation, stored.generation);
     }
-    let by = |r: &FleetRecord| {
-        (
-            protection(r.state),
-            r.published_at_ms.saturating_add(r.open_for_ms),
-            r.trips_in_row,
-        )
+    // Only an open record has an end; between two half-open or closed records of the same
+    // step, a later timestamp is no reason to replace the stored one (and would start a
+    // new probe episode under probes already admitted).
+    let end = |r: &FleetRecord| match r.state {
+        State::Open => r.published_at_ms.saturating_add(r.open_for_ms),
+        _ => 0,
     };
+    let by = |r: &FleetRecord| (protection(r.state), end(r), r.trips_in_row);
     by(claim).cmp(&by(stored)) == Ordering::Greater
 }
 
@@ -316,6 +317,23 @@ mod tests {
         assert_eq!(local.open_until_ms, 31_000);
         assert_eq!(local.generation, 1, "in-flight tickets are now stale");
         assert_eq!(local.reason, Some(TripReason::ConsecutiveFailures));
+    }
+
+    #[test]
+    fn two_moves_to_half_open_at_the_same_step_keep_the_stored_one() {
+        let stored = FleetRecord {
+            state: State::HalfOpen,
+            cause: FleetCause::OpenElapsed,
+            open_for_ms: 0,
+            ..open_record(6, "a")
+        };
+        let later = FleetRecord {
+            published_at_ms: stored.published_at_ms + 5,
+            member: "b".into(),
+            ..stored.clone()
+        };
+        assert!(!claim_wins(&later, &stored));
+        assert!(!claim_wins(&stored, &later));
     }
 
     #[test]

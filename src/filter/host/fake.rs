@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::core::reply::Answer;
 
-use super::{Buffer, Host, HostError, Map, MetricKind, Saved};
+use super::{Buffer, GrpcTarget, Host, HostError, Map, MetricKind, Saved};
 
 /// One host call as the journal records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,11 @@ pub enum Call {
     Metric(u32),
     Tick,
     Queue,
+    /// A gRPC call or stream opened, by method.
+    Grpc(String),
+    GrpcSend(u32),
+    GrpcCancel(u32),
+    Resume,
 }
 
 #[derive(Default)]
@@ -36,6 +41,11 @@ pub struct FakeHost {
     pub counters: RefCell<HashMap<String, u64>>,
     metric_names: RefCell<Vec<String>>,
     queues: RefCell<Vec<VecDeque<Vec<u8>>>>,
+    /// Every gRPC message sent (calls and streams), by token, in order.
+    pub grpc_sent: RefCell<Vec<(u32, Vec<u8>)>>,
+    grpc_tokens: Cell<u32>,
+    /// What the next read of the gRPC receive buffer returns.
+    pub grpc_answer: RefCell<Vec<u8>>,
     journal: RefCell<Vec<Call>>,
 }
 
@@ -101,9 +111,12 @@ impl Host for FakeHost {
         Ok(self.headers.borrow().get(&(map, name.to_string())).cloned())
     }
 
-    fn buffer(&self, _buffer: Buffer, _size: usize) -> Result<Vec<u8>, HostError> {
+    fn buffer(&self, buffer: Buffer, _size: usize) -> Result<Vec<u8>, HostError> {
         self.note(Call::Buffer);
-        Ok(Vec::new())
+        Ok(match buffer {
+            Buffer::GrpcReceive => self.grpc_answer.borrow().clone(),
+            _ => Vec::new(),
+        })
     }
 
     fn shared_data(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
@@ -189,5 +202,42 @@ impl Host for FakeHost {
         let mut queues = self.queues.borrow_mut();
         let queue = queues.get_mut(token as usize).ok_or(HostError(1))?;
         Ok(queue.pop_front())
+    }
+
+    fn grpc_call(
+        &self,
+        to: GrpcTarget,
+        _metadata: &[(&str, &[u8])],
+        message: &[u8],
+        _timeout_ms: u32,
+    ) -> Result<u32, HostError> {
+        self.note(Call::Grpc(to.method.to_string()));
+        let token = self.grpc_tokens.get() + 1;
+        self.grpc_tokens.set(token);
+        self.grpc_sent.borrow_mut().push((token, message.to_vec()));
+        Ok(token)
+    }
+
+    fn grpc_stream(&self, to: GrpcTarget, _metadata: &[(&str, &[u8])]) -> Result<u32, HostError> {
+        self.note(Call::Grpc(to.method.to_string()));
+        let token = self.grpc_tokens.get() + 1;
+        self.grpc_tokens.set(token);
+        Ok(token)
+    }
+
+    fn grpc_send(&self, token: u32, message: &[u8]) -> Result<(), HostError> {
+        self.note(Call::GrpcSend(token));
+        self.grpc_sent.borrow_mut().push((token, message.to_vec()));
+        Ok(())
+    }
+
+    fn grpc_cancel(&self, token: u32) -> Result<(), HostError> {
+        self.note(Call::GrpcCancel(token));
+        Ok(())
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        self.note(Call::Resume);
+        Ok(())
     }
 }

@@ -28,6 +28,8 @@ pub enum Map {
 pub enum Buffer {
     RequestBody = 0,
     ResponseBody = 1,
+    /// The message of a gRPC answer or stream message, in the callback that announces it.
+    GrpcReceive = 5,
     PluginConfiguration = 7,
 }
 
@@ -43,6 +45,16 @@ pub enum Saved {
 pub enum MetricKind {
     Counter = 0,
     Gauge = 1,
+    Histogram = 2,
+}
+
+/// Where a gRPC call or stream goes: the serialized `GrpcService` naming the Envoy
+/// cluster (a bare name can make Envoy abort), the service and the method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcTarget<'a> {
+    pub grpc_service: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
 }
 
 /// Every call the shell makes into the host, each one total: a refused call is a
@@ -82,6 +94,34 @@ pub trait Host {
     fn enqueue(&self, token: u32, message: &[u8]) -> Result<(), HostError>;
     /// Takes the next message off the queue with `token`; `None` when it is empty.
     fn dequeue(&self, token: u32) -> Result<Option<Vec<u8>>, HostError>;
+    /// Sends one unary gRPC call; the answer (or the timeout, as status 14) arrives at the
+    /// calling context with the returned token. `timeout_ms` must not be 0 (no timeout).
+    fn grpc_call(
+        &self,
+        to: GrpcTarget,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, HostError>;
+    /// Opens a gRPC stream; its messages and its close arrive at the calling context.
+    fn grpc_stream(&self, to: GrpcTarget, metadata: &[(&str, &[u8])]) -> Result<u32, HostError>;
+    /// Sends one message on an open stream.
+    fn grpc_send(&self, token: u32, message: &[u8]) -> Result<(), HostError>;
+    /// Cancels a call or a stream; no callback follows.
+    fn grpc_cancel(&self, token: u32) -> Result<(), HostError>;
+    /// Lets a request paused in its headers go on to the upstream.
+    fn resume_request(&self) -> Result<(), HostError>;
+}
+
+/// This Envoy's node id (`--service-node` or the bootstrap's `node.id`), when set.
+pub fn node_id(host: &impl Host) -> Option<String> {
+    // `xds.node` is the attribute's name since Envoy 1.2x; `node` the older one.
+    [&b"xds\0node\0id"[..], b"node\0id"]
+        .iter()
+        .find_map(|path| {
+            let bytes = host.property(path).ok().flatten()?;
+            String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+        })
 }
 
 /// A header value as a number, as status headers carry them.

@@ -7,7 +7,7 @@ use std::ptr::{null, null_mut};
 
 use crate::core::reply::Answer;
 
-use super::{Buffer, Host, HostError, Map, MetricKind, Saved};
+use super::{Buffer, GrpcTarget, Host, HostError, Map, MetricKind, Saved};
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
@@ -79,6 +79,9 @@ extern "C" {
     fn proxy_register_shared_queue(name: *const u8, name_size: usize, out_id: *mut u32) -> u32;
     fn proxy_enqueue_shared_queue(id: u32, value: *const u8, value_size: usize) -> u32;
     fn proxy_dequeue_shared_queue(id: u32, out: *mut *mut u8, out_size: *mut usize) -> u32;
+    fn proxy_grpc_send(token: u32, data: *const u8, size: usize, end_stream: u32) -> u32;
+    fn proxy_grpc_cancel(token: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -275,6 +278,63 @@ impl Host for Wasm {
         // SAFETY: the out-parameters are valid locals of `fetch`.
         fetch(|out, len| unsafe { proxy_dequeue_shared_queue(token, out, len) })
     }
+
+    fn grpc_call(
+        &self,
+        to: GrpcTarget,
+        metadata: &[(&str, &[u8])],
+        message: &[u8],
+        timeout_ms: u32,
+    ) -> Result<u32, HostError> {
+        proxy_wasm::hostcalls::dispatch_grpc_call(
+            to.grpc_service,
+            to.service,
+            to.method,
+            grpc_metadata(metadata),
+            Some(message),
+            std::time::Duration::from_millis(u64::from(timeout_ms.max(1))),
+        )
+        .map_err(|status| HostError(status as u32))
+    }
+
+    fn grpc_stream(&self, to: GrpcTarget, metadata: &[(&str, &[u8])]) -> Result<u32, HostError> {
+        proxy_wasm::hostcalls::open_grpc_stream(
+            to.grpc_service,
+            to.service,
+            to.method,
+            grpc_metadata(metadata),
+        )
+        .map_err(|status| HostError(status as u32))
+    }
+
+    fn grpc_send(&self, token: u32, message: &[u8]) -> Result<(), HostError> {
+        // SAFETY: `message` outlives the call; the host copies the bytes before returning.
+        check(unsafe { proxy_grpc_send(token, message.as_ptr(), message.len(), 0) })
+    }
+
+    fn grpc_cancel(&self, token: u32) -> Result<(), HostError> {
+        // SAFETY: a plain value, no memory is shared.
+        check(unsafe { proxy_grpc_cancel(token) })
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        // SAFETY: a plain value (the ABI's stream type 0, the request), no memory is shared.
+        check(unsafe { proxy_continue_stream(0) })
+    }
+}
+
+/// The SDK's gRPC wrappers, for the same reason as `http_call`: they register the token
+/// with the SDK's dispatcher, without which the answer would reach no context. They panic
+/// on a status other than Ok, ParseFailure and InternalFailure. Envoy 1.40's
+/// `Context::grpcCall`/`grpcStream` return ParseFailure (a bare cluster name Envoy does not
+/// know), BadArgument (the async client for the `GrpcService` cannot be made: a
+/// `GrpcService` that does not parse as one, which `fleet::etcd::grpc_service` rules out
+/// by building only `envoy_grpc { cluster_name }` from a checked name) or
+/// InternalFailure (the stream could not start: unknown cluster at send time); the ABI
+/// layer adds InvalidMemoryAccess only for pointers outside the VM's memory, which slices
+/// never are. So the panicking statuses cannot occur for what the filter sends.
+fn grpc_metadata<'a>(metadata: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
+    metadata.to_vec()
 }
 
 /// The ABI's header map layout: count, then each name and value length, then each name

@@ -50,14 +50,22 @@ impl Worker {
                         Some((name.clone(), record, settings))
                     })
                     .collect();
-                json(view::health(&rows, now_ms))
+                let mut health = view::health(&rows, now_ms);
+                if let Some(fleet) = self.fleet_view(host) {
+                    health["fleet"] = fleet;
+                }
+                json(health)
             }
             Command::List => {
                 let views: Vec<_> = names
                     .iter()
                     .filter_map(|n| self.view(host, n, now_ms))
                     .collect();
-                json(serde_json::json!({ "circuit_breakers": views }))
+                let mut list = serde_json::json!({ "circuit_breakers": views });
+                if let Some(fleet) = self.fleet_view(host) {
+                    list["fleet"] = fleet;
+                }
+                json(list)
             }
             Command::Show(name) => json(self.view(host, name, now_ms).unwrap_or_default()),
             Command::Reset(name) => {
@@ -105,7 +113,11 @@ impl Worker {
 
     fn view(&mut self, host: &impl Host, name: &str, now_ms: u64) -> Option<serde_json::Value> {
         let (record, settings, history) = self.current(host, name)?;
-        Some(view::breaker(name, &record, &settings, &history, now_ms))
+        let mut view = view::breaker(name, &record, &settings, &history, now_ms);
+        if let Some(fleet) = self.fleet_breaker_view(host, name, settings.fleet) {
+            view["fleet"] = fleet;
+        }
+        Some(view)
     }
 
     fn change(
@@ -118,10 +130,13 @@ impl Worker {
         let missing = || ApiError::not_found(format!("no circuit breaker named {name:?}"));
         let i = self.slot_for(host, name.as_bytes()).ok_or_else(missing)?;
         let slot = self.slots.get_mut(i).ok_or_else(missing)?;
+        let mode_before = slot.last_seen.mode_override;
         if slot.write(host, now_ms, decide) {
             // An operator's change may move no state (a mode override) and still change
-            // what every worker must do.
+            // what every worker must do, and every Envoy of a fleet.
             slot.moved = true;
+            slot.mode_unpublished |=
+                slot.unpublished.is_none() && slot.last_seen.mode_override != mode_before;
             self.tell_others(host, i);
             Ok(())
         } else {

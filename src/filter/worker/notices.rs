@@ -80,7 +80,8 @@ impl Worker {
     }
 
     /// Tells every other worker that slot `i` moved, if this worker moved it.
-    pub(super) fn tell_others(&mut self, host: &impl Host, i: usize) {
+    pub(crate) fn tell_others(&mut self, host: &impl Host, i: usize) {
+        self.fleet_claim(host, i);
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
@@ -103,6 +104,11 @@ impl Worker {
     /// The host woke this worker: refresh the copies of the breakers named on the queue.
     pub fn notified(&mut self, host: &impl Host, token: u32, now_ms: u64) {
         self.clock_ms = self.clock_ms.max(now_ms);
+        self.drain(host, token, now_ms);
+        self.fleet_publish(host, now_ms);
+    }
+
+    fn drain(&mut self, host: &impl Host, token: u32, now_ms: u64) {
         for _ in 0..MAX_DRAIN {
             let Ok(Some(name)) = host.dequeue(token) else {
                 return;
@@ -110,6 +116,15 @@ impl Worker {
             if let Some(slot) = self.index.get(&name).and_then(|i| self.slots.get_mut(*i)) {
                 slot.refresh(host, now_ms);
             }
+        }
+    }
+
+    /// Wakes this worker's own root context (a notice to itself), so that work an HTTP
+    /// context cannot do, such as publishing to the fleet, happens at once rather than on
+    /// the next tick.
+    pub(crate) fn wake_self(&self, host: &impl Host, name: &str) {
+        if let Some(own) = self.notices.own {
+            let _ = host.enqueue(own, name.as_bytes());
         }
     }
 }

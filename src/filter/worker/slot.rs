@@ -41,6 +41,16 @@ pub struct Slot {
     dry_run_logged_at_ms: u64,
     /// Events this worker made, waiting for the timer to deliver them.
     pub outbox: Vec<Event>,
+    /// The latest transition this worker made and has not yet handed to the fleet, with
+    /// the record's mode override and trip reason after it.
+    pub unpublished: Option<(
+        Transition,
+        Option<Mode>,
+        Option<crate::core::state::TripReason>,
+    )>,
+    /// An operator changed the mode override here without a change of state, and the fleet
+    /// has not been told.
+    pub mode_unpublished: bool,
     events_on: bool,
 }
 
@@ -72,6 +82,8 @@ impl Slot {
             dry_run_unlogged: 0,
             dry_run_logged_at_ms: 0,
             outbox: Vec::new(),
+            unpublished: None,
+            mode_unpublished: false,
             events_on,
         };
         slot.metrics.state(host, slot.last_seen.state);
@@ -131,6 +143,7 @@ impl Slot {
         if let Some(t) = &updated.transition {
             self.announce(host, t, updated.record.mode(&self.settings));
             self.moved = true;
+            self.unpublished = Some((*t, updated.record.mode_override, updated.record.reason));
         }
         // A failure streak that starts here must reach the other workers too: a worker
         // whose copy shows no streak batches its successes instead of writing them, and
@@ -152,8 +165,19 @@ impl Slot {
             ""
         };
         log::info!("{}{dry_run}", t.log_line(&self.name));
-        self.metrics.transition(host, t);
+        self.record_transition(host, t);
+    }
+
+    /// Stats, stored history and webhook event of a transition, whoever decided it (this
+    /// worker, or another Envoy of the fleet whose decision was adopted here).
+    pub fn record_transition(&mut self, host: &impl Host, t: &Transition) {
         let event = Event::of(&self.name, t);
+        self.record_event(host, t, event);
+    }
+
+    /// Stats, stored history and webhook event of a transition, reported as `event`.
+    pub fn record_event(&mut self, host: &impl Host, t: &Transition, event: Event) {
+        self.metrics.transition(host, t);
         let _ = store::compare_and_swap(
             &SharedData(host),
             &history_key(&self.name),

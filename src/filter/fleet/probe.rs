@@ -1,0 +1,215 @@
+//! Half-open across the fleet: a request that passed the local probe gate takes one of the
+//! fleet's probe slots in etcd before it goes upstream, so `half_open_max_requests` holds
+//! for the whole fleet, not per Envoy. The request waits (one `Txn`, bounded by
+//! `fleet.timeout`, at most one round per slot); without a slot it is refused as half-open,
+//! never sent as a probe. With etcd unreachable the local gate alone decides, as without a
+//! fleet.
+
+use crate::core::breaker::{self, Call, RejectKind, Rejection, Ticket};
+use crate::core::fleet::etcd::{self, method};
+use crate::core::fleet::keys::{self, FleetKey};
+use crate::core::outcome::Outcome;
+use crate::core::reply::Answer;
+use crate::core::state::State;
+
+use super::super::host::{Buffer, Host};
+use super::super::metrics::Counted;
+use super::super::worker::Worker;
+use super::conn::{load_shadow, load_slots, update_slots, Conn, Link as LinkState};
+
+/// A slot claim in flight for one paused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotClaim {
+    /// The call's token; its answer comes to the stream's context.
+    pub token: u32,
+    breaker: String,
+    generation: u32,
+    slot: u32,
+    /// The `mod_revision` of the half-open record the claim is for.
+    revision: i64,
+    rounds: u32,
+}
+
+/// What a probe admitted by the local gate does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Go upstream as a probe.
+    Go,
+    /// Wait for the claim's answer.
+    Wait(SlotClaim),
+    /// No slot: refuse as half-open.
+    Refuse,
+}
+
+impl Worker {
+    /// Whether the probe admitted for slot `i` may go, must wait for a slot, or is refused.
+    pub fn fleet_probe(&mut self, host: &impl Host, i: usize) -> Probe {
+        let (true, Some(slot)) = (self.fleet.is_some(), self.slots.get(i)) else {
+            return Probe::Go;
+        };
+        if !slot.settings.fleet {
+            return Probe::Go;
+        }
+        let conn = Conn::load(host);
+        if conn.link != LinkState::Connected {
+            return Probe::Go;
+        }
+        let shadow = load_shadow(host, &slot.name);
+        let max = slot.settings.half_open_max_requests;
+        match (&shadow.seen, &shadow.claim, conn.lease) {
+            // A decision of this Envoy's not yet in etcd, or no lease to bind a slot to:
+            // wait for them rather than probe without a slot.
+            (_, Some(_), _) | (_, _, 0) => Probe::Refuse,
+            (Some((record, revision)), None, lease) if record.state == State::HalfOpen => {
+                let name = slot.name.clone();
+                let Some(n) = load_slots(host, &name).next_free(record.generation, max) else {
+                    return Probe::Refuse;
+                };
+                let claim = SlotClaim {
+                    token: 0,
+                    breaker: name,
+                    generation: record.generation,
+                    slot: n,
+                    revision: *revision,
+                    rounds: 0,
+                };
+                self.send_claim(host, claim, lease)
+            }
+            _ => Probe::Refuse,
+        }
+    }
+
+    fn send_claim(&self, host: &impl Host, mut claim: SlotClaim, lease: i64) -> Probe {
+        let Some(fleet) = &self.fleet else {
+            return Probe::Refuse;
+        };
+        let p = &fleet.settings.prefix;
+        let b = &claim.breaker;
+        let txn = etcd::txn_claim_slot(
+            keys::slot(p, b, claim.generation, claim.slot).as_bytes(),
+            fleet.member.as_bytes(),
+            lease,
+            keys::decision(p, b).as_bytes(),
+            claim.revision,
+            keys::episode_slots(p, b, claim.generation).as_bytes(),
+        );
+        let timeout = u32::try_from(fleet.settings.timeout_ms).unwrap_or(u32::MAX);
+        let auth = Conn::load(host).token;
+        let metadata = super::Fleet::metadata(&auth);
+        match host.grpc_call(
+            fleet.target(method::KV, method::TXN),
+            &metadata,
+            &txn,
+            timeout,
+        ) {
+            Ok(token) => {
+                claim.token = token;
+                Probe::Wait(claim)
+            }
+            Err(_) => Probe::Refuse,
+        }
+    }
+
+    /// The answer to a slot claim: go, try the next free slot, or refuse.
+    pub fn fleet_probe_answered(
+        &mut self,
+        host: &impl Host,
+        claim: SlotClaim,
+        status: u32,
+        size: usize,
+    ) -> Probe {
+        let Some(fleet) = &self.fleet else {
+            return Probe::Refuse;
+        };
+        let body = match status {
+            0 => host.buffer(Buffer::GrpcReceive, size).unwrap_or_default(),
+            _ => return Probe::Refuse,
+        };
+        let Ok(outcome) = etcd::txn_outcome(&body) else {
+            return Probe::Refuse;
+        };
+        let prefix = fleet.settings.prefix.clone();
+        let max = self.max_probes(&claim.breaker);
+        let b = claim.breaker.clone();
+        if outcome.succeeded {
+            let key = FleetKey::Slot {
+                breaker: b.clone(),
+                generation: claim.generation,
+                slot: claim.slot,
+            };
+            update_slots(host, &b, |s| {
+                s.on_event(&key, false, &b, max);
+            });
+            return Probe::Go;
+        }
+        let mut decision_revision = None;
+        for kv in &outcome.kvs {
+            match keys::parse(&prefix, &kv.key) {
+                Some(key @ FleetKey::Slot { .. }) => update_slots(host, &b, |s| {
+                    s.on_event(&key, false, &b, max);
+                }),
+                Some(FleetKey::Decision(_)) => decision_revision = Some(kv.mod_revision),
+                _ => {}
+            }
+        }
+        // The breaker moved on (the watch brings the new record), or every round is spent.
+        if decision_revision != Some(claim.revision) || claim.rounds + 1 >= max {
+            return Probe::Refuse;
+        }
+        let Some(n) = load_slots(host, &b).next_free(claim.generation, max) else {
+            return Probe::Refuse;
+        };
+        let next = SlotClaim {
+            slot: n,
+            rounds: claim.rounds + 1,
+            ..claim
+        };
+        self.send_claim(host, next, Conn::load(host).lease)
+    }
+
+    fn max_probes(&self, breaker: &str) -> u32 {
+        self.index
+            .get(breaker.as_bytes())
+            .and_then(|i| self.slots.get(*i))
+            .map_or(1, |s| s.settings.half_open_max_requests)
+    }
+
+    /// Gives a local probe back without an outcome (its slot claim failed, or the client
+    /// left while it waited), so the local gate admits another.
+    pub fn give_back(&mut self, host: &impl Host, i: usize, ticket: Ticket) {
+        let now_ms = host.now_ms();
+        let call = Call {
+            outcome: Outcome::Ignored,
+            elapsed_ms: 0,
+            retry_after_ms: None,
+        };
+        if let Some(slot) = self.slots.get_mut(i) {
+            let _ = slot.write(host, now_ms, |r, s| {
+                breaker::record(r, s, ticket, call, now_ms)
+            });
+        }
+        self.tell_others(host, i);
+    }
+
+    /// The refusal of a request that found no fleet probe slot, shaped like any other.
+    pub fn half_open_refusal(&mut self, i: usize, grpc: bool) -> Option<Answer> {
+        let slot = self.slots.get_mut(i)?;
+        slot.metrics.count(Counted::Rejected);
+        let rejection = Rejection {
+            kind: RejectKind::HalfOpen,
+            reason: slot.last_seen.reason,
+            retry_after_ms: 1_000,
+        };
+        Some(slot.reply.render(&rejection, grpc))
+    }
+
+    /// A slot key seen on the watch or in the first read: which slots are taken.
+    pub(super) fn fleet_slot_seen(&mut self, host: &impl Host, key: &FleetKey, deleted: bool) {
+        if let FleetKey::Slot { breaker, .. } = key {
+            let max = self.max_probes(breaker);
+            update_slots(host, breaker, |s| {
+                s.on_event(key, deleted, breaker, max);
+            });
+        }
+    }
+}

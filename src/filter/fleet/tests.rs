@@ -1,0 +1,317 @@
+//! The fleet's shell against the in-memory host: what it sends to etcd and what it does
+//! with the answers, one callback at a time. The real etcd and Envoys are in
+//! tests/fleet_in_envoy.rs; these pin down the steps between.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use prost::Message;
+use proxy_wasm::types::Action;
+
+use crate::core::config::PluginConfig;
+use crate::core::fleet::etcd::{
+    KeyValue, RangeResponse, Response, ResponseHeader, ResponseOp, TxnResponse,
+};
+use crate::core::fleet::keys;
+use crate::core::fleet::record::{FleetCause, FleetRecord};
+use crate::core::state::{Counts, State, TripReason};
+
+use super::super::host::fake::{Call, FakeHost};
+use super::super::host::Map;
+use super::super::http::Stream;
+use super::super::worker::Worker;
+use super::conn::{load_shadow, Conn, Link};
+
+const LOCAL: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
+const FLEET: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
+    "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}"#;
+
+fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
+    let config = match PluginConfig::parse(json.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => panic!("test config refused: {e}"),
+    };
+    Rc::new(RefCell::new(Worker::new(host, config)))
+}
+
+fn request(host: &FakeHost, w: &Rc<RefCell<Worker>>, status: u32) -> Action {
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    host.set_header(Map::ResponseHeaders, ":status", &status.to_string());
+    let mut stream = Stream::new(Some(w.clone()));
+    let action = stream.request_headers(host, true);
+    if action == Action::Continue {
+        stream.response_headers(host, false);
+        stream.response_body(host, 10, true);
+    }
+    stream.log(host);
+    action
+}
+
+fn grpc_calls(journal: &[Call]) -> Vec<String> {
+    journal
+        .iter()
+        .filter_map(|c| match c {
+            Call::Grpc(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn open_by(member: &str, generation: u32, at_ms: u64) -> FleetRecord {
+    FleetRecord {
+        state: State::Open,
+        reason: Some(TripReason::ConsecutiveFailures),
+        cause: FleetCause::Tripped,
+        mode_override: None,
+        generation,
+        published_at_ms: at_ms,
+        open_for_ms: 30_000,
+        trips_in_row: 1,
+        probe_successes: 0,
+        counts: Counts {
+            consecutive_failures: 3,
+            ..Counts::default()
+        },
+        member: member.into(),
+    }
+}
+
+#[test]
+fn without_a_fleet_block_nothing_about_etcd_is_called() {
+    let host = FakeHost::at(1_000);
+    let w = worker(&host, LOCAL);
+    for _ in 0..4 {
+        request(&host, &w, 500);
+    }
+    for _ in 0..20 {
+        host.advance(100);
+        w.borrow_mut().tick(&host, host.clock_ms.get());
+    }
+    let journal = host.take_journal();
+    assert!(grpc_calls(&journal).is_empty(), "{journal:?}");
+    assert!(!host.shared.borrow().keys().any(|k| k.contains("fleet")));
+}
+
+#[test]
+fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
+    let host = FakeHost::at(1_000);
+    let w = worker(&host, FLEET);
+    Conn::update(&host, |c| c.link = Link::Connected);
+    for _ in 0..3 {
+        request(&host, &w, 500);
+    }
+    let claim = load_shadow(&host, "school").claim.expect("a claim");
+    assert_eq!((claim.state, claim.generation), (State::Open, 1));
+    assert_eq!(claim.member, "gateway-1");
+    host.take_journal();
+    // The HTTP context woke its own root context; the notice makes it publish.
+    let token = w.borrow().queue().expect("a queue");
+    w.borrow_mut().notified(&host, token, host.clock_ms.get());
+    assert_eq!(grpc_calls(&host.take_journal()), ["Txn"]);
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        header: Some(ResponseHeader {
+            revision: 7,
+            ..ResponseHeader::default()
+        }),
+        succeeded: true,
+        responses: Vec::new(),
+    }
+    .encode_to_vec();
+    let txn = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
+    w.borrow_mut()
+        .fleet_answered(&host, txn, 0, 100, host.clock_ms.get());
+    let shadow = load_shadow(&host, "school");
+    assert_eq!(shadow.claim, None, "settled");
+    assert_eq!(
+        shadow.seen.map(|(r, rev)| (r.generation, rev)),
+        Some((1, 7))
+    );
+    host.advance(1_000);
+    w.borrow_mut().tick(&host, host.clock_ms.get());
+    assert!(
+        !grpc_calls(&host.take_journal()).contains(&"Txn".to_string()),
+        "nothing left to publish"
+    );
+}
+
+#[test]
+fn a_record_from_another_member_is_adopted_and_refuses_requests() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    host.take_journal();
+    w.borrow_mut().fleet_start(&host);
+    assert_eq!(grpc_calls(&host.take_journal()), ["Range"]);
+    let record = open_by("gateway-2", 4, 999_990);
+    *host.grpc_answer.borrow_mut() = RangeResponse {
+        header: Some(ResponseHeader {
+            revision: 12,
+            ..ResponseHeader::default()
+        }),
+        kvs: vec![KeyValue {
+            key: keys::decision("/p", "school").into_bytes(),
+            mod_revision: 11,
+            value: record.encode(),
+            ..KeyValue::default()
+        }],
+        more: false,
+        count: 1,
+    }
+    .encode_to_vec();
+    let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
+    w.borrow_mut()
+        .fleet_answered(&host, range, 0, 100, host.clock_ms.get());
+    assert_eq!(request(&host, &w, 200), Action::Pause, "refused as open");
+    let shadow = load_shadow(&host, "school");
+    assert_eq!(shadow.seen, Some((record, 11)));
+    assert_eq!(shadow.claim, None, "an adoption is not a claim");
+}
+
+#[test]
+fn damaged_bytes_from_etcd_change_nothing() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    w.borrow_mut().fleet_start(&host);
+    *host.grpc_answer.borrow_mut() = RangeResponse {
+        kvs: vec![KeyValue {
+            key: keys::decision("/p", "school").into_bytes(),
+            mod_revision: 11,
+            value: b"junk".to_vec(),
+            ..KeyValue::default()
+        }],
+        ..RangeResponse::default()
+    }
+    .encode_to_vec();
+    let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
+    w.borrow_mut()
+        .fleet_answered(&host, range, 0, 100, host.clock_ms.get());
+    assert_eq!(request(&host, &w, 200), Action::Continue);
+    assert_eq!(load_shadow(&host, "school").seen, None);
+}
+
+/// A worker whose breaker the fleet moved to half-open (generation 3, stored at revision
+/// 20), connected and holding a lease.
+fn half_open_fleet(host: &FakeHost) -> Rc<RefCell<Worker>> {
+    let w = worker(
+        host,
+        r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
+            "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}"#,
+    );
+    Conn::update(host, |c| {
+        c.link = Link::Connected;
+        c.lease = 5;
+    });
+    let record = FleetRecord {
+        state: State::HalfOpen,
+        cause: FleetCause::OpenElapsed,
+        open_for_ms: 0,
+        ..open_by("gateway-2", 3, host.clock_ms.get())
+    };
+    w.borrow_mut().fleet_start(host);
+    *host.grpc_answer.borrow_mut() = RangeResponse {
+        kvs: vec![KeyValue {
+            key: keys::decision("/p", "school").into_bytes(),
+            mod_revision: 20,
+            value: record.encode(),
+            ..KeyValue::default()
+        }],
+        ..RangeResponse::default()
+    }
+    .encode_to_vec();
+    let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
+    w.borrow_mut()
+        .fleet_answered(host, range, 0, 100, host.clock_ms.get());
+    w
+}
+
+fn last_token(host: &FakeHost) -> u32 {
+    host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0)
+}
+
+#[test]
+fn a_probe_waits_for_its_fleet_slot_then_goes() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet(&host);
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut probe = Stream::new(Some(w.clone()));
+    host.take_journal();
+    assert_eq!(probe.request_headers(&host, true), Action::Pause);
+    assert_eq!(grpc_calls(&host.take_journal()), ["Txn"], "one slot claim");
+    // A second request meets the local gate (one probe) and never reaches etcd.
+    assert_eq!(request(&host, &w, 200), Action::Pause);
+    let journal = host.take_journal();
+    assert!(grpc_calls(&journal).is_empty(), "{journal:?}");
+    assert!(journal.contains(&Call::LocalReply(503)));
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        succeeded: true,
+        ..TxnResponse::default()
+    }
+    .encode_to_vec();
+    probe.grpc_answered(&host, last_token(&host), 0, 10);
+    assert!(
+        host.take_journal().contains(&Call::Resume),
+        "the probe goes"
+    );
+}
+
+#[test]
+fn a_probe_without_a_free_slot_is_refused_and_gives_its_local_slot_back() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet(&host);
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut probe = Stream::new(Some(w.clone()));
+    assert_eq!(probe.request_headers(&host, true), Action::Pause);
+    // Another Envoy holds slot 0 of episode 3; the breaker is still at revision 20.
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        succeeded: false,
+        responses: vec![
+            range_op(keys::slot("/p", "school", 3, 0), 21, Vec::new()),
+            range_op(keys::decision("/p", "school"), 20, b"x".to_vec()),
+        ],
+        ..TxnResponse::default()
+    }
+    .encode_to_vec();
+    host.take_journal();
+    probe.grpc_answered(&host, last_token(&host), 0, 10);
+    let journal = host.take_journal();
+    assert!(journal.contains(&Call::LocalReply(503)), "{journal:?}");
+    assert!(!journal.contains(&Call::Resume));
+    assert!(
+        grpc_calls(&journal).is_empty(),
+        "no second claim: no slot is free"
+    );
+    probe.log(&host);
+    let stored = crate::core::store::load(
+        &super::super::shared::SharedData(&host),
+        &super::super::shared::record_key("school"),
+    )
+    .map(|l| l.record.probes_in_flight);
+    assert_eq!(stored, Ok(0), "the local probe was given back");
+    // The next request passes the local gate again, and is refused by the slot it knows.
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut next = Stream::new(Some(w.clone()));
+    host.take_journal();
+    assert_eq!(next.request_headers(&host, true), Action::Pause);
+    let journal = host.take_journal();
+    assert!(
+        grpc_calls(&journal).is_empty() && journal.contains(&Call::LocalReply(503)),
+        "the known-taken slot is refused without etcd: {journal:?}"
+    );
+}
+
+fn range_op(key: String, mod_revision: i64, value: Vec<u8>) -> ResponseOp {
+    ResponseOp {
+        response: Some(Response::Range(RangeResponse {
+            kvs: vec![KeyValue {
+                key: key.into_bytes(),
+                mod_revision,
+                value,
+                ..KeyValue::default()
+            }],
+            ..RangeResponse::default()
+        })),
+    }
+}

@@ -1,0 +1,527 @@
+//! Fleet mode in the real Envoy: three Envoys (different node ids, two workers each) in
+//! front of the same services share the school breaker through a real etcd. A trip seen
+//! by one is refused by the others without touching the upstream; etcd's loss leaves each
+//! Envoy protecting itself; a new Envoy learns an open breaker before its first request.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use school_system::etcd::{Etcd, Options};
+
+const PREFIX: &str = "/ecb/fleet-test";
+
+fn plugin_json(open: &str) -> String {
+    plugin_json_with(open, "")
+}
+
+fn plugin_json_with(open: &str, school: &str) -> String {
+    format!(
+        r#"{{
+  "default": {{ "failure_threshold": 5, "open_duration": "{open}" }},
+  "clusters": {{ "school": {{ "failure_threshold": 5, "open_duration": "{open}"{school} }},
+                 "auth": {{ "fleet": false }} }},
+  "fleet": {{ "etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "lease_ttl": "2s" }}
+}}"#
+    )
+}
+
+/// The etcd cluster as the fleet note says: HTTP/2, and outlier detection so a dead member
+/// is ejected after one failure.
+fn etcd_cluster(port: u16) -> String {
+    h2_cluster("etcd", port).replace(
+        "    load_assignment:",
+        "    outlier_detection:\n      split_external_local_origin_errors: true\n      consecutive_local_origin_failure: 1\n      max_ejection_percent: 100\n    load_assignment:",
+    )
+}
+
+struct Fleet {
+    etcd: Etcd,
+    stack: Stack,
+    others: Vec<Envoy>,
+}
+
+/// A second Envoy like `first` (same services, same etcd), with its own ports and node id.
+fn another(first: &Envoy, node: &str) -> Envoy {
+    another_with_env(first, node, &[("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)])
+}
+
+fn another_with_env(first: &Envoy, node: &str, env: &[(&str, &str)]) -> Envoy {
+    let yaml = std::fs::read_to_string(&first.config_path).unwrap();
+    let mut yaml = yaml.replacen(
+        "node: { id: gateway-1 }",
+        &format!("node: {{ id: {node} }}"),
+        1,
+    );
+    for listener in ["gateway", "control"] {
+        if let Some(addr) = listener_of(&yaml, listener) {
+            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            yaml = with_port(&yaml, port, free_port().unwrap());
+        }
+    }
+    Envoy::start_with_env(&yaml, 2, env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn fleet(open: &str, envoys: usize) -> Fleet {
+    fleet_with(&plugin_json(open), envoys)
+}
+
+fn fleet_with(json: &str, envoys: usize) -> Fleet {
+    let etcd = Etcd::start(&Options {
+        members: 1,
+        ..Options::default()
+    })
+    .unwrap();
+    let port: u16 = etcd
+        .url(0)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let token = [("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)];
+    let stack = Stack::start_with_env(Some(json), 2, &token, |y| {
+        format!(
+            "node: {{ id: gateway-1 }}\n{}",
+            add_clusters(&y, &etcd_cluster(port))
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let others = (2..=envoys)
+        .map(|n| another(&stack.envoy, &format!("gateway-{n}")))
+        .collect();
+    let f = Fleet {
+        etcd,
+        stack,
+        others,
+    };
+    for e in f.envoys() {
+        wait_connected(e);
+    }
+    f
+}
+
+impl Fleet {
+    fn envoys(&self) -> Vec<&Envoy> {
+        std::iter::once(&self.stack.envoy)
+            .chain(self.others.iter())
+            .collect()
+    }
+}
+
+/// A stat without labels, as Envoy's Prometheus page shows it.
+fn stat(e: &Envoy, name: &str) -> Option<f64> {
+    e.prometheus().ok()?.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = rest.strip_prefix("{}").unwrap_or(rest);
+        rest.trim().parse().ok()
+    })
+}
+
+fn wait_connected(e: &Envoy) {
+    wait_for("the fleet link", Duration::from_secs(10), || {
+        (stat(e, "circuit_breaker_fleet_connected") == Some(1.0)).then_some(())
+    });
+}
+
+fn trip_through(envoy: &Envoy, stack: &Stack) {
+    stack.school.fail_everything();
+    for _ in 0..5 {
+        let r = envoy.call("/schools");
+        assert_eq!(r.status, 503);
+        assert!(!is_rejection(&r), "the upstream's own 503s come first");
+    }
+    assert!(is_rejection(&envoy.call("/schools")));
+}
+
+#[test]
+fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
+    let f = fleet("30s", 3);
+    trip_through(&f.stack.envoy, &f.stack);
+    for other in &f.others {
+        let line = other.wait_log(
+            "[CIRCUIT_BREAKER] school circuit breaker OPENED by gateway-1",
+            1,
+        );
+        assert!(line[0].contains("5 consecutive failures"), "{}", line[0]);
+    }
+    let hits = f.stack.school.hits();
+    for other in &f.others {
+        for _ in 0..20 {
+            let r = other.call("/schools");
+            assert!(is_rejection(&r), "{} {}", r.status, r.text());
+        }
+        assert_eq!(
+            stat(other, "circuit_breaker_fleet_adopted_total"),
+            Some(1.0)
+        );
+    }
+    assert_eq!(
+        f.stack.school.hits(),
+        hits,
+        "no upstream call on the others"
+    );
+    assert!(
+        f.stack.envoy.log_lines("OPENED by").is_empty(),
+        "the tripping Envoy adopts nothing"
+    );
+    for other in &f.others {
+        let health = api(other, "GET", "/health", None, None).json().unwrap();
+        assert_eq!(health["fleet"]["connected"], true, "{health}");
+        assert_eq!(health["fleet"]["last_member"], "gateway-1", "{health}");
+        let view = api(other, "GET", "/circuit-breakers/school", None, None)
+            .json()
+            .unwrap();
+        assert_eq!(view["fleet"]["last_member"], "gateway-1", "{view}");
+        assert_eq!(view["fleet"]["generation"], 1, "{view}");
+        let adopted = view["transitions"]
+            .as_array()
+            .and_then(|t| t.iter().find(|e| e["to"] == "open"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(adopted["member"], "gateway-1", "{view}");
+    }
+    // From the publisher's clock to adoption; Envoy merges histograms on its stats flush.
+    for other in &f.others {
+        let sum = wait_for("the propagation histogram", Duration::from_secs(12), || {
+            (stat(other, "circuit_breaker_fleet_propagation_ms_count")? >= 1.0)
+                .then(|| stat(other, "circuit_breaker_fleet_propagation_ms_sum"))
+                .flatten()
+        });
+        eprintln!("propagation to one other Envoy: {sum} ms (publisher's clock to adoption)");
+        assert!(sum < 1_000.0, "{sum} ms");
+    }
+    let stored = f
+        .etcd
+        .ctl(&["get", "--prefix", "--keys-only", PREFIX])
+        .unwrap();
+    assert!(stored.contains(&format!("{PREFIX}/b/school")), "{stored}");
+    assert!(
+        !stored.contains(&format!("{PREFIX}/b/auth")),
+        "auth is kept local: {stored}"
+    );
+}
+
+/// Waits until `e` says its link is down; returns how long that took from `since`.
+fn wait_disconnected(e: &Envoy, since: Instant, within: Duration) -> Duration {
+    wait_for("the fleet link to go down", within, || {
+        (stat(e, "circuit_breaker_fleet_connected") == Some(0.0)).then(|| since.elapsed())
+    })
+}
+
+#[test]
+fn with_etcd_frozen_each_envoy_protects_itself_and_a_trip_made_alone_reaches_the_fleet_later() {
+    let mut f = fleet("30s", 3);
+    f.etcd.freeze(0).unwrap();
+    let frozen = Instant::now();
+    let detected: Vec<Duration> = f
+        .envoys()
+        .iter()
+        .map(|e| wait_disconnected(e, frozen, Duration::from_secs(5)))
+        .collect();
+    eprintln!("frozen etcd detected after {detected:?}");
+    for d in &detected {
+        assert!(*d < Duration::from_secs(3), "detected only after {d:?}");
+    }
+    for e in f.envoys() {
+        e.wait_log("fleet: etcd unreachable", 1);
+        let r = e.call("/schools");
+        assert_eq!(r.status, 200, "etcd's loss fails no request: {}", r.text());
+    }
+    // Alone, gateway-2 trips by its own rules; the others have not seen it.
+    trip_through(&f.others[0], &f.stack);
+    f.stack.school.heal();
+    assert!(is_rejection(&f.others[0].call("/schools")));
+    let r = f.stack.envoy.call("/schools");
+    assert_eq!(r.status, 200, "gateway-1 still decides alone: {}", r.text());
+    f.etcd.thaw(0).unwrap();
+    let thawed = Instant::now();
+    for e in f.envoys() {
+        wait_connected(e);
+    }
+    let converged = [&f.stack.envoy, &f.others[1]].map(|e| {
+        wait_for(
+            "the cut-off trip to reach the others",
+            Duration::from_secs(5),
+            || is_rejection(&e.call("/schools")).then(|| thawed.elapsed()),
+        )
+    });
+    eprintln!("reconnected and converged after {converged:?}");
+    f.stack
+        .envoy
+        .wait_log("school circuit breaker OPENED by gateway-2", 1);
+}
+
+#[test]
+fn with_etcd_killed_requests_pass_and_the_link_comes_back_with_it() {
+    let mut f = fleet("30s", 2);
+    f.etcd.kill(0);
+    let killed = Instant::now();
+    for e in f.envoys() {
+        let d = wait_disconnected(e, killed, Duration::from_secs(3));
+        eprintln!("killed etcd detected after {d:?}");
+    }
+    for e in f.envoys() {
+        for _ in 0..10 {
+            assert_eq!(e.call("/schools").status, 200);
+        }
+    }
+    f.etcd.restart(0).unwrap();
+    for e in f.envoys() {
+        wait_connected(e);
+    }
+    trip_through(&f.stack.envoy, &f.stack);
+    wait_for(
+        "the trip to reach gateway-2",
+        Duration::from_secs(3),
+        || (f.others[0].log_lines("OPENED by gateway-1").len() == 1).then_some(()),
+    );
+}
+
+#[test]
+fn an_envoy_started_while_the_fleet_breaker_is_open_refuses_from_its_first_request() {
+    let f = fleet("30s", 1);
+    trip_through(&f.stack.envoy, &f.stack);
+    let hits = f.stack.school.hits();
+    let late = another(&f.stack.envoy, "gateway-9");
+    let r = late.call("/schools");
+    assert!(is_rejection(&r), "first request: {} {}", r.status, r.text());
+    assert_eq!(f.stack.school.hits(), hits, "nothing reached the upstream");
+    late.wait_log("school circuit breaker OPENED by gateway-1", 1);
+}
+
+#[test]
+fn damaged_records_under_the_prefix_are_ignored_with_one_line_and_then_replaced() {
+    let f = fleet("30s", 2);
+    let school = format!("{PREFIX}/b/school");
+    f.etcd.ctl(&["put", &school, "junk"]).unwrap();
+    f.etcd.ctl(&["put", &school, "more junk"]).unwrap();
+    f.etcd
+        .ctl(&["put", &format!("{PREFIX}/b/nosuch"), "junk"])
+        .unwrap();
+    for e in f.envoys() {
+        e.wait_log(&format!("fleet: ignored the record under {school}"), 1);
+        e.wait_log(
+            &format!("fleet: ignored the record under {PREFIX}/b/nosuch"),
+            1,
+        );
+        assert_eq!(e.call("/schools").status, 200, "junk changes nothing");
+    }
+    // The next decision replaces the junk and reaches the other Envoy as usual.
+    trip_through(&f.stack.envoy, &f.stack);
+    wait_for("the trip over the junk", Duration::from_secs(3), || {
+        (f.others[0].log_lines("OPENED by gateway-1").len() == 1).then_some(())
+    });
+    assert!(is_rejection(&f.others[0].call("/schools")));
+}
+
+fn state_everywhere(f: &Fleet, state: &str) {
+    for e in f.envoys() {
+        wait_for(
+            &format!("{state} on every Envoy"),
+            Duration::from_secs(5),
+            || {
+                let v = api(e, "GET", "/circuit-breakers/school", None, None)
+                    .json()
+                    .ok()?;
+                (v["state"] == state).then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn half_open_admits_exactly_the_fleets_probes_across_envoys() {
+    let json = plugin_json_with(
+        "1s",
+        r#", "half_open_max_requests": 2, "success_threshold": 1"#,
+    );
+    let f = fleet_with(&json, 3);
+    let envoys = f.envoys();
+    for cycle in 0..3 {
+        trip_through(envoys[cycle % 3], &f.stack);
+        state_everywhere(&f, "open");
+        // Healthy again but slow, so both probes are in flight while the burst lands.
+        f.stack
+            .school
+            .set_faults(serde_json::json!({"is_healthy": true, "response_time_ms": 1500}));
+        state_everywhere(&f, "half_open");
+        let before = f.stack.school.hits();
+        let responses: Vec<Response> = std::thread::scope(|s| {
+            let handles: Vec<_> = envoys
+                .iter()
+                .map(|e| s.spawn(|| burst(&e.gateway, "/schools", 20)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let passed = responses.iter().filter(|r| r.status == 200).count();
+        let refused = responses.iter().filter(|r| is_rejection(r)).count();
+        let probes = f.stack.school.hits() - before;
+        eprintln!("cycle {cycle}: {probes} probe(s) upstream, {passed} passed, {refused} refused");
+        assert_eq!(
+            probes, 2,
+            "exactly half_open_max_requests for the whole fleet"
+        );
+        assert_eq!((passed, refused), (2, 58));
+        // The first good probe closes the breaker everywhere.
+        f.stack.school.heal();
+        state_everywhere(&f, "closed");
+    }
+}
+
+#[test]
+fn without_a_fleet_block_etcd_is_never_called() {
+    let etcd = Etcd::start(&Options {
+        members: 1,
+        ..Options::default()
+    })
+    .unwrap();
+    let port: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let json = r#"{"clusters": {"school": {"failure_threshold": 5, "open_duration": "30s"}}}"#;
+    let stack = stack_with(Some(json), 2, |y| add_clusters(&y, &etcd_cluster(port)));
+    trip_through(&stack.envoy, &stack);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let stats = client::get(
+        &stack.envoy.admin,
+        "/stats?filter=^cluster\\.etcd\\.upstream_(rq|cx)_total$",
+    )
+    .unwrap()
+    .text();
+    assert!(
+        stats.contains("cluster.etcd.upstream_cx_total: 0"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("cluster.etcd.upstream_rq_total: 0"),
+        "{stats}"
+    );
+    assert!(stat(&stack.envoy, "circuit_breaker_fleet_connected").is_none());
+    let health = api(&stack.envoy, "GET", "/health", None, None)
+        .json()
+        .unwrap();
+    assert!(health.get("fleet").is_none(), "{health}");
+}
+
+#[test]
+fn a_lost_quorum_is_detected_and_the_link_returns_with_it() {
+    let mut etcd = Etcd::start(&Options {
+        members: 3,
+        ..Options::default()
+    })
+    .unwrap();
+    // Envoy reaches member 0 only, the one `break_quorum` leaves alone: a member without
+    // a leader, which still answers progress requests (docs/fleet.md).
+    let port0: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let cluster = etcd_cluster(port0);
+    let stack = stack_with(Some(&plugin_json("30s")), 2, |y| {
+        format!("node: {{ id: gateway-1 }}\n{}", add_clusters(&y, &cluster))
+    });
+    wait_connected(&stack.envoy);
+    let survivor = etcd.break_quorum().unwrap();
+    assert_eq!(survivor, 0, "the member Envoy reaches");
+    let lost = Instant::now();
+    let detected = wait_disconnected(&stack.envoy, lost, Duration::from_secs(6));
+    eprintln!("quorum loss (m{survivor} left alone) detected after {detected:?}");
+    // The member alone keeps answering keep-alives until its election timeout (1 s) tells
+    // it the leader is gone; the 2 s keep-alive deadline runs from there: measured 2.99 to
+    // 3.01 s, where a killed or frozen etcd is seen in 3 ms or 2 s.
+    assert!(detected < Duration::from_secs(4), "{detected:?}");
+    assert_eq!(stack.envoy.call("/schools").status, 200);
+    let back = (0..3).find(|i| *i != survivor).unwrap();
+    etcd.restart(back).unwrap();
+    let back_up = poll(Duration::from_secs(30), || {
+        (stat(&stack.envoy, "circuit_breaker_fleet_connected") == Some(1.0)).then_some(())
+    });
+    if back_up.is_none() {
+        let clusters = client::get(&stack.envoy.admin, "/clusters").unwrap().text();
+        let etcd_lines: Vec<&str> = clusters
+            .lines()
+            .filter(|l| l.starts_with("etcd::"))
+            .collect();
+        panic!(
+            "no link after quorum returned; etcd hosts:\n{}",
+            etcd_lines.join("\n")
+        );
+    }
+}
+
+#[test]
+fn an_operators_mode_changes_reach_every_envoy() {
+    let f = fleet("30s", 2);
+    let other = &f.others[0];
+    let put = |mode: &str| {
+        let body = format!(r#"{{"mode": "{mode}"}}"#);
+        let r = api(
+            &f.stack.envoy,
+            "PUT",
+            "/circuit-breakers/school/mode",
+            Some(TOKEN),
+            Some(&body),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    put("dry_run");
+    wait_for("dry run on gateway-2", Duration::from_secs(3), || {
+        let v = api(other, "GET", "/circuit-breakers/school", None, None)
+            .json()
+            .ok()?;
+        (v["mode_override"] == "dry_run").then_some(())
+    });
+    other.wait_log(
+        "school circuit breaker MODE by gateway-1: set to dry_run",
+        1,
+    );
+    put("forced_open");
+    wait_for("forced open on gateway-2", Duration::from_secs(3), || {
+        is_forced_refusal(&other.call("/schools")).then_some(())
+    });
+}
+
+#[test]
+fn with_etcd_authentication_the_fleet_logs_in_and_a_wrong_password_is_said() {
+    let etcd = Etcd::start(&Options {
+        members: 1,
+        root_password: Some("root-secret".into()),
+        ..Options::default()
+    })
+    .unwrap();
+    etcd.add_user("fleet", "fleet-secret", &format!("{PREFIX}/"))
+        .unwrap();
+    let port: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let json = plugin_json("30s").replace(
+        r#""lease_ttl": "2s""#,
+        r#""lease_ttl": "2s", "username_env": "ETCD_USER", "password_env": "ETCD_PASSWORD""#,
+    );
+    let env = [("ETCD_USER", "fleet"), ("ETCD_PASSWORD", "fleet-secret")];
+    let stack = Stack::start_with_env(Some(&json), 2, &env, |y| {
+        let y = y.replace(
+            r#"host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN"]"#,
+            r#"host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN", "ETCD_USER", "ETCD_PASSWORD"]"#,
+        );
+        format!(
+            "node: {{ id: gateway-1 }}\n{}",
+            add_clusters(&y, &etcd_cluster(port))
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let other = another_with_env(&stack.envoy, "gateway-2", &env);
+    wait_connected(&stack.envoy);
+    wait_connected(&other);
+    trip_through(&stack.envoy, &stack);
+    other.wait_log("school circuit breaker OPENED by gateway-1", 1);
+    assert!(is_rejection(&other.call("/schools")));
+    let wrong = another_with_env(
+        &stack.envoy,
+        "gateway-3",
+        &[("ETCD_USER", "fleet"), ("ETCD_PASSWORD", "wrong")],
+    );
+    wrong.wait_log("fleet: etcd unreachable (etcd call ended with gRPC status 3): check the etcd user and password", 1);
+    let health = api(&wrong, "GET", "/health", None, None).json().unwrap();
+    assert_eq!(health["fleet"]["connected"], false, "{health}");
+}
