@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz soak test test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-docker docker-config schema bench bench-tools bench-propagation clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation clean
 
 build: wasm services
 
@@ -55,18 +55,34 @@ etcd-spike: wasm-target envoy etcd-tools
 hooks-wasm: wasm-target
 	cargo build --target wasm32-wasip1 --release --lib --features test-hooks --target-dir target/test-hooks
 
-## test: every test: core natively and as wasm, config validation, Envoy integration.
-test: build envoy hooks-wasm test-tools etcd-tools test-wasm validate
+## test: every test: core natively and as wasm, config validation, Envoy integration, and a
+## short coverage-guided run of each fuzz target.
+test: build envoy hooks-wasm test-tools etcd-tools test-wasm validate fuzz-short
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --features envoy-circuit-breaker/envoy-tests --no-fail-fast --test-threads 2; \
 	else \
 	  cargo test --workspace --features envoy-circuit-breaker/envoy-tests --no-fail-fast -- --test-threads 2; \
 	fi
 
-## fuzz: the fuzz targets at length, FUZZ_CASES inputs each (default 10000000).
-FUZZ_CASES ?= 10000000
+## fuzz: coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of every target in fuzz/,
+## FUZZ_SECS each (default 600, so 70 minutes for the seven), one at a time, with progress;
+## new inputs join fuzz/corpus/, minimised afterwards (commit them). FUZZ_TARGETS= picks
+## targets. tools/fuzz.sh installs cargo-fuzz when missing and skips, saying so, without
+## nightly.
+FUZZ_SECS ?= 600
 fuzz:
-	FUZZ_CASES=$(FUZZ_CASES) cargo test --release --test fuzz -- --nocapture
+	tools/fuzz.sh $(FUZZ_SECS) long
+
+## fuzz-short: the part of `make test`: FUZZ_TEST_SECS (default 10) per target, from the
+## committed corpora, leaving them untouched. (tests/fuzz.rs replays them on stable too.)
+FUZZ_TEST_SECS ?= 10
+fuzz-short:
+	tools/fuzz.sh $(FUZZ_TEST_SECS) short
+
+## fuzz-coverage: line coverage of src/core reached by each committed corpus
+## (`cargo fuzz coverage` and llvm-cov from nightly's llvm-tools).
+fuzz-coverage:
+	tools/fuzz-coverage.sh
 
 ## soak: the load tests at length: SOAK_SECS of mixed traffic with trips (default 600),
 ## CYCLES half-open cycles (default 200), one test at a time so memory is Envoy's alone.
@@ -97,13 +113,21 @@ schema:
 docker-config: services
 	target/release/docker-config
 
-## demo-docker: the same stack under docker-compose (needs a Docker engine).
-demo-docker: wasm
-	@if docker compose version >/dev/null 2>&1; then c="docker compose"; else c="docker-compose"; fi; \
-	$$c -f envoy/docker-compose.yml up --build
+## demo-docker: `make demo`'s story against the docker-compose stack (Docker engine and
+## images: see test-docker).
+demo-docker: build envoy test-tools
+	tools/docker/demo.sh
+
+## test-docker: the compose stack as shipped, built, run and tested through its published
+## ports, then the Envoy integration tests with Envoy in its container. Uses the running
+## Docker engine (starts one where it can: tools/docker/engine.sh) and builds stand-ins for
+## the images no registry gives (tools/docker/stand-ins.sh). Not part of `make test`.
+test-docker: build envoy test-tools
+	tools/docker/test.sh
 
 lint: wasm-target
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets --features envoy-circuit-breaker/envoy-tests -- -D warnings
 	cargo clippy --target wasm32-wasip1 --lib -- -D warnings
 
@@ -115,9 +139,11 @@ demo: build envoy
 run: build envoy
 	ENVOY=$(ENVOY) tools/run-stack.sh
 
-## bench: no filter vs an empty wasm filter vs the breaker, alternating rounds (see README).
+## bench: no filter vs an empty wasm filter vs the breaker: CPU time in alternating `wrk`
+## rounds, then exact instruction counts under callgrind (see README). BENCH_ARGS passes
+## options, e.g. BENCH_ARGS="--instructions --runs 2" or BENCH_ARGS="--cpu --only none,closed".
 bench: build envoy bench-tools
-	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe
+	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe -p limit-filter
 	cargo build --release -p ecb-bench
 	target/release/bench $(BENCH_ARGS)
 
@@ -127,8 +153,12 @@ bench-propagation: build envoy
 	cargo build --release -p ecb-bench --bin propagation
 	target/release/propagation $(BENCH_ARGS)
 
+## bench-instructions: only the instruction counts (about a minute per variant and run).
+bench-instructions:
+	$(MAKE) bench BENCH_ARGS="--instructions $(BENCH_ARGS)"
+
 bench-tools:
-	@tools/apt-install.sh wrk:wrk
+	@tools/apt-install.sh wrk:wrk valgrind:valgrind
 
 clean:
 	cargo clean

@@ -76,7 +76,13 @@ fn the_compose_file_parses() {
     );
     let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let services = parsed["services"].as_mapping().unwrap();
-    for name in ["auth-service", "school-service", "student-service", "envoy"] {
+    for name in [
+        "auth-service",
+        "school-service",
+        "student-service",
+        "envoy",
+        "prometheus",
+    ] {
         assert!(services.contains_key(name), "{name} missing:\n{text}");
     }
     assert_eq!(
@@ -87,6 +93,12 @@ fn the_compose_file_parses() {
     assert!(
         mounts.contains("envoy_circuit_breaker.wasm") && mounts.contains("envoy.docker.yaml"),
         "{mounts}"
+    );
+    let prometheus = serde_yaml::to_string(&parsed["services"]["prometheus"]["volumes"]).unwrap();
+    assert!(
+        prometheus.contains("examples/observability/prometheus.yml")
+            && prometheus.contains("examples/observability/alerts.yml"),
+        "Prometheus runs the shipped scrape config and rules: {prometheus}"
     );
     assert!(root().join("examples/school-system/Dockerfile").exists());
 }

@@ -5,10 +5,15 @@
 //! the same upstream (a second Envoy answering directly) and loaded by `wrk` in alternating
 //! rounds; plus what each host call the breaker makes costs on its own, the memory each
 //! extra worker adds, the `.wasm` size, and the core's decisions timed natively. It ends
-//! with every target, its measured value and whether it is met. `--only a,b` runs only the
-//! variants with those keys; `--breaker <path>` measures another build of the filter.
+//! with every target, its measured value and whether it is met. Then the same story in
+//! exact instruction counts under callgrind (`instructions.rs`), where the closed-path and
+//! open-path targets are judged. `--only a,b` runs only the variants with those keys;
+//! `--breaker <path>` measures another build of the filter; `--cpu` or `--instructions`
+//! runs one of the two modes alone.
 
+mod callgrind;
 mod core_bench;
+mod instructions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,9 +24,59 @@ use school_system::stack::{free_port, root, rss_kib, scratch_dir, Envoy};
 type Result<T> = std::result::Result<T, String>;
 
 fn main() {
-    if let Err(e) = run() {
+    if let Err(e) = run_modes() {
         eprintln!("bench failed: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Both modes unless `--cpu` or `--instructions` picks one.
+fn run_modes() -> Result<()> {
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let only = only_keys();
+    if !flag("--instructions") {
+        run(only.clone())?;
+    }
+    if !flag("--cpu") {
+        let (breaker, empty, limit, probe) = (
+            breaker_wasm(),
+            built_wasm("empty_filter.wasm"),
+            built_wasm("limit_filter.wasm"),
+            built_wasm("host_call_probe.wasm"),
+        );
+        all_built(&[&breaker, &empty, &limit, &probe])?;
+        instructions::run(&instructions::Options {
+            breaker: &breaker,
+            empty: &empty,
+            limit: &limit,
+            probe: &probe,
+            only: only.as_deref(),
+            runs: option("--runs", 2) as usize,
+        })?;
+    }
+    Ok(())
+}
+
+/// `--only a,b`: only the variants with these keys, for a quicker look at a few.
+fn only_keys() -> Option<Vec<String>> {
+    school_system::arg("--only").map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect())
+}
+
+fn built_wasm(name: &str) -> PathBuf {
+    root().join("target/wasm32-wasip1/release").join(name)
+}
+
+/// The breaker's `.wasm`: `--breaker <path>` measures another build (say, another opt-level).
+fn breaker_wasm() -> PathBuf {
+    school_system::arg("--breaker")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| built_wasm("envoy_circuit_breaker.wasm"))
+}
+
+fn all_built(paths: &[&Path]) -> Result<()> {
+    match paths.iter().find(|p| !p.exists()) {
+        Some(p) => Err(format!("{} is missing: run `make bench`", p.display())),
+        None => Ok(()),
     }
 }
 
@@ -78,29 +133,21 @@ struct Round {
     p50_ms: f64,
 }
 
-fn run() -> Result<()> {
+/// The CPU-time rounds under `wrk`.
+fn run(only: Option<Vec<String>>) -> Result<()> {
     let opts = Options {
         rounds: option("--rounds", 5) as usize,
         seconds: option("--seconds", 4),
         connections: option("--connections", 16) as u32,
-        only: school_system::arg("--only")
-            .map(|keys| keys.split(',').map(|k| k.trim().to_string()).collect()),
+        only,
     };
     which("wrk")?;
-    let wasm = |name: &str| root().join("target/wasm32-wasip1/release").join(name);
-    // `--breaker <path>` measures another build of the breaker (say, another opt-level).
     let (breaker, empty, probe) = (
-        school_system::arg("--breaker")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| wasm("envoy_circuit_breaker.wasm")),
-        wasm("empty_filter.wasm"),
-        wasm("host_call_probe.wasm"),
+        breaker_wasm(),
+        built_wasm("empty_filter.wasm"),
+        built_wasm("host_call_probe.wasm"),
     );
-    for p in [&breaker, &empty, &probe] {
-        if !p.exists() {
-            return Err(format!("{} is missing: run `make bench`", p.display()));
-        }
-    }
+    all_built(&[&breaker, &empty, &probe])?;
     println!(
         "make bench: {} rounds of {}s per variant, wrk -t1 -c{} (-c{} for 2 workers), on {}",
         opts.rounds,
@@ -286,6 +333,10 @@ fn run() -> Result<()> {
             load,
             connections,
         });
+    }
+    if variants.is_empty() {
+        println!("CPU-time rounds: --only names none of their variants");
+        return Ok(());
     }
 
     let script = scratch_dir().map_err(|e| e.to_string())?.join("mix.lua");

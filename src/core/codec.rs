@@ -34,39 +34,14 @@ impl fmt::Display for DecodeError {
     }
 }
 
-/// The stored byte of a state: its place in [`State::ALL`].
-fn state_code(state: State) -> u8 {
-    State::ALL
-        .iter()
-        .position(|s| *s == state)
-        .map_or(0, |i| i as u8)
-}
-
-fn state_of(code: u8) -> Option<State> {
-    State::ALL.get(usize::from(code)).copied()
-}
-
-/// The stored byte of a mode override: 0 for none, else its place in [`Mode::ALL`] + 1.
-fn mode_code(mode: Option<Mode>) -> u8 {
-    mode.and_then(|m| Mode::ALL.iter().position(|x| *x == m))
-        .map_or(0, |i| i as u8 + 1)
-}
-
-fn mode_of(code: u8) -> Option<Option<Mode>> {
-    match code {
-        0 => Some(None),
-        c => Mode::ALL.get(usize::from(c) - 1).map(|m| Some(*m)),
-    }
-}
-
 /// Encodes a record.
 pub fn encode(r: &Record) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + TIME_LEN);
     out.push(MAGIC);
     out.push(VERSION);
-    out.push(state_code(r.state));
+    out.push(r.state.code());
     out.push(TripReason::code_of(r.reason));
-    out.push(mode_code(r.mode_override));
+    out.push(Mode::code_of(r.mode_override));
     out.push(u8::from(r.ramping));
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&r.generation.to_le_bytes());
@@ -146,8 +121,8 @@ pub fn glance(bytes: &[u8]) -> Option<Glance> {
     {
         return None;
     }
-    let state = state_of(bytes[2])?;
-    let mode_override = mode_of(bytes[4])?;
+    let state = State::from_code(bytes[2])?;
+    let mode_override = Mode::from_code(bytes[4])?;
     let u32_at = |at: usize| -> Option<u32> {
         Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
     };
@@ -180,11 +155,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::Version(version));
     }
     let code = rd.u8();
-    let state = state_of(code).ok_or(DecodeError::Field("state", code.into()))?;
+    let state = State::from_code(code).ok_or(DecodeError::Field("state", code.into()))?;
     let code = rd.u8();
     let reason = TripReason::from_code(code).ok_or(DecodeError::Field("reason", code.into()))?;
     let code = rd.u8();
-    let mode_override = mode_of(code).ok_or(DecodeError::Field("mode", code.into()))?;
+    let mode_override = Mode::from_code(code).ok_or(DecodeError::Field("mode", code.into()))?;
     let flags = rd.u8();
     if flags > 1 {
         return Err(DecodeError::Field("flags", flags.into()));

@@ -37,6 +37,21 @@ impl Mode {
         Mode::ALL.into_iter().find(|m| m.as_str() == text)
     }
 
+    /// The byte that stands for a mode override wherever it is stored: 0 for none, else
+    /// its place in [`Mode::ALL`] plus one.
+    pub fn code_of(mode: Option<Mode>) -> u8 {
+        mode.and_then(|m| Mode::ALL.iter().position(|x| *x == m))
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    /// Inverse of [`Mode::code_of`]; `None` for a byte no mode stands for.
+    pub fn from_code(code: u8) -> Option<Option<Mode>> {
+        match code {
+            0 => Some(None),
+            c => Mode::ALL.get(usize::from(c) - 1).map(|m| Some(*m)),
+        }
+    }
+
     pub const ALL: [Mode; 4] = [
         Mode::Enforce,
         Mode::DryRun,

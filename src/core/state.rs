@@ -46,6 +46,19 @@ impl State {
     }
 
     pub const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+    /// The byte that stands for the state wherever it is stored: its place in [`State::ALL`].
+    pub fn code(self) -> u8 {
+        State::ALL
+            .iter()
+            .position(|s| *s == self)
+            .map_or(0, |i| i as u8)
+    }
+
+    /// Inverse of [`State::code`].
+    pub fn from_code(code: u8) -> Option<State> {
+        State::ALL.get(usize::from(code)).copied()
+    }
 }
 
 /// Why the breaker opened.

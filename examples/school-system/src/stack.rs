@@ -212,6 +212,8 @@ impl Drop for Service {
 /// A running Envoy.
 pub struct Envoy {
     child: Child,
+    /// The Docker container it runs in, under `$ENVOY_DOCKER_IMAGE`.
+    container: Option<ContainerName>,
     /// The gateway listener, `127.0.0.1:port`.
     pub gateway: String,
     /// The control API listener, if the config has one.
@@ -250,7 +252,8 @@ impl Envoy {
         let admin_path = dir.join("admin.txt");
         std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
         let control = listener_of(yaml, "control");
-        let mut child = Command::new(envoy_bin())
+        let (mut command, container) = envoy_command(&dir, env)?;
+        let mut child = command
             .current_dir(root())
             .env_remove("CIRCUIT_BREAKER_ADMIN_TOKEN")
             .envs(env.iter().copied())
@@ -266,7 +269,11 @@ impl Envoy {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start envoy: {e} (run `make envoy` to install it)"))?;
+            .map_err(|e| match &container {
+                Some(_) => format!("cannot start docker: {e} (run `make test-docker`)"),
+                None => format!("cannot start envoy: {e} (run `make envoy` to install it)"),
+            })?;
+        let mut container = container.map(ContainerName);
         let read_log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -285,6 +292,7 @@ impl Envoy {
                 if ready && TcpStream::connect(&gateway).is_ok() {
                     return Ok(Envoy {
                         child,
+                        container: container.take(),
                         gateway,
                         control,
                         admin: admin.to_string(),
@@ -336,26 +344,114 @@ impl Envoy {
 
     /// The sum of a counter over its series whose labels include every `labels` pair.
     pub fn counter(&self, metric: &str, labels: &[(&str, &str)]) -> u64 {
-        let text = self.prometheus().unwrap_or_default();
-        let prefix = format!("{metric}{{");
-        text.lines()
-            .filter(|l| l.starts_with(&prefix))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        counter_in(&self.prometheus().unwrap_or_default(), metric, labels)
     }
 
+    /// Envoy's process id: in a container, as the host sees it.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.container
+            .as_ref()
+            .and_then(ContainerName::pid)
+            .unwrap_or_else(|| self.child.id())
     }
 
     pub fn kill(&mut self) {
+        // Dropping the container's name removes the container.
+        drop(self.container.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The Envoy image to run instead of the binary, from `$ENVOY_DOCKER_IMAGE` (such as
+/// `envoyproxy/envoy:v1.40.0`), for users with Docker and no Python.
+pub fn envoy_image() -> Option<String> {
+    std::env::var("ENVOY_DOCKER_IMAGE")
+        .ok()
+        .filter(|i| !i.trim().is_empty())
+}
+
+/// The command that starts Envoy, and the container's name when it runs in one. In a
+/// container it runs on the host's network, as the calling user, with the repository and
+/// `dir` mounted at their own paths, so every path and port in a config means the same as
+/// for the binary; `env`'s variables are passed through by name.
+fn envoy_command(dir: &Path, env: &[(&str, &str)]) -> Result<(Command, Option<String>), String> {
+    let Some(image) = envoy_image() else {
+        return Ok((Command::new(envoy_bin()), None));
+    };
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if !present.success() {
+        return Err(format!(
+            "no image {image} (or no Docker engine): `make test-docker` provides both"
+        ));
+    }
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "ecb-envoy-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let repo = root()
+        .canonicalize()
+        .map_err(|e| format!("repository root: {e}"))?;
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--name", &name, "--network", "host"])
+        // As the caller, so its files stay the caller's; ENVOY_UID=0 keeps the image's
+        // entrypoint from switching to its own user when the caller is root.
+        .args(["--user", &caller_ids(), "-e", "ENVOY_UID=0"])
+        .arg("-v")
+        .arg(format!("{0}:{0}:ro", repo.display()))
+        .arg("-v")
+        .arg(format!("{0}:{0}", dir.display()))
+        .arg("-w")
+        .arg(&repo);
+    for (key, _) in env {
+        cmd.args(["-e", key]);
+    }
+    cmd.arg(image).arg("envoy");
+    Ok((cmd, Some(name)))
+}
+
+/// `uid:gid` of this process, so files Envoy writes in a container stay the caller's.
+fn caller_ids() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let id = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("0")
+            .to_string()
+    };
+    format!("{}:{}", id("Uid:"), id("Gid:"))
+}
+
+/// A container started for one Envoy; removed when that Envoy is killed or dropped, and
+/// when a start fails (killing the `docker run` client would leave it running).
+struct ContainerName(String);
+
+impl ContainerName {
+    fn pid(&self) -> Option<u32> {
+        let out = Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Pid}}", &self.0])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+impl Drop for ContainerName {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "--force", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -370,6 +466,21 @@ impl Drop for Envoy {
             }
         }
     }
+}
+
+/// The sum of a counter in Prometheus text over its series whose labels include every
+/// `labels` pair.
+pub fn counter_in(text: &str, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    let prefix = format!("{metric}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// `127.0.0.1:<port>` of the listener called `name` in an Envoy config.

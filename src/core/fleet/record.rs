@@ -207,15 +207,10 @@ impl FleetRecord {
         let mut out = Vec::with_capacity(FIXED_LEN + member.len());
         out.push(MAGIC);
         out.push(VERSION);
-        out.push(state_code(self.state));
+        out.push(self.state.code());
         out.push(TripReason::code_of(self.reason));
         out.push(self.cause.code());
-        out.push(self.mode_override.map_or(0, |m| {
-            Mode::ALL
-                .iter()
-                .position(|x| *x == m)
-                .map_or(0, |i| i as u8 + 1)
-        }));
+        out.push(Mode::code_of(self.mode_override));
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.published_at_ms.to_le_bytes());
@@ -248,22 +243,10 @@ impl FleetRecord {
             return Err(RecordError::Version(bytes[1]));
         }
         let field = |name, v: u8| RecordError::Field(name, u64::from(v));
-        let state = match bytes[2] {
-            0 => State::Closed,
-            1 => State::Open,
-            2 => State::HalfOpen,
-            s => return Err(field("state", s)),
-        };
+        let state = State::from_code(bytes[2]).ok_or(field("state", bytes[2]))?;
         let reason = TripReason::from_code(bytes[3]).ok_or(field("reason", bytes[3]))?;
         let cause = FleetCause::from_code(bytes[4]).ok_or(field("cause", bytes[4]))?;
-        let mode_override = match bytes[5] {
-            0 => None,
-            m => Some(
-                *Mode::ALL
-                    .get(usize::from(m) - 1)
-                    .ok_or(field("mode_override", m))?,
-            ),
-        };
+        let mode_override = Mode::from_code(bytes[5]).ok_or(field("mode_override", bytes[5]))?;
         if bytes[6..8] != [0, 0] {
             return Err(field("flags", bytes[6] | bytes[7]));
         }
@@ -332,14 +315,6 @@ fn truncated(name: &str) -> &str {
         end -= 1;
     }
     &name[..end]
-}
-
-fn state_code(s: State) -> u8 {
-    match s {
-        State::Closed => 0,
-        State::Open => 1,
-        State::HalfOpen => 2,
-    }
 }
 
 #[cfg(test)]

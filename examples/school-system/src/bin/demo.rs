@@ -1,8 +1,11 @@
 //! `make demo`: the sample stack plays seed 003's four steps and seed 004's manual tests,
 //! printing a timeline per request (time, cluster, breaker state, request, answer,
 //! latency) with the breaker's own log lines in between, and ends with a summary.
+//! `demo --running` plays the same story against a stack that is already up, such as the
+//! docker-compose one (`make demo-docker`), through the ports it publishes.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use school_system::client::{self, Response};
@@ -18,11 +21,22 @@ fn main() {
     }
 }
 
+/// Where the stack the demo plays against listens, and where Envoy's log is.
+struct Endpoints {
+    gateway: String,
+    control: String,
+    admin: String,
+    auth: String,
+    school: String,
+    student: String,
+    envoy_log: PathBuf,
+}
+
 /// Everything the demo has sent, for the summary.
 struct Demo {
-    stack: Stack,
-    /// The control API's address.
-    control: String,
+    /// The stack the demo started, kept alive while it plays; none for `--running`.
+    _stack: Option<Stack>,
+    at: Endpoints,
     token: String,
     /// Where to save a picture of the dashboard while the school breaker is open.
     screenshot: Option<String>,
@@ -36,35 +50,26 @@ struct Demo {
 }
 
 fn run() -> Result<()> {
-    let plugin = std::fs::read_to_string(root().join("envoy/demo-plugin.json"))
-        .map_err(|e| format!("cannot read envoy/demo-plugin.json: {e}"))?;
     println!(
         "envoy-circuit-breaker demo: Envoy 1.40 with the breaker in front of the school system"
     );
-    println!("  starting the auth, school and student services and Envoy (2 workers)...");
-    let token = demo_token();
-    let mut stack = Stack::start_with_env(
-        Some(&plugin),
-        2,
-        &[("CIRCUIT_BREAKER_ADMIN_TOKEN", token.as_str())],
-        |y| y,
-    )?;
-    stack.envoy.keep_files = true;
-    let control = stack
-        .envoy
-        .control
-        .clone()
-        .ok_or("the sample config has no control listener")?;
+    let (stack, at, token) = if std::env::args().any(|a| a == "--running") {
+        let (at, token) = running()?;
+        (None, at, token)
+    } else {
+        let (stack, at, token) = start()?;
+        (Some(stack), at, token)
+    };
     println!(
         "  gateway {}  control API {}  envoy admin {}",
-        stack.envoy.gateway, control, stack.envoy.admin
+        at.gateway, at.control, at.admin
     );
-    println!("  envoy log {}", stack.envoy.log_path.display());
+    println!("  envoy log {}", at.envoy_log.display());
     println!("  demo settings (envoy/demo-plugin.json): school and auth open after 5 consecutive");
     println!("  failures for 8s; student after 3 for 6s, with 2 probes that must both succeed.");
     let mut demo = Demo {
-        stack,
-        control,
+        _stack: stack,
+        at,
         token,
         screenshot: school_system::arg("--screenshot"),
         started: Instant::now(),
@@ -81,6 +86,90 @@ fn run() -> Result<()> {
     demo.probes_under_load()?;
     demo.operator()?;
     demo.summary()
+}
+
+/// Starts the services and Envoy on free ports with the demo's settings.
+fn start() -> Result<(Stack, Endpoints, String)> {
+    let plugin = std::fs::read_to_string(root().join("envoy/demo-plugin.json"))
+        .map_err(|e| format!("cannot read envoy/demo-plugin.json: {e}"))?;
+    println!("  starting the auth, school and student services and Envoy (2 workers)...");
+    let token = demo_token();
+    let mut stack = Stack::start_with_env(
+        Some(&plugin),
+        2,
+        &[("CIRCUIT_BREAKER_ADMIN_TOKEN", token.as_str())],
+        |y| y,
+    )?;
+    stack.envoy.keep_files = true;
+    let at = Endpoints {
+        gateway: stack.envoy.gateway.clone(),
+        control: stack
+            .envoy
+            .control
+            .clone()
+            .ok_or("the sample config has no control listener")?,
+        admin: stack.envoy.admin.clone(),
+        auth: stack.auth.addr.clone(),
+        school: stack.school.addr.clone(),
+        student: stack.student.addr.clone(),
+        envoy_log: stack.envoy.log_path.clone(),
+    };
+    Ok((stack, at, token))
+}
+
+/// A stack that is already up: the compose stack's published ports unless a flag says
+/// otherwise (`--gateway`, `--control`, `--admin`, `--auth`, `--school`, `--student`), the
+/// file its Envoy logs to (`--envoy-log`), and the admin token it was started with
+/// (`$CIRCUIT_BREAKER_ADMIN_TOKEN`). Waits up to a minute for it to answer.
+fn running() -> Result<(Endpoints, String)> {
+    let flag = |name: &str, default: &str| school_system::arg(name).unwrap_or(default.into());
+    let at = Endpoints {
+        gateway: flag("--gateway", "127.0.0.1:10000"),
+        control: flag("--control", "127.0.0.1:9902"),
+        admin: flag("--admin", "127.0.0.1:9901"),
+        auth: flag("--auth", "127.0.0.1:8081"),
+        school: flag("--school", "127.0.0.1:8082"),
+        student: flag("--student", "127.0.0.1:8083"),
+        envoy_log: PathBuf::from(
+            school_system::arg("--envoy-log").ok_or("--running needs --envoy-log FILE")?,
+        ),
+    };
+    let token = std::env::var("CIRCUIT_BREAKER_ADMIN_TOKEN").unwrap_or_default();
+    if token.is_empty() {
+        return Err("--running needs the stack's CIRCUIT_BREAKER_ADMIN_TOKEN".into());
+    }
+    println!("  playing against the running stack; waiting for it to answer...");
+    let answers = |addr: &str, path: &str| {
+        client::get(addr, path)
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    };
+    stack::poll(Duration::from_secs(60), || {
+        let up = answers(&at.gateway, "/students")
+            && answers(&at.control, "/health")
+            && answers(&at.school, "/health");
+        up.then_some(())
+    })
+    .ok_or("the running stack did not answer within 60s")?;
+    Ok((at, token))
+}
+
+/// Sets a service's fault switch (seed 003's `POST /simulate/failure`).
+fn set_faults(addr: &str, body: &Value) -> Result<()> {
+    let r = client::post_json(addr, "/simulate/failure", body).map_err(|e| e.to_string())?;
+    if r.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("fault switch said {}: {}", r.status, r.text()))
+    }
+}
+
+/// API requests a service has received.
+fn requests_of(addr: &str) -> Result<u64> {
+    let r = client::get(addr, "/stats").map_err(|e| e.to_string())?;
+    r.json().map_err(|e| e.to_string())?["data"]["requests"]
+        .as_u64()
+        .ok_or_else(|| format!("unexpected /stats answer {}", r.text()))
 }
 
 impl Demo {
@@ -110,7 +199,7 @@ impl Demo {
         };
         let r = client::request(
             method,
-            &self.stack.envoy.gateway,
+            &self.at.gateway,
             path,
             headers,
             bytes.as_deref(),
@@ -141,7 +230,11 @@ impl Demo {
 
     /// Prints the breaker's log lines written since the last call.
     fn show_breaker_log(&mut self) {
-        let lines = self.stack.envoy.log_lines("[CIRCUIT_BREAKER]");
+        let log = std::fs::read_to_string(&self.at.envoy_log).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[CIRCUIT_BREAKER]"))
+            .collect();
         for line in lines.iter().skip(self.log_seen) {
             let text = line.split("[CIRCUIT_BREAKER]").nth(1).unwrap_or(line);
             println!("   >>> breaker log: [CIRCUIT_BREAKER]{text}");
@@ -150,17 +243,16 @@ impl Demo {
     }
 
     fn faults(&self, service: &str, body: Value) -> Result<()> {
-        let svc = match service {
-            "auth" => &self.stack.auth,
-            "school" => &self.stack.school,
-            _ => &self.stack.student,
+        let addr = match service {
+            "auth" => &self.at.auth,
+            "school" => &self.at.school,
+            _ => &self.at.student,
         };
         println!(
-            "   {:>6.1}s  fault switch: POST {}/simulate/failure {body}",
+            "   {:>6.1}s  fault switch: POST {addr}/simulate/failure {body}",
             self.started.elapsed().as_secs_f64(),
-            svc.addr
         );
-        svc.faults(&body).map_err(|e| e.to_string())
+        set_faults(addr, &body)
     }
 
     /// Waits `secs`, printing a dot per second so a long wait is never silent.
@@ -236,7 +328,7 @@ impl Demo {
     }
 
     fn view(&self, cluster: &str) -> Result<Value> {
-        let r = client::get(&self.control, &format!("/circuit-breakers/{cluster}"))
+        let r = client::get(&self.at.control, &format!("/circuit-breakers/{cluster}"))
             .map_err(|e| format!("control API: {e}"))?;
         r.json().map_err(|e| format!("control API: {e}"))
     }
@@ -256,7 +348,7 @@ impl Demo {
     }
 
     fn take_screenshot(&self, path: &str) -> Result<()> {
-        let url = format!("http://{}/circuit-breakers/dashboard", self.control);
+        let url = format!("http://{}/circuit-breakers/dashboard", self.at.control);
         let browser = stack::chromium().ok_or("chromium is not installed")?;
         let profile = stack::scratch_dir().map_err(|e| e.to_string())?;
         let out = stack::headless_chromium(&browser, &profile)
@@ -327,8 +419,8 @@ impl Demo {
             json!({"is_healthy": true, "response_time_ms": 800}),
         )?;
         self.wait(6, "for the open time to pass");
-        let before = self.stack.student.requests().map_err(|e| e.to_string())?;
-        let gateway = self.stack.envoy.gateway.clone();
+        let before = requests_of(&self.at.student)?;
+        let gateway = self.at.gateway.clone();
         let burst: Vec<Response> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..20)
                 .map(|_| {
@@ -349,7 +441,7 @@ impl Demo {
                 .filter_map(|h| h.join().ok()?.ok())
                 .collect()
         });
-        let reached = self.stack.student.requests().map_err(|e| e.to_string())? - before;
+        let reached = requests_of(&self.at.student)?.saturating_sub(before);
         let probes_ok = burst.iter().filter(|r| r.status == 200).count();
         let refused = burst.iter().filter(|r| is_rejection(r)).count();
         println!(
@@ -394,7 +486,7 @@ impl Demo {
         let bytes = body.as_ref().map(|b| b.to_string().into_bytes());
         let r = client::request(
             method,
-            &self.control,
+            &self.at.control,
             path,
             &[
                 ("authorization", &auth),
@@ -420,16 +512,23 @@ impl Demo {
 
     fn summary(&mut self) -> Result<()> {
         println!("\n== Summary");
-        let envoy = &self.stack.envoy;
         std::thread::sleep(Duration::from_millis(250));
+        let metrics = client::get(&self.at.admin, "/stats/prometheus")
+            .map(|r| r.text())
+            .map_err(|e| format!("envoy admin: {e}"))?;
         for cluster in ["auth", "school", "student"] {
             let count = |outcome: &str| {
-                envoy.counter(
+                stack::counter_in(
+                    &metrics,
                     "circuit_breaker_requests_total",
                     &[("cluster", cluster), ("outcome", outcome)],
                 )
             };
-            let trips = envoy.counter("circuit_breaker_trips_total", &[("cluster", cluster)]);
+            let trips = stack::counter_in(
+                &metrics,
+                "circuit_breaker_trips_total",
+                &[("cluster", cluster)],
+            );
             println!(
                 "   {cluster:<8} {:>3} succeeded  {:>3} failed  {:>3} refused by the breaker  {trips} trip(s)  now {}",
                 count("success"),
@@ -461,7 +560,7 @@ impl Demo {
         println!("   - faults:      curl -XPOST 127.0.0.1:8082/simulate/failure -d '{{\"is_healthy\": false}}'");
         println!(
             "   - this run's Envoy log: grep CIRCUIT_BREAKER {}",
-            envoy.log_path.display()
+            self.at.envoy_log.display()
         );
         Ok(())
     }

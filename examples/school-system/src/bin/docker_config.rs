@@ -1,23 +1,38 @@
 //! `make docker-config`: writes `envoy/envoy.docker.yaml` from `envoy/envoy.yaml`.
+//! `docker-config --plugin FILE --out FILE` writes a variant with other plugin JSON (the
+//! demo's short open times, for `make demo-docker`) to a file of its own instead.
 
 use school_system::docker::docker_config;
-use school_system::stack::root;
+use school_system::stack::{root, with_plugin_json};
 
 fn main() {
-    let native = root().join("envoy/envoy.yaml");
-    let target = root().join("envoy/envoy.docker.yaml");
-    let result = std::fs::read_to_string(&native)
-        .map_err(|e| format!("cannot read {}: {e}", native.display()))
-        .and_then(|text| docker_config(&text))
-        .and_then(|docker| {
-            std::fs::write(&target, docker)
-                .map_err(|e| format!("cannot write {}: {e}", target.display()))
-        });
-    match result {
-        Ok(()) => println!("wrote {}", target.display()),
+    match write() {
+        Ok(target) => println!("wrote {target}"),
         Err(e) => {
             eprintln!("docker-config: {e}");
             std::process::exit(1);
         }
     }
+}
+
+fn write() -> Result<String, String> {
+    let native = root().join("envoy/envoy.yaml");
+    let target = school_system::arg("--out")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join("envoy/envoy.docker.yaml"));
+    let text = std::fs::read_to_string(&native)
+        .map_err(|e| format!("cannot read {}: {e}", native.display()))?;
+    let mut docker = docker_config(&text)?;
+    if let Some(plugin) = school_system::arg("--plugin") {
+        let json =
+            std::fs::read_to_string(&plugin).map_err(|e| format!("cannot read {plugin}: {e}"))?;
+        docker = with_plugin_json(&docker, &json).ok_or("the config has no plugin JSON")?;
+    }
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&target, docker)
+        .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    Ok(target.display().to_string())
 }

@@ -1,0 +1,372 @@
+//! The docker-compose stack exactly as shipped, built and run for real: what `make demo`
+//! shows natively, checked through the ports the stack publishes on loopback, and the
+//! breaker's alert through Prometheus's API. Needs a Docker engine and the images, which
+//! `make test-docker` provides before it runs this; `make test` skips it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A project name of its own, so cleaning up can never touch a user's `make demo-docker`.
+const PROJECT: &str = "ecb-docker-test";
+const GATEWAY: &str = "127.0.0.1:10000";
+const ADMIN: &str = "127.0.0.1:9901";
+const CONTROL: &str = "127.0.0.1:9902";
+const PROMETHEUS: &str = "127.0.0.1:9090";
+const AUTH: &str = "127.0.0.1:8081";
+const SCHOOL: &str = "127.0.0.1:8082";
+/// The shipped config's open time for the school breaker.
+const SCHOOL_OPEN: Duration = Duration::from_secs(60);
+
+/// The running compose project; taken down, volumes included, when dropped (so also when
+/// a check fails).
+struct Compose {
+    token: String,
+    down: bool,
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Output {
+        Command::new(root().join("tools/docker/compose.sh"))
+            .args(["-p", PROJECT, "-f", "envoy/docker-compose.yml"])
+            .args(args)
+            .current_dir(root())
+            .env("CIRCUIT_BREAKER_ADMIN_TOKEN", &self.token)
+            .output()
+            .expect("tools/docker/compose.sh")
+    }
+
+    fn up(token: &str) -> Compose {
+        for port in [8081, 8082, 8083, 10000, 9901, 9902, 9090] {
+            assert!(
+                TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "127.0.0.1:{port} is taken; the compose file publishes it. Stop what listens there."
+            );
+        }
+        let stack = Compose {
+            token: token.to_string(),
+            down: false,
+        };
+        let started = Instant::now();
+        let out = stack.command(&["up", "-d", "--build"]);
+        assert!(
+            out.status.success(),
+            "compose up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "compose up --build took {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        stack
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let label = format!("label=com.docker.compose.project={PROJECT}");
+        lines_of(&["ps", "--all", "--quiet", "--filter", &label])
+    }
+
+    /// Takes the stack down and checks nothing of it is left.
+    fn down(&mut self, volumes_before: &[String]) {
+        let out = self.command(&["down", "--volumes", "--remove-orphans"]);
+        self.down = true;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(self.containers(), Vec::<String>::new(), "containers left");
+        let left: Vec<String> = lines_of(&["volume", "ls", "--quiet"])
+            .into_iter()
+            .filter(|v| !volumes_before.contains(v))
+            .collect();
+        assert_eq!(left, Vec::<String>::new(), "volumes left");
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        if !self.down {
+            eprintln!("taking the stack down after a failure; envoy's log:");
+            let logs = self.command(&["logs", "--no-color", "--tail", "40", "envoy"]);
+            eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+            self.command(&["down", "--volumes", "--remove-orphans"]);
+        }
+    }
+}
+
+/// The lines `docker <args>` prints.
+fn lines_of(args: &[&str]) -> Vec<String> {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn get(addr: &str, path: &str) -> Response {
+    client::get(addr, path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"))
+}
+
+/// API requests a service has received, asked on its own published port.
+fn hits(service: &str) -> u64 {
+    get(service, "/stats").json().unwrap()["data"]["requests"]
+        .as_u64()
+        .unwrap()
+}
+
+fn school_hits() -> u64 {
+    hits(SCHOOL)
+}
+
+fn set_faults(addr: &str, faults: Value) {
+    let r = client::post_json(addr, "/simulate/failure", &faults).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn view(cluster: &str) -> Value {
+    get(CONTROL, &format!("/circuit-breakers/{cluster}"))
+        .json()
+        .unwrap()
+}
+
+fn control(method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    client::request(
+        method,
+        CONTROL,
+        path,
+        &headers,
+        bytes.as_deref(),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+/// One Prometheus sample line from Envoy's admin, such as `circuit_breaker_state{cluster="school"}`.
+fn sample(series: &str) -> Option<f64> {
+    get(ADMIN, "/stats/prometheus")
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn login() -> Response {
+    client::post_json(
+        GATEWAY,
+        "/auth/login",
+        &json!({"email": "test@example.com", "password": "test123"}),
+    )
+    .unwrap()
+}
+
+#[test]
+#[ignore = "needs a Docker engine and the images: run `make test-docker`"]
+fn the_shipped_compose_stack_passes_trips_refuses_cascades_recovers_and_alerts() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let token = format!("docker-test-{nanos:x}");
+    let volumes_before = lines_of(&["volume", "ls", "--quiet"]);
+    let mut stack = Compose::up(&token);
+    assert_eq!(stack.containers().len(), 5, "five containers run");
+
+    wait_for(
+        "the gateway, control API and Prometheus on the published ports",
+        Duration::from_secs(90),
+        || {
+            let ok = |addr: &str, path: &str| {
+                client::get(addr, path)
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
+            };
+            (ok(GATEWAY, "/students") && ok(CONTROL, "/health") && ok(PROMETHEUS, "/-/ready"))
+                .then_some(())
+        },
+    );
+
+    // Pass-through: each service answers through the gateway, untouched.
+    let before = school_hits();
+    let r = get(GATEWAY, "/schools");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap()["data"][0]["name"], "Riverside High");
+    assert!(r.header("retry-after").is_none());
+    assert_eq!(
+        school_hits(),
+        before + 1,
+        "the request reached the school service"
+    );
+    let logins = hits(AUTH);
+    let r = login();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["data"]["user"]["role"], "teacher");
+    assert_eq!(hits(AUTH), logins + 1, "the login reached the auth service");
+
+    // A trip after the threshold: five upstream failures, then JSON 503s that reach no one.
+    set_faults(SCHOOL, json!({"is_healthy": false}));
+    for _ in 0..5 {
+        let r = get(GATEWAY, "/schools");
+        assert_eq!(r.status, 503);
+        assert!(!is_rejection(&r), "the upstream's own 503s come first");
+    }
+    let tripped = Instant::now();
+    let seen = school_hits();
+    for _ in 0..10 {
+        let r = get(GATEWAY, "/schools");
+        assert!(is_rejection(&r), "{} {}", r.status, r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.json().unwrap()["cluster"], "school");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "retry-after {retry}");
+    }
+    assert_eq!(school_hits(), seen, "refusals reached no service");
+
+    // The cascade: the student service asks the school service through the gateway, by its
+    // compose service name, and is refused at once instead of waiting.
+    let started = Instant::now();
+    let r = client::post_json(
+        GATEWAY,
+        "/students",
+        &json!({"name": "Alan Turing", "email": "alan@school.test", "school_id": 2}),
+    )
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    let body = r.json().unwrap();
+    assert_eq!(body["error"], "SCHOOL_SERVICE_UNAVAILABLE");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker open"),
+        "{body}"
+    );
+    assert_eq!(
+        school_hits(),
+        seen,
+        "the cascade's school check reached no service"
+    );
+
+    // The breaker's metrics, with their labels, on Envoy's admin port.
+    wait_for(
+        "the refusals in the metrics",
+        Duration::from_secs(5),
+        || {
+            (sample(r#"circuit_breaker_requests_total{cluster="school",outcome="rejected"}"#)
+                >= Some(11.0))
+            .then_some(())
+        },
+    );
+    let text = get(ADMIN, "/stats/prometheus").text();
+    for line in [
+        r#"circuit_breaker_state{cluster="school"} 1"#,
+        r#"circuit_breaker_state{cluster="auth"} 0"#,
+        r#"circuit_breaker_requests_total{cluster="school",outcome="failure"} 5"#,
+        r#"circuit_breaker_trips_total{cluster="school",reason="consecutive_failures"} 1"#,
+        r#"circuit_breaker_transitions_total{cluster="school",from="closed",to="open"} 1"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+
+    // The control API and dashboard, with the token from the compose environment.
+    let v = view("school");
+    assert_eq!(v["state"], "open", "{v}");
+    assert_eq!(v["reason"], "consecutive_failures", "{v}");
+    let page = get(CONTROL, "/circuit-breakers/dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let forced = Some(json!({"mode": "forced_open"}));
+    let r = control("PUT", "/circuit-breakers/auth/mode", None, forced.clone());
+    assert_eq!(r.status, 401, "no token, no change: {}", r.text());
+    let r = control(
+        "PUT",
+        "/circuit-breakers/auth/mode",
+        Some("wrong"),
+        forced.clone(),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = control("PUT", "/circuit-breakers/auth/mode", Some(&token), forced);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(is_rejection(&login()), "forced open refuses logins");
+    let r = control(
+        "PUT",
+        "/circuit-breakers/auth/mode",
+        Some(&token),
+        Some(json!({"mode": null})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = control("POST", "/circuit-breakers/auth/reset", Some(&token), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(login().status, 200, "handed back, logins pass");
+
+    // Prometheus, scraping with the shipped config, holds the shipped CircuitBreakerOpen
+    // alert for the school breaker (pending: its `for` is 5 minutes) before the open time
+    // ends.
+    let alert = poll(SCHOOL_OPEN.saturating_sub(tripped.elapsed()), || {
+        let alerts = get(PROMETHEUS, "/api/v1/alerts").json().ok()?;
+        alerts["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| {
+                a["labels"]["alertname"] == "CircuitBreakerOpen"
+                    && a["labels"]["cluster"] == "school"
+            })
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no CircuitBreakerOpen alert for school; targets: {}",
+            get(PROMETHEUS, "/api/v1/targets").text()
+        )
+    });
+    assert!(
+        alert["state"] == "pending" || alert["state"] == "firing",
+        "{alert}"
+    );
+    eprintln!(
+        "CircuitBreakerOpen {} {:.1}s after the trip",
+        alert["state"],
+        tripped.elapsed().as_secs_f64()
+    );
+
+    // Recovery through half-open: the school heals, the timer moves the breaker to
+    // half-open after the open time, and one good probe closes it.
+    set_faults(SCHOOL, json!({"is_healthy": true, "failure_rate": 0.0}));
+    wait_for(
+        "the school breaker to go half-open by its timer",
+        SCHOOL_OPEN.saturating_sub(tripped.elapsed()) + Duration::from_secs(15),
+        || (view("school")["state"] == "half_open").then_some(()),
+    );
+    let seen = school_hits();
+    let r = get(GATEWAY, "/schools");
+    assert_eq!(r.status, 200, "the probe passes: {}", r.text());
+    assert_eq!(school_hits(), seen + 1);
+    assert_eq!(view("school")["state"], "closed");
+    wait_for(
+        "the state gauge back at closed",
+        Duration::from_secs(5),
+        || (sample(r#"circuit_breaker_state{cluster="school"}"#) == Some(0.0)).then_some(()),
+    );
+
+    stack.down(&volumes_before);
+}
