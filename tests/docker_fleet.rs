@@ -149,10 +149,15 @@ impl Compose {
 impl Drop for Compose {
     fn drop(&mut self) {
         if !self.down {
-            eprintln!("taking the fleet stack down after a failure; the gateways' logs:");
+            eprintln!("taking the fleet stack down after a failure; the gateways' breaker lines:");
             for g in &GATEWAYS {
-                let logs = self.command(&["logs", "--no-color", "--tail", "25", g.name]);
-                eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
+                let logs = self.command(&["logs", "--no-color", g.name]);
+                let text = String::from_utf8_lossy(&logs.stdout);
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("CIRCUIT_BREAKER") || l.contains("[error]"))
+                    .collect();
+                eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
             }
             self.command(&["down", "--volumes", "--remove-orphans"]);
         }
@@ -473,12 +478,18 @@ fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losi
         .collect();
     let killed = Instant::now();
     docker(&["kill", &stack.container(ETCD[lead].0)]);
-    let new_leader = wait_for("a new etcd leader", Duration::from_secs(15), || {
-        leader()
-            .filter(|l| *l != lead)
-            .map(|l| (l, killed.elapsed()))
+    // The links are watched from the kill on, the election beside them.
+    let (new_leader, links) = std::thread::scope(|s| {
+        let election = s.spawn(|| {
+            wait_for("a new etcd leader", Duration::from_secs(15), || {
+                leader()
+                    .filter(|l| *l != lead)
+                    .map(|l| (l, killed.elapsed()))
+            })
+        });
+        let links = watch_links(killed, Duration::from_secs(30), Duration::from_secs(4));
+        (election.join().unwrap(), links)
     });
-    let links = watch_links(killed, Duration::from_secs(30), Duration::from_secs(4));
     eprintln!(
         "leader {} killed (streams on it: {on_leader:?}); new leader {} after {:.2?}; {}",
         ETCD[lead].0,

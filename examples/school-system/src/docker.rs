@@ -92,7 +92,6 @@ pub fn fleet_docker_config(docker: &str) -> Result<String, String> {
          \x20 - name: etcd\n\
          \x20   type: STRICT_DNS\n\
          \x20   connect_timeout: 1s\n\
-         \x20   dns_refresh_rate: 1s\n\
          \x20   typed_extension_protocol_options:\n\
          \x20     envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n\
          \x20       \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n\
