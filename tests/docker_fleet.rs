@@ -374,6 +374,11 @@ fn watch_links(since: Instant, window: Duration, settle: Duration) -> LinkTimes 
     LinkTimes { down, back }
 }
 
+/// When the last gateway that went down was connected again.
+fn converged(t: &LinkTimes) -> Option<Duration> {
+    t.back.iter().flatten().max().copied()
+}
+
 fn describe(t: &LinkTimes) -> String {
     GATEWAYS
         .iter()
@@ -540,7 +545,7 @@ fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losi
     let frozen_id = stack.container(ETCD[frozen_member].0);
     let frozen = Instant::now();
     docker(&["pause", &frozen_id]);
-    let links = watch_links(frozen, Duration::from_secs(40), Duration::from_secs(4));
+    let links = watch_links(frozen, Duration::from_secs(45), Duration::from_secs(4));
     eprintln!(
         "{} frozen (leader: {was_leader}; streams on it: {on_frozen:?}); {}",
         ETCD[frozen_member].0,
