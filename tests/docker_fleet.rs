@@ -521,7 +521,8 @@ fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losi
         Duration::from_secs(5),
     );
     eprintln!(
-        "after the kill: all connected {converged_at:.2?} after it; a trip through gateway-2 refused by the others after {after_kill:.2?}"
+        "after the kill: the last link back {:.2?} after it (all connected seen {converged_at:.2?}); a trip through gateway-2 refused by the others after {after_kill:.2?}",
+        converged(&links)
     );
     reset_everywhere(&token);
     docker(&["start", &stack.container(ETCD[lead].0)]);
@@ -570,7 +571,8 @@ fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losi
         Duration::from_secs(5),
     );
     eprintln!(
-        "while frozen: all connected {converged_at:.2?} after the freeze; a trip through gateway-3 refused by the others after {while_frozen:.2?}"
+        "while frozen: the last link back {:.2?} after the freeze (all connected seen {converged_at:.2?}); a trip through gateway-3 refused by the others after {while_frozen:.2?}",
+        converged(&links)
     );
     reset_everywhere(&token);
     docker(&["unpause", &frozen_id]);
