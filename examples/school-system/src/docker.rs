@@ -102,9 +102,17 @@ pub fn fleet_docker_config(docker: &str) -> Result<String, String> {
          \x20     split_external_local_origin_errors: true\n\
          \x20     consecutive_local_origin_failure: 1\n\
          \x20     max_ejection_percent: 100\n\
-         \x20     # Short: while a frozen leader is replaced, reads can time out on the healthy\n\
-         \x20     # members too; with the default 30 s, one run's links stayed down 30 s.\n\
          \x20     base_ejection_time: 5s\n\
+         \x20   # A frozen member still accepts connections and only times out; an ejection\n\
+         \x20   # lets it back after base_ejection_time, to fail the next reconnect. etcd's gRPC\n\
+         \x20   # health service keeps it out for as long as it does not answer.\n\
+         \x20   health_checks:\n\
+         \x20   - timeout: 0.5s\n\
+         \x20     interval: 1s\n\
+         \x20     no_traffic_interval: 1s\n\
+         \x20     unhealthy_threshold: 1\n\
+         \x20     healthy_threshold: 1\n\
+         \x20     grpc_health_check: {}\n\
          \x20   load_assignment:\n\
          \x20     cluster_name: etcd\n\
          \x20     endpoints:\n\
