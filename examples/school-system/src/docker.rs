@@ -56,7 +56,8 @@ const FLEET_BLOCK: &str = r#"  "fleet": {
 /// with the fleet block in its plugin JSON and an `etcd` cluster listing the three members
 /// as `/work/shared/notes/fleet-etcd.md` measured it must be: HTTP/2 (etcd's API is gRPC),
 /// outlier detection that ejects a dead member after one failed call (round robin alone
-/// keeps sending it every third call), and keep-alive pings no more often than etcd's 5 s
+/// keeps sending it every third call), an active check of etcd's gRPC health service (a
+/// frozen member is let back after an ejection only to time out again), and keep-alive pings no more often than etcd's 5 s
 /// minimum (more often, etcd drops the connection).
 pub fn fleet_docker_config(docker: &str) -> Result<String, String> {
     let json = crate::stack::plugin_json_of(docker).ok_or("the config has no plugin JSON")?;
