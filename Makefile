@@ -119,7 +119,8 @@ demo-docker: build envoy test-tools
 	tools/docker/demo.sh
 
 ## test-docker: the compose stack as shipped, built, run and tested through its published
-## ports, then the Envoy integration tests with Envoy in its container. Uses the running
+## ports, then the Envoy integration tests with Envoy in its container, then the fleet stack
+## (envoy/docker-compose.fleet.yml) through etcd faults made by Docker. Uses the running
 ## Docker engine (starts one where it can: tools/docker/engine.sh) and builds stand-ins for
 ## the images no registry gives (tools/docker/stand-ins.sh). Not part of `make test`.
 test-docker: build envoy test-tools

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use envoy_circuit_breaker::core::config::PluginConfig;
-use school_system::docker::docker_config;
+use school_system::docker::{docker_config, fleet_docker_config, ETCD_MEMBERS};
 use serde_json::Value;
 
 fn read(path: &str) -> String {
@@ -36,6 +36,73 @@ fn the_docker_config_is_derived_from_the_native_one() {
         derived == read("envoy/envoy.docker.yaml"),
         "envoy/envoy.docker.yaml is out of date: run `make docker-config`"
     );
+}
+
+#[test]
+fn the_fleet_docker_config_is_derived_from_the_docker_one() {
+    let derived = fleet_docker_config(&read("envoy/envoy.docker.yaml")).unwrap();
+    assert!(
+        derived == read("envoy/envoy.fleet.docker.yaml"),
+        "envoy/envoy.fleet.docker.yaml is out of date: run `make docker-config`"
+    );
+}
+
+#[test]
+fn the_fleet_compose_file_runs_three_gateways_three_etcd_members_and_the_services() {
+    let out = Command::new("docker-compose")
+        .args(["-f", "envoy/docker-compose.fleet.yml", "config"])
+        .current_dir(root())
+        .env("CIRCUIT_BREAKER_ADMIN_TOKEN", "")
+        .output()
+        .expect("docker-compose (make test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let services = &parsed["services"];
+    for name in ["auth-service", "school-service", "student-service"] {
+        assert!(services[name]["build"].is_mapping(), "{name}:\n{text}");
+    }
+    for n in 1..=3 {
+        let gateway = &services[format!("gateway-{n}").as_str()];
+        assert_eq!(gateway["image"].as_str(), Some("envoyproxy/envoy:v1.40.0"));
+        let command = serde_yaml::to_string(&gateway["command"]).unwrap();
+        assert!(
+            command.contains(&format!("- gateway-{n}\n")),
+            "its own node id: {command}"
+        );
+        let mounts = serde_yaml::to_string(&gateway["volumes"]).unwrap();
+        assert!(mounts.contains("envoy.fleet.docker.yaml"), "{mounts}");
+        let networks = serde_yaml::to_string(&gateway["networks"]).unwrap();
+        assert!(
+            networks.contains("front") && networks.contains("store"),
+            "{networks}"
+        );
+    }
+    for member in ETCD_MEMBERS {
+        let etcd = &services[member];
+        assert_eq!(etcd["image"].as_str(), Some("quay.io/coreos/etcd:v3.4.23"));
+        let command = serde_yaml::to_string(&etcd["command"]).unwrap();
+        assert!(
+            command.contains(&format!("http://{member}:2380,"))
+                || command.contains(&format!("{member}=http://{member}:2380\n")),
+            "{command}"
+        );
+    }
+    // Docker publishes ports on the network whose name sorts first: the users' network,
+    // so that a gateway cut off from etcd keeps its published ports.
+    let networks: Vec<&str> = parsed["networks"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.as_str())
+        .collect();
+    assert_eq!(networks.iter().min(), Some(&"front"), "{networks:?}");
+    assert!(networks.contains(&"store"), "{networks:?}");
 }
 
 #[test]
@@ -184,6 +251,14 @@ fn every_shipped_plugin_json_passes_the_schema() {
     let manifest = yaml("examples/istio/wasm-plugin.yaml");
     let shipped = [
         ("envoy/envoy.yaml", sample_plugin_json()),
+        (
+            "envoy/envoy.fleet.docker.yaml",
+            serde_json::from_str(
+                &school_system::stack::plugin_json_of(&read("envoy/envoy.fleet.docker.yaml"))
+                    .unwrap(),
+            )
+            .unwrap(),
+        ),
         (
             "envoy/demo-plugin.json",
             serde_json::from_str(&read("envoy/demo-plugin.json")).unwrap(),

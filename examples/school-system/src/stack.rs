@@ -514,6 +514,31 @@ pub fn with_port(yaml: &str, from: u16, to: u16) -> String {
 
 /// Replaces the plugin JSON of the first breaker filter in `yaml`.
 pub fn with_plugin_json(yaml: &str, json: &str) -> Option<String> {
+    let (body_start, body_end, indent) = plugin_json_span(yaml)?;
+    let pad = " ".repeat(indent);
+    let block: String = json.lines().map(|l| format!("{pad}{l}\n")).collect();
+    Some(format!(
+        "{}{}{}",
+        &yaml[..body_start],
+        block,
+        &yaml[body_end..]
+    ))
+}
+
+/// The plugin JSON of the first breaker filter in `yaml`, unindented.
+pub fn plugin_json_of(yaml: &str) -> Option<String> {
+    let (body_start, body_end, indent) = plugin_json_span(yaml)?;
+    Some(
+        yaml[body_start..body_end]
+            .lines()
+            .map(|l| format!("{}\n", l.get(indent..).unwrap_or("").trim_end()))
+            .collect(),
+    )
+}
+
+/// Where the plugin JSON's block scalar lies in `yaml`: its first byte, the byte after it,
+/// and its indent.
+fn plugin_json_span(yaml: &str) -> Option<(usize, usize, usize)> {
     let anchor = yaml.find("type.googleapis.com/google.protobuf.StringValue")?;
     let value_at = yaml[anchor..].find("value: |")? + anchor;
     let line_start = yaml[..value_at].rfind('\n')? + 1;
@@ -527,14 +552,7 @@ pub fn with_plugin_json(yaml: &str, json: &str) -> Option<String> {
         }
         body_end += line.len();
     }
-    let pad = " ".repeat(indent);
-    let block: String = json.lines().map(|l| format!("{pad}{l}\n")).collect();
-    Some(format!(
-        "{}{}{}",
-        &yaml[..body_start],
-        block,
-        &yaml[body_end..]
-    ))
+    Some((body_start, body_end, indent))
 }
 
 /// The three services and an Envoy in front of them, built from the sample config.

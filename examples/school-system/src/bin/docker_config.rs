@@ -1,8 +1,9 @@
-//! `make docker-config`: writes `envoy/envoy.docker.yaml` from `envoy/envoy.yaml`.
+//! `make docker-config`: writes `envoy/envoy.docker.yaml` from `envoy/envoy.yaml`, and from
+//! that the fleet stack's `envoy/envoy.fleet.docker.yaml`.
 //! `docker-config --plugin FILE --out FILE` writes a variant with other plugin JSON (the
 //! demo's short open times, for `make demo-docker`) to a file of its own instead.
 
-use school_system::docker::docker_config;
+use school_system::docker::{docker_config, fleet_docker_config};
 use school_system::stack::{root, with_plugin_json};
 
 fn main() {
@@ -23,6 +24,13 @@ fn write() -> Result<String, String> {
     let text = std::fs::read_to_string(&native)
         .map_err(|e| format!("cannot read {}: {e}", native.display()))?;
     let mut docker = docker_config(&text)?;
+    let custom = school_system::arg("--out").is_some() || school_system::arg("--plugin").is_some();
+    if !custom {
+        let fleet = root().join("envoy/envoy.fleet.docker.yaml");
+        std::fs::write(&fleet, fleet_docker_config(&docker)?)
+            .map_err(|e| format!("cannot write {}: {e}", fleet.display()))?;
+        println!("wrote {}", fleet.display());
+    }
     if let Some(plugin) = school_system::arg("--plugin") {
         let json =
             std::fs::read_to_string(&plugin).map_err(|e| format!("cannot read {plugin}: {e}"))?;
