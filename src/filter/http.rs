@@ -33,6 +33,8 @@ pub struct Stream {
     control: Option<Command>,
     /// A fleet probe slot being claimed while the request waits.
     claiming: Option<SlotClaim>,
+    /// The first read of etcd this request waits for, and the cluster it asked for.
+    first_read: Option<(u32, Vec<u8>)>,
 }
 
 impl Stream {
@@ -42,6 +44,7 @@ impl Stream {
             admitted: None,
             control: None,
             claiming: None,
+            first_read: None,
         }
     }
 
@@ -70,6 +73,10 @@ impl Stream {
         let Some(slot) = worker.slot_for(host, cluster) else {
             return Action::Continue;
         };
+        if let Some(token) = worker.fleet_first_read(host, slot) {
+            self.first_read = Some((token, cluster.to_vec()));
+            return Action::Pause;
+        }
         let Some(asks) = Asks::read(host, worker, slot) else {
             return Action::Continue;
         };
@@ -135,6 +142,9 @@ impl Stream {
 
     /// The answer to this stream's probe slot claim; the request waits for it.
     pub fn grpc_answered(&mut self, host: &impl Host, token: u32, status: u32, size: usize) {
+        if let Some((_, cluster)) = self.first_read.take_if(|(t, _)| *t == token) {
+            return self.first_read_answered(host, &cluster, status, size);
+        }
         let Some(claim) = self.claiming.take_if(|c| c.token == token) else {
             return;
         };
@@ -148,6 +158,21 @@ impl Stream {
         };
         let next = worker.fleet_probe_answered(host, claim, status, size);
         if self.probe(host, &mut worker, next) == Action::Continue {
+            let _ = host.resume_request();
+        }
+    }
+
+    /// The first read of etcd answered: decide as if the request had just arrived.
+    fn first_read_answered(&mut self, host: &impl Host, cluster: &[u8], status: u32, size: usize) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            let _ = host.resume_request();
+            return;
+        };
+        worker.fleet_first_read_answered(host, status, size);
+        if self.admit(host, &mut worker, cluster) == Action::Continue {
             let _ = host.resume_request();
         }
     }

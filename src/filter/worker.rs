@@ -43,6 +43,8 @@ pub struct Worker {
     notices: Notices,
     /// Fleet mode's state in this VM, when the configuration has a `fleet` block.
     pub(crate) fleet: Option<Fleet>,
+    /// Whether a request of this worker already waited for a first read of etcd.
+    pub(crate) first_read_done: bool,
 }
 
 impl Worker {
@@ -61,6 +63,7 @@ impl Worker {
             clock_ms: now_ms,
             notices: Notices::default(),
             fleet: None,
+            first_read_done: false,
         };
         worker.fleet = worker
             .config

@@ -73,6 +73,17 @@ impl Conn {
     }
 }
 
+/// Whether this process has read etcd once (any context's start-up read or the holder's
+/// first read answered).
+pub fn has_read(host: &impl Host) -> bool {
+    matches!(host.shared_data(&key("read")), Ok(Some(_)))
+}
+
+/// Notes that this process has read etcd once.
+pub fn note_read(host: &impl Host) {
+    let _ = host.set_shared_data(&key("read"), b"1", 0);
+}
+
 /// Reads a breaker's shadow; junk reads as empty (etcd is read again on the next join).
 pub fn load_shadow(host: &impl Host, breaker: &str) -> Shadow {
     match host.shared_data(&shadow_key(breaker)) {

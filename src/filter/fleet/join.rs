@@ -7,7 +7,7 @@ use crate::core::fleet::keys;
 
 use super::super::host::Host;
 use super::super::worker::Worker;
-use super::conn::Conn;
+use super::conn::{self, Conn};
 use super::holder::RANGE_LIMIT;
 use super::{Fleet, Pending};
 
@@ -33,6 +33,51 @@ impl Worker {
             for kv in &kvs {
                 self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
             }
+            conn::note_read(host);
+        }
+    }
+
+    /// Until this process has read etcd once, a request to a fleet breaker reads the
+    /// breaker's decision itself and waits for it (bounded by `fleet.timeout`), so an Envoy
+    /// started while the fleet's breaker is open refuses from its first request. Returns
+    /// the call's token; `None`: decide now.
+    pub fn fleet_first_read(&mut self, host: &impl Host, i: usize) -> Option<u32> {
+        let fleet = self.fleet.as_ref()?;
+        let slot = self.slots.get(i)?;
+        if !slot.settings.fleet || self.first_read_done || conn::has_read(host) {
+            return None;
+        }
+        let key = keys::decision(&fleet.settings.prefix, &slot.name);
+        let range = etcd::RangeRequest {
+            key: key.into_bytes(),
+            ..etcd::RangeRequest::default()
+        };
+        let auth = Conn::load(host).token;
+        let timeout = u32::try_from(fleet.settings.timeout_ms).unwrap_or(u32::MAX);
+        host.grpc_call(
+            fleet.target(method::KV, method::RANGE),
+            &Fleet::metadata(&auth),
+            &prost::Message::encode_to_vec(&range),
+            timeout,
+        )
+        .ok()
+    }
+
+    /// The answer to [`Worker::fleet_first_read`]: adopt what it holds. Whatever the
+    /// answer, this worker waits on etcd no more.
+    pub fn fleet_first_read_answered(&mut self, host: &impl Host, status: u32, size: usize) {
+        self.first_read_done = true;
+        if status != 0 {
+            return;
+        }
+        let body = host
+            .buffer(super::super::host::Buffer::GrpcReceive, size)
+            .unwrap_or_default();
+        let now_ms = host.now_ms();
+        if let Ok((_, kvs)) = etcd::range_answer(&body) {
+            for kv in &kvs {
+                self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
+            }
         }
     }
 
@@ -43,6 +88,7 @@ impl Worker {
         for kv in &kvs {
             self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
         }
+        conn::note_read(host);
         let Some(fleet) = &mut self.fleet else {
             return;
         };

@@ -98,6 +98,7 @@ fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
     let host = FakeHost::at(1_000);
     let w = worker(&host, FLEET);
     Conn::update(&host, |c| c.link = Link::Connected);
+    super::conn::note_read(&host);
     for _ in 0..3 {
         request(&host, &w, 500);
     }
@@ -314,4 +315,36 @@ fn range_op(key: String, mod_revision: i64, value: Vec<u8>) -> ResponseOp {
             ..RangeResponse::default()
         })),
     }
+}
+
+#[test]
+fn before_the_first_read_of_etcd_a_request_waits_for_its_breakers_decision() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut first = Stream::new(Some(w.clone()));
+    host.take_journal();
+    assert_eq!(first.request_headers(&host, true), Action::Pause);
+    assert_eq!(grpc_calls(&host.take_journal()), ["Range"]);
+    *host.grpc_answer.borrow_mut() = RangeResponse {
+        kvs: vec![KeyValue {
+            key: keys::decision("/p", "school").into_bytes(),
+            mod_revision: 9,
+            value: open_by("gateway-2", 2, 999_990).encode(),
+            ..KeyValue::default()
+        }],
+        ..RangeResponse::default()
+    }
+    .encode_to_vec();
+    first.grpc_answered(&host, last_token(&host), 0, 100);
+    let journal = host.take_journal();
+    assert!(
+        journal.contains(&Call::LocalReply(503)),
+        "refused: {journal:?}"
+    );
+    assert!(!journal.contains(&Call::Resume));
+    // Once answered, requests decide at once.
+    assert_eq!(request(&host, &w, 200), Action::Pause);
+    assert!(grpc_calls(&host.take_journal()).is_empty());
 }
