@@ -10,7 +10,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::core::control::{self, ApiError, Command};
+use crate::core::control::{self, Command};
 use crate::core::reply::Answer;
 
 use super::fleet::{Probe, SlotClaim};
@@ -18,13 +18,14 @@ use super::host::wasm::Wasm;
 use super::host::{header_u32, Buffer, Host, Map};
 use super::worker::{Admitted, Captured, Decision, Seen, Worker};
 
+mod control_api;
+
 /// Property paths, NUL-separated as the ABI wants them.
 const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
 
 /// What Envoy's access log shows as the response code details of the filter's answers.
 const REFUSAL_DETAILS: &str = "circuit_breaker_open";
-const CONTROL_DETAILS: &str = "circuit_breaker_control";
 
 pub struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
@@ -174,95 +175,6 @@ impl Stream {
         worker.fleet_first_read_answered(host, status, size);
         if self.admit(host, &mut worker, cluster) == Action::Continue {
             let _ = host.resume_request();
-        }
-    }
-
-    /// A request on the control API's route: decide, check the token, and answer (or wait
-    /// for the body first).
-    fn control_request(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
-        let method = request_header(host, ":method").unwrap_or_default();
-        let path = request_header(host, ":path").unwrap_or_default();
-        let command = control::route(
-            &String::from_utf8_lossy(&method),
-            &String::from_utf8_lossy(&path),
-        );
-        let command = match command {
-            Ok(c) => c,
-            Err(e) => return api_error(host, &e),
-        };
-        if command.mutates() {
-            let authorization = request_header(host, "authorization");
-            let allowed = self.worker.as_ref().and_then(|w| {
-                w.try_borrow()
-                    .ok()
-                    .map(|w| w.authorize(authorization.as_deref()))
-            });
-            match allowed {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return api_error(host, &e),
-                None => {
-                    let e = ApiError::unavailable("the breaker is not configured");
-                    return api_error(host, &e);
-                }
-            }
-        }
-        if command.needs_body() && !end_of_stream {
-            // Envoy turns a pause here into "stop everything", body included, so the
-            // headers go on to the buffer filter behind this one, which holds the request
-            // back from the router while the body arrives here.
-            self.control = Some(command);
-            return Action::Continue;
-        }
-        self.run_control(host, &command, &[])
-    }
-
-    fn run_control(&mut self, host: &impl Host, command: &Command, body: &[u8]) -> Action {
-        let Some(worker) = &self.worker else {
-            return api_error(
-                host,
-                &ApiError::unavailable("the breaker is not configured"),
-            );
-        };
-        let Ok(mut worker) = worker.try_borrow_mut() else {
-            return api_error(host, &ApiError::unavailable("busy, try again"));
-        };
-        match worker.control(host, command, body, host.now_ms()) {
-            Ok((status, content_type, body)) => {
-                let reply = Answer {
-                    status,
-                    headers: vec![
-                        ("content-type".into(), content_type.into()),
-                        ("cache-control".into(), "no-store".into()),
-                    ],
-                    body: body.into_bytes(),
-                    grpc_status: None,
-                };
-                answer(host, &reply, CONTROL_DETAILS)
-            }
-            Err(e) => api_error(host, &e),
-        }
-    }
-
-    /// The request body: only a control API command waiting for it reads it.
-    pub fn request_body(&mut self, host: &impl Host, size: usize, end_of_stream: bool) -> Action {
-        let Some(command) = &self.control else {
-            return Action::Continue;
-        };
-        if size > control::MAX_BODY {
-            self.control = None;
-            return api_error(host, &ApiError::too_large());
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        let command = command.clone();
-        self.control = None;
-        match host.buffer(Buffer::RequestBody, size) {
-            Ok(body) => self.run_control(host, &command, &body),
-            Err(_) => {
-                let e = ApiError::unavailable("could not read the request body");
-                api_error(host, &e)
-            }
         }
     }
 
@@ -435,20 +347,6 @@ fn is_grpc(host: &impl Host) -> bool {
 
 fn request_header(host: &impl Host, name: &str) -> Option<Vec<u8>> {
     host.header(Map::RequestHeaders, name).ok().flatten()
-}
-
-fn api_error(host: &impl Host, e: &ApiError) -> Action {
-    let reply = Answer {
-        status: e.status,
-        headers: e
-            .headers()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        body: e.body().into_bytes(),
-        grpc_status: None,
-    };
-    answer(host, &reply, CONTROL_DETAILS)
 }
 
 fn answer(host: &impl Host, reply: &Answer, details: &str) -> Action {
