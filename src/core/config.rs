@@ -3,11 +3,11 @@
 //! shows the operator one log line when it rejects a configuration.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
 use serde::Deserialize;
 
 use super::cache::CacheSettings;
+pub use super::config_error::ConfigError;
 use super::duration::{parse_millis, Millis};
 use super::fallback::{Fallback, Template};
 use super::fleet::settings::{FleetDoc, FleetSettings};
@@ -15,39 +15,6 @@ use super::limits::{self as l, Limit};
 use super::outcome::{Classifier, StatusSet, GRPC_CODES};
 use super::settings::{Mode, Settings, StoreFailure};
 use super::window::WindowSpec;
-
-/// Why a configuration was refused: which field, and what is wrong with its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted path of the field, such as `clusters.auth.open_duration`.
-    pub field: String,
-    /// The rule that was broken, with the bad value.
-    pub problem: String,
-}
-
-impl ConfigError {
-    /// The same refusal about one part of the field (`max_bytes must be ...`).
-    fn prefixed(self, part: &str) -> ConfigError {
-        ConfigError {
-            problem: format!("{part} {}", self.problem),
-            ..self
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "invalid plugin configuration: {}", self.problem)
-        } else {
-            write!(
-                f,
-                "invalid plugin configuration: {}: {}",
-                self.field, self.problem
-            )
-        }
-    }
-}
 
 /// The plugin JSON as written by the user.
 #[derive(schemars::JsonSchema, Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod cache;
 pub mod codec;
 pub mod config;
+pub mod config_error;
 pub mod control;
 pub mod duration;
 pub mod fallback;

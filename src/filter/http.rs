@@ -13,9 +13,9 @@ use proxy_wasm::types::Action;
 use crate::core::control::{self, Command};
 use crate::core::reply::Answer;
 
-use super::fleet::{Probe, SlotClaim};
 use super::host::wasm::Wasm;
 use super::host::{header_u32, Buffer, Host, Map};
+use super::worker::fleet::{Probe, SlotClaim};
 use super::worker::{Admitted, Captured, Decision, Seen, Worker};
 
 mod control_api;

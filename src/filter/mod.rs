@@ -2,7 +2,6 @@
 //! stats, and the root and HTTP contexts. Each callback reads what it needs from the host
 //! once and lets the core decide.
 
-pub mod fleet;
 pub mod host;
 pub mod http;
 pub mod logger;

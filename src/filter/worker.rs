@@ -6,6 +6,7 @@
 mod admission;
 mod control_api;
 mod events;
+pub mod fleet;
 mod notices;
 pub(crate) mod slot;
 
@@ -18,12 +19,12 @@ use crate::core::registry;
 use crate::core::settings::Settings;
 use crate::core::store;
 
-use super::fleet::Fleet;
 use super::host::Host;
 use super::shared::{SharedData, REGISTRY_KEY};
 
 pub use admission::{Admitted, Captured, Decision, Seen};
 use events::Delivery;
+use fleet::Fleet;
 use notices::Notices;
 use slot::{Slot, CAS_ATTEMPTS};
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::etcd::grpc_service;
 use super::record::valid_member;
-use crate::core::config::ConfigError;
+use crate::core::config_error::ConfigError;
 use crate::core::duration::{parse_millis, Millis};
 
 /// The `fleet` block: share this Envoy's breakers with every Envoy using the same prefix,

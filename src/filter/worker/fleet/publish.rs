@@ -8,10 +8,10 @@ use crate::core::fleet::merge;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, Record, State};
 
-use super::super::host::{Buffer, Host};
-use super::super::worker::Worker;
+use super::super::Worker;
 use super::conn::{load_shadow, update_shadow, Conn, Link as LinkState};
 use super::{stat, Owed, Pending};
+use crate::filter::host::{Buffer, Host};
 
 /// The record of an operator's mode override that moved no state: the state as it is, so
 /// adopting it changes only the mode.

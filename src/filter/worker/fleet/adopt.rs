@@ -10,12 +10,12 @@ use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::history::Event;
 use crate::core::store;
 
-use super::super::host::Host;
-use super::super::shared::SharedData;
-use super::super::worker::slot::CAS_ATTEMPTS;
-use super::super::worker::Worker;
+use super::super::slot::CAS_ATTEMPTS;
+use super::super::Worker;
 use super::conn::{update_shadow, Conn};
 use super::stat;
+use crate::filter::host::Host;
+use crate::filter::shared::SharedData;
 
 impl Worker {
     /// A key and value read from etcd. Only decision keys matter here; a damaged record,

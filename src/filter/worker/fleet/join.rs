@@ -5,11 +5,11 @@
 use crate::core::fleet::etcd::{self, method};
 use crate::core::fleet::keys;
 
-use super::super::host::Host;
-use super::super::worker::Worker;
+use super::super::Worker;
 use super::conn::{self, Conn};
 use super::holder::RANGE_LIMIT;
 use super::{Fleet, Pending};
+use crate::filter::host::Host;
 
 impl Worker {
     /// Reads the prefix once when the VM starts, before any election: the first holder is
@@ -71,7 +71,7 @@ impl Worker {
             return;
         }
         let body = host
-            .buffer(super::super::host::Buffer::GrpcReceive, size)
+            .buffer(crate::filter::host::Buffer::GrpcReceive, size)
             .unwrap_or_default();
         let now_ms = host.now_ms();
         if let Ok((_, kvs)) = etcd::range_answer(&body) {

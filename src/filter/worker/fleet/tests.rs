@@ -16,11 +16,11 @@ use crate::core::fleet::keys;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, State, TripReason};
 
-use super::super::host::fake::{Call, FakeHost};
-use super::super::host::Map;
-use super::super::http::Stream;
-use super::super::worker::Worker;
+use super::super::Worker;
 use super::conn::{load_shadow, Conn, Link};
+use crate::filter::host::fake::{Call, FakeHost};
+use crate::filter::host::Map;
+use crate::filter::http::Stream;
 
 const LOCAL: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
 const FLEET: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
@@ -285,8 +285,8 @@ fn a_probe_without_a_free_slot_is_refused_and_gives_its_local_slot_back() {
     );
     probe.log(&host);
     let stored = crate::core::store::load(
-        &super::super::shared::SharedData(&host),
-        &super::super::shared::record_key("school"),
+        &crate::filter::shared::SharedData(&host),
+        &crate::filter::shared::record_key("school"),
     )
     .map(|l| l.record.probes_in_flight);
     assert_eq!(stored, Ok(0), "the local probe was given back");

@@ -9,9 +9,9 @@ use crate::core::fleet::merge::Shadow;
 use crate::core::fleet::{holder, shadow};
 use crate::core::store::{self, StateStore};
 
-use super::super::host::{Host, Saved};
-use super::super::shared::{SharedData, KEY_PREFIX};
-use super::super::worker::slot::CAS_ATTEMPTS;
+use super::super::slot::CAS_ATTEMPTS;
+use crate::filter::host::{Host, Saved};
+use crate::filter::shared::{SharedData, KEY_PREFIX};
 
 fn key(name: &str) -> String {
     format!("{KEY_PREFIX}fleet/{name}")

@@ -19,8 +19,8 @@ use std::hash::BuildHasher;
 use crate::core::fleet::record::FleetRecord;
 use crate::core::fleet::settings::FleetSettings;
 
-use super::host::{node_id, Host, MetricKind};
-use super::worker::Worker;
+use super::Worker;
+use crate::filter::host::{node_id, Host, MetricKind};
 
 pub use conn::{Conn, Link as LinkState};
 use holder::Holder;

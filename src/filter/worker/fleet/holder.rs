@@ -9,10 +9,10 @@ use crate::core::fleet::etcd::{self, method, WatchMessage};
 use crate::core::fleet::keys;
 use crate::core::fleet::link::{Command, Down, Link, Timing};
 
-use super::super::host::{GrpcTarget, Host};
-use super::super::worker::Worker;
+use super::super::Worker;
 use super::conn::{self, Conn, Link as LinkState};
 use super::{Fleet, Pending};
+use crate::filter::host::{GrpcTarget, Host};
 
 /// gRPC's UNAUTHENTICATED: etcd refused the token (expired, or authentication was
 /// switched on); a new one is asked for.

@@ -12,10 +12,10 @@ use crate::core::outcome::Outcome;
 use crate::core::reply::Answer;
 use crate::core::state::State;
 
-use super::super::host::{Buffer, Host};
-use super::super::metrics::Counted;
-use super::super::worker::Worker;
+use super::super::Worker;
 use super::conn::{load_shadow, load_slots, update_slots, Conn, Link as LinkState};
+use crate::filter::host::{Buffer, Host};
+use crate::filter::metrics::Counted;
 
 /// A slot claim in flight for one paused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
