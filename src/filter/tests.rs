@@ -26,7 +26,12 @@ fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
 }
 
 /// One request to `cluster` answered with `status`, through every callback Envoy makes.
-fn request(host: &FakeHost, worker: &Rc<RefCell<Worker>>, cluster: &str, status: u32) -> Action {
+pub(in crate::filter) fn request(
+    host: &FakeHost,
+    worker: &Rc<RefCell<Worker>>,
+    cluster: &str,
+    status: u32,
+) -> Action {
     host.new_stream();
     host.set_property("xds.cluster_name", cluster.as_bytes());
     host.set_header(Map::ResponseHeaders, ":status", &status.to_string());

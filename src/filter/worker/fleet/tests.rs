@@ -19,7 +19,6 @@ use crate::core::state::{Counts, State, TripReason};
 use super::super::Worker;
 use super::conn::{load_shadow, Conn, Link};
 use crate::filter::host::fake::{Call, FakeHost};
-use crate::filter::host::Map;
 use crate::filter::http::Stream;
 
 const LOCAL: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
@@ -34,18 +33,9 @@ fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
     Rc::new(RefCell::new(Worker::new(host, config)))
 }
 
+/// One request to the school cluster, through every callback Envoy makes.
 fn request(host: &FakeHost, w: &Rc<RefCell<Worker>>, status: u32) -> Action {
-    host.new_stream();
-    host.set_property("xds.cluster_name", b"school");
-    host.set_header(Map::ResponseHeaders, ":status", &status.to_string());
-    let mut stream = Stream::new(Some(w.clone()));
-    let action = stream.request_headers(host, true);
-    if action == Action::Continue {
-        stream.response_headers(host, false);
-        stream.response_body(host, 10, true);
-    }
-    stream.log(host);
-    action
+    crate::filter::tests::request(host, w, "school", status)
 }
 
 fn grpc_calls(journal: &[Call]) -> Vec<String> {
