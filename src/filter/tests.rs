@@ -252,3 +252,27 @@ fn a_success_on_another_worker_breaks_a_failure_streak() {
         "two failures in a row, not three"
     );
 }
+
+#[test]
+fn a_streak_restarted_by_a_worker_with_a_stale_copy_still_reaches_the_others() {
+    let host = FakeHost::at(1_000);
+    let first = worker(&host, CONFIG);
+    let second = worker(&host, CONFIG);
+    request(&host, &first, "school", 200);
+    request(&host, &second, "school", 200);
+    request(&host, &first, "school", 500);
+    deliver_notices(&host, &[&first, &second]);
+    request(&host, &second, "school", 200);
+    // The first worker's copy still shows its own streak, which the success above ended:
+    // the failure below starts a new one all the same, and the second worker must hear.
+    request(&host, &first, "school", 500);
+    deliver_notices(&host, &[&first, &second]);
+    request(&host, &second, "school", 200);
+    request(&host, &first, "school", 500);
+    request(&host, &first, "school", 500);
+    assert_eq!(
+        request(&host, &first, "school", 200),
+        Action::Continue,
+        "two failures in a row since the last success, not three"
+    );
+}

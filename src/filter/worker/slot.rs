@@ -147,8 +147,10 @@ impl Slot {
         }
         // A failure streak that starts here must reach the other workers too: a worker
         // whose copy shows no streak batches its successes instead of writing them, and
-        // only a written success breaks the streak.
-        if self.glance.consecutive_failures == 0 && updated.record.consecutive_failures > 0 {
+        // only a written success breaks the streak. The count is one only just after the
+        // write that started a streak; this worker's own copy cannot say so, since another
+        // worker's success may have ended the streak it last saw.
+        if updated.record.consecutive_failures == 1 {
             self.moved = true;
         }
         self.glance = Glance::of(&updated.record);
