@@ -376,6 +376,57 @@ fn half_open_admits_exactly_the_fleets_probes_across_envoys() {
 }
 
 #[test]
+fn successes_on_every_envoy_add_up_to_one_success_threshold() {
+    let json = plugin_json_with(
+        "1s",
+        r#", "half_open_max_requests": 1, "success_threshold": 3, "half_open_max_duration": "30s""#,
+    );
+    let f = fleet_with(&json, 3);
+    let envoys = f.envoys();
+    trip_through(envoys[0], &f.stack);
+    state_everywhere(&f, "open");
+    f.stack.school.heal();
+    state_everywhere(&f, "half_open");
+    let before = f.stack.school.hits();
+    // One probe through each Envoy in turn: each must find the slot the one before gave
+    // back, and only the third success closes the breaker, everywhere.
+    for (n, e) in envoys.iter().enumerate() {
+        wait_for(
+            &format!("a probe through gateway-{}", n + 1),
+            Duration::from_secs(5),
+            || {
+                let r = e.call("/schools");
+                if r.status == 200 {
+                    return Some(());
+                }
+                assert!(is_rejection(&r), "{}", r.text());
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            },
+        );
+        if n < 2 {
+            for other in &envoys {
+                let v = api(other, "GET", "/circuit-breakers/school", None, None)
+                    .json()
+                    .unwrap();
+                assert_eq!(v["state"], "half_open", "after {} success(es): {v}", n + 1);
+            }
+        }
+    }
+    state_everywhere(&f, "closed");
+    assert_eq!(f.stack.school.hits() - before, 3, "three probes in all");
+    let closed = envoys[2].wait_log("school circuit breaker CLOSED", 1);
+    assert!(
+        closed[0].contains("after 3 successful probes"),
+        "{}",
+        closed[0]
+    );
+    for e in &envoys[..2] {
+        e.wait_log("school circuit breaker CLOSED by gateway-3", 1);
+    }
+}
+
+#[test]
 fn without_a_fleet_block_etcd_is_never_called() {
     let etcd = Etcd::start(&Options {
         members: 1,

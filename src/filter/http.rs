@@ -108,6 +108,7 @@ impl Stream {
                     seen: Seen::default(),
                     retry_after: None,
                     capture,
+                    fleet_slot: None,
                 });
                 if !ticket.probe {
                     return Action::Continue;
@@ -123,7 +124,12 @@ impl Stream {
     /// What a probe does after its slot claim (or without one): go, wait, or be refused.
     fn probe(&mut self, host: &impl Host, worker: &mut Worker, probe: Probe) -> Action {
         match probe {
-            Probe::Go => Action::Continue,
+            Probe::Go(held) => {
+                if let Some(a) = &mut self.admitted {
+                    a.fleet_slot = held;
+                }
+                Action::Continue
+            }
             Probe::Wait(claim) => {
                 self.claiming = Some(claim);
                 Action::Pause

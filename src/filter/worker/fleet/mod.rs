@@ -8,6 +8,7 @@ mod conn;
 mod holder;
 mod join;
 mod probe;
+mod progress;
 mod publish;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 
+use crate::core::fleet::merge::Progress;
 use crate::core::fleet::record::FleetRecord;
 use crate::core::fleet::settings::FleetSettings;
 
@@ -24,7 +26,7 @@ use crate::filter::host::{node_id, Host, MetricKind};
 
 pub use conn::{Conn, Link as LinkState};
 use holder::Holder;
-pub use probe::{Probe, SlotClaim};
+pub use probe::{Held, Probe, SlotClaim};
 
 /// The member name when neither `fleet.member` nor the Envoy node id is set.
 const FALLBACK_MEMBER: &str = "envoy";
@@ -36,6 +38,12 @@ enum Pending {
     Publish {
         breaker: String,
         sent: FleetRecord,
+    },
+    /// Probes that ended here, sent as the half-open record with the fleet's new count.
+    Progress {
+        breaker: String,
+        sent: FleetRecord,
+        progress: Progress,
     },
     /// The holder's first read of the prefix, in its connection attempt.
     Range(u32),
