@@ -45,7 +45,7 @@ etcd-tools:
 	@tools/apt-install.sh etcd:etcd-server etcdctl:etcd-client openssl:openssl
 
 ## etcd-spike: the wire proof of core::fleet's etcd messages through the real Envoy
-## (bench/etcd-spike; not part of `make test` until the fleet is wired into the filter).
+## (bench/etcd-spike, a throw-away filter; the wired fleet is tested by `make test`).
 etcd-spike: wasm-target envoy etcd-tools
 	cargo build --target wasm32-wasip1 --release -p etcd-spike
 	cargo test -p etcd-spike --test wire -- --ignored --nocapture --test-threads 1

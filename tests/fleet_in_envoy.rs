@@ -69,6 +69,11 @@ fn fleet(open: &str, envoys: usize) -> Fleet {
 }
 
 fn fleet_with(json: &str, envoys: usize) -> Fleet {
+    fleet_with_edit(json, envoys, |y| y)
+}
+
+/// As [`fleet_with`], with a last edit of the first Envoy's YAML (the others copy it).
+fn fleet_with_edit(json: &str, envoys: usize, edit: impl FnOnce(String) -> String) -> Fleet {
     let etcd = Etcd::start(&Options {
         members: 1,
         ..Options::default()
@@ -84,10 +89,10 @@ fn fleet_with(json: &str, envoys: usize) -> Fleet {
         .unwrap();
     let token = [("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)];
     let stack = Stack::start_with_env(Some(json), 2, &token, |y| {
-        format!(
+        edit(format!(
             "node: {{ id: gateway-1 }}\n{}",
             add_clusters(&y, &etcd_cluster(port))
-        )
+        ))
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let others = (2..=envoys)
@@ -424,6 +429,78 @@ fn successes_on_every_envoy_add_up_to_one_success_threshold() {
     for e in &envoys[..2] {
         e.wait_log("school circuit breaker CLOSED by gateway-3", 1);
     }
+}
+
+/// The thread id Envoy prints in a log line (`[time][thread][level]...`).
+fn thread_of(line: &str) -> Option<u32> {
+    line.split('[').nth(2)?.split(']').next()?.parse().ok()
+}
+
+/// The thread whose root context holds the watch: the one that said it connected.
+fn holder_thread(e: &Envoy) -> u32 {
+    let lines = e.wait_log("fleet: connected to etcd as member", 1);
+    thread_of(&lines[0]).unwrap_or_else(|| panic!("no thread id in {}", lines[0]))
+}
+
+#[test]
+fn the_watch_passes_to_another_context_when_its_holders_vm_dies() {
+    let hooks = root().join("target/test-hooks/wasm32-wasip1/release/envoy_circuit_breaker.wasm");
+    assert!(
+        hooks.exists(),
+        "{} is missing: `make test` builds it",
+        hooks.display()
+    );
+    let f = fleet_with_edit(&plugin_json("30s"), 2, |y| {
+        y.replace(
+            "filename: target/wasm32-wasip1/release/envoy_circuit_breaker.wasm",
+            &format!("filename: {}", hooks.display()),
+        )
+    });
+    let e = &f.others[0];
+    let holder = holder_thread(e);
+    // The test-hooks build: this request asks the holder's context to trap on its tick.
+    let asked = client::request(
+        "GET",
+        &e.gateway,
+        "/students",
+        &[("x-circuit-breaker-test-trap-holder", "1")],
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(asked.status, 200);
+    let trapped_at = Instant::now();
+    wait_for("the holder's VM to trap", Duration::from_secs(5), || {
+        e.log_lines("on_tick")
+            .iter()
+            .any(|l| thread_of(l) == Some(holder))
+            .then_some(())
+    });
+    // An operator's decision on the other Envoy must still reach this one: only a watch
+    // held by another context of this process can bring it.
+    let forced = api(
+        &f.stack.envoy,
+        "PUT",
+        "/circuit-breakers/school/mode",
+        Some(TOKEN),
+        Some(r#"{"mode": "forced_open"}"#),
+    );
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    wait_for(
+        "the forced-open breaker refused by the Envoy whose holder died",
+        Duration::from_secs(10),
+        || {
+            if is_rejection(&e.call("/schools")) {
+                return Some(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            None
+        },
+    );
+    eprintln!(
+        "holder (thread {holder}) trapped; the operator's decision refused there {} ms after the trap",
+        trapped_at.elapsed().as_millis()
+    );
 }
 
 #[test]

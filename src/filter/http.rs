@@ -334,12 +334,16 @@ impl HttpContext for Stream {
 }
 
 /// A build for the fault tests only: traps this worker's VM on request, so a test can
-/// watch FAIL_RELOAD bring it back with the shared state intact; or overwrites a breaker's
-/// record with junk, so a test can watch the filter recover from it.
+/// watch FAIL_RELOAD bring it back with the shared state intact; overwrites a breaker's
+/// record with junk, so a test can watch the filter recover from it; or asks the fleet
+/// watch's holder to trap (see `root.rs`).
 #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
 fn test_hooks() {
     if request_header(&Wasm, "x-circuit-breaker-test-trap").is_some() {
         core::arch::wasm32::unreachable();
+    }
+    if request_header(&Wasm, "x-circuit-breaker-test-trap-holder").is_some() {
+        let _ = Wasm.set_shared_data(super::root::TRAP_HOLDER_KEY, b"1", 0);
     }
     if let Some(name) = request_header(&Wasm, "x-circuit-breaker-test-damage") {
         let key = super::shared::record_key(&String::from_utf8_lossy(&name));

@@ -48,6 +48,16 @@ pub enum Down {
     JoinTimedOut,
 }
 
+impl Down {
+    /// Whether two outages have the same cause (durations of silence aside).
+    fn same_reason(&self, other: &Down) -> bool {
+        match (self, other) {
+            (Down::Closed { status: a }, Down::Closed { status: b }) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
 impl std::fmt::Display for Down {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -228,8 +238,10 @@ impl Link {
         self.phase = Phase::Waiting {
             retry_at_ms: now_ms.saturating_add(wait),
         };
+        // Once per outage, and again when the reason changes: a first attempt cut short
+        // by load (14) must not hide the wrong password (3) every retry meets after it.
+        let log = !self.said_down || !self.last_down.is_some_and(|last| last.same_reason(&why));
         self.last_down = Some(why);
-        let log = !self.said_down;
         self.said_down = true;
         vec![Command::Disconnect { why, log }]
     }
@@ -326,14 +338,23 @@ mod tests {
         assert_eq!(l.on_closed(13, 60, 0.0), vec![], "already down");
         assert_eq!(l.tick(300, 0.0), vec![Command::Connect]);
         assert_eq!(
-            l.on_closed(14, 301, 0.0),
+            l.on_closed(13, 301, 0.0),
             vec![Command::Disconnect {
-                why: Down::Closed { status: 14 },
+                why: Down::Closed { status: 13 },
                 log: false
             }],
             "a failed retry is not a new outage"
         );
-        assert_eq!(l.last_down, Some(Down::Closed { status: 14 }));
+        assert_eq!(l.tick(900, 0.0), vec![Command::Connect]);
+        assert_eq!(
+            l.on_closed(3, 901, 0.0),
+            vec![Command::Disconnect {
+                why: Down::Closed { status: 3 },
+                log: true
+            }],
+            "but a new reason is said"
+        );
+        assert_eq!(l.last_down, Some(Down::Closed { status: 3 }));
     }
 
     #[test]

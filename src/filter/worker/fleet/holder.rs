@@ -136,6 +136,12 @@ impl Fleet {
 }
 
 impl Worker {
+    /// Whether this context holds the fleet's watch (for the test-hooks build).
+    #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+    pub fn holds_fleet_watch(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|f| f.holder.is_some())
+    }
+
     /// The fleet's part of the timer: stats, the election, the holder's link, and the
     /// claims this worker still owes etcd.
     pub fn fleet_tick(&mut self, host: &impl Host, now_ms: u64) {
