@@ -611,23 +611,30 @@ fn an_operators_mode_changes_reach_every_envoy() {
     });
 }
 
-#[test]
-fn with_etcd_authentication_the_fleet_logs_in_and_a_wrong_password_is_said() {
+const FLEET_USER: [(&str, &str); 2] = [("ETCD_USER", "fleet"), ("ETCD_PASSWORD", "fleet-secret")];
+
+/// An etcd with authentication on and a `fleet` user for the prefix.
+fn etcd_with_auth(auth_token_ttl_secs: Option<u32>) -> Etcd {
     let etcd = Etcd::start(&Options {
         members: 1,
         root_password: Some("root-secret".into()),
+        auth_token_ttl_secs,
         ..Options::default()
     })
     .unwrap();
     etcd.add_user("fleet", "fleet-secret", &format!("{PREFIX}/"))
         .unwrap();
+    etcd
+}
+
+/// Two Envoys of the fleet logging in to `etcd` as the `fleet` user.
+fn logged_in_pair(etcd: &Etcd) -> (Stack, Envoy) {
     let port: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
     let json = plugin_json("30s").replace(
         r#""lease_ttl": "2s""#,
         r#""lease_ttl": "2s", "username_env": "ETCD_USER", "password_env": "ETCD_PASSWORD""#,
     );
-    let env = [("ETCD_USER", "fleet"), ("ETCD_PASSWORD", "fleet-secret")];
-    let stack = Stack::start_with_env(Some(&json), 2, &env, |y| {
+    let stack = Stack::start_with_env(Some(&json), 2, &FLEET_USER, |y| {
         let y = y.replace(
             r#"host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN"]"#,
             r#"host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN", "ETCD_USER", "ETCD_PASSWORD"]"#,
@@ -638,7 +645,35 @@ fn with_etcd_authentication_the_fleet_logs_in_and_a_wrong_password_is_said() {
         )
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    let other = another_with_env(&stack.envoy, "gateway-2", &env);
+    let other = another_with_env(&stack.envoy, "gateway-2", &FLEET_USER);
+    (stack, other)
+}
+
+#[test]
+fn an_expired_etcd_token_is_asked_for_again() {
+    let etcd = etcd_with_auth(Some(1));
+    let (stack, other) = logged_in_pair(&etcd);
+    wait_connected(&stack.envoy);
+    wait_connected(&other);
+    // Nothing but the streams uses the token now: it expires after a second.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let tripped = Instant::now();
+    trip_through(&stack.envoy, &stack);
+    other.wait_log("school circuit breaker OPENED by gateway-1", 1);
+    eprintln!(
+        "trip adopted {} ms after it, past an expired token",
+        tripped.elapsed().as_millis()
+    );
+    // The publish did meet the expired token (else this test proves nothing).
+    let log = std::fs::read_to_string(etcd.dir().join("m0.log")).unwrap();
+    assert!(log.contains("invalid auth token"), "{log}");
+    assert!(is_rejection(&other.call("/schools")));
+}
+
+#[test]
+fn with_etcd_authentication_the_fleet_logs_in_and_a_wrong_password_is_said() {
+    let etcd = etcd_with_auth(None);
+    let (stack, other) = logged_in_pair(&etcd);
     wait_connected(&stack.envoy);
     wait_connected(&other);
     trip_through(&stack.envoy, &stack);
