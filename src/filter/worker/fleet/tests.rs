@@ -200,12 +200,7 @@ fn half_open_fleet_with(host: &FakeHost, school: &str) -> Rc<RefCell<Worker>> {
         c.link = Link::Connected;
         c.lease = 5;
     });
-    let record = FleetRecord {
-        state: State::HalfOpen,
-        cause: FleetCause::OpenElapsed,
-        open_for_ms: 0,
-        ..open_by("gateway-2", 3, host.clock_ms.get())
-    };
+    let record = half_open_by("gateway-2", 3, 0, host.clock_ms.get());
     w.borrow_mut().fleet_start(host);
     *host.grpc_answer.borrow_mut() = RangeResponse {
         kvs: vec![KeyValue {
@@ -398,6 +393,24 @@ fn answer_last_txn(host: &FakeHost, w: &Rc<RefCell<Worker>>, succeeded: bool, re
         .fleet_answered(host, txn, 0, 100, host.clock_ms.get());
 }
 
+/// The operations of the last `Txn` sent, on its success branch.
+fn last_txn_success_ops(host: &FakeHost) -> Vec<Request> {
+    let sent = host.grpc_sent.borrow().last().map(|(_, m)| m.clone());
+    let txn = TxnRequest::decode(sent.unwrap_or_default().as_slice()).expect("a Txn");
+    txn.success.into_iter().filter_map(|o| o.request).collect()
+}
+
+/// A half-open record of episode `generation` with `successes` stored.
+fn half_open_by(member: &str, generation: u32, successes: u32, at_ms: u64) -> FleetRecord {
+    FleetRecord {
+        state: State::HalfOpen,
+        cause: FleetCause::OpenElapsed,
+        open_for_ms: 0,
+        probe_successes: successes,
+        ..open_by(member, generation, at_ms)
+    }
+}
+
 fn wake(host: &FakeHost, w: &Rc<RefCell<Worker>>) {
     let token = w.borrow().queue().expect("a queue");
     w.borrow_mut().notified(host, token, host.clock_ms.get());
@@ -422,10 +435,7 @@ fn a_probe_that_succeeds_below_the_threshold_frees_its_slot_and_adds_to_the_flee
     host.take_journal();
     wake(&host, &w);
     assert_eq!(grpc_calls(&host.take_journal()), ["Txn"]);
-    let sent = host.grpc_sent.borrow().last().map(|(_, m)| m.clone());
-    let txn = TxnRequest::decode(sent.unwrap_or_default().as_slice()).expect("a Txn");
-    let ops: Vec<Request> = txn.success.into_iter().filter_map(|o| o.request).collect();
-    match ops.as_slice() {
+    match last_txn_success_ops(&host).as_slice() {
         [Request::Put(put), Request::DeleteRange(del)] => {
             let r = FleetRecord::decode(&put.value).expect("a record");
             assert_eq!(
@@ -471,13 +481,7 @@ fn a_success_here_and_one_stored_elsewhere_close_the_fleets_breaker() {
     probe_with_a_slot(&host, &w, 200);
     // Before this Envoy's success is stored, another Envoy's is: the count here follows
     // etcd's (one), and this Envoy's own success is still owed.
-    let other = FleetRecord {
-        state: State::HalfOpen,
-        cause: FleetCause::OpenElapsed,
-        open_for_ms: 0,
-        probe_successes: 1,
-        ..open_by("gateway-3", 3, host.clock_ms.get())
-    };
+    let other = half_open_by("gateway-3", 3, 1, host.clock_ms.get());
     w.borrow_mut().fleet_stored(
         &host,
         keys::decision("/p", "school").as_bytes(),
@@ -516,13 +520,7 @@ fn a_lost_progress_write_is_sent_again_on_the_fresh_count() {
     probe_with_a_slot(&host, &w, 200);
     wake(&host, &w);
     // Another Envoy stored its success first (revision 22, count 1).
-    let other = FleetRecord {
-        state: State::HalfOpen,
-        cause: FleetCause::OpenElapsed,
-        open_for_ms: 0,
-        probe_successes: 1,
-        ..open_by("gateway-3", 3, host.clock_ms.get())
-    };
+    let other = half_open_by("gateway-3", 3, 1, host.clock_ms.get());
     *host.grpc_answer.borrow_mut() = TxnResponse {
         succeeded: false,
         responses: vec![range_op(keys::decision("/p", "school"), 22, other.encode())],
@@ -538,12 +536,12 @@ fn a_lost_progress_write_is_sent_again_on_the_fresh_count() {
         ["Txn"],
         "sent again at once"
     );
-    let sent = host.grpc_sent.borrow().last().map(|(_, m)| m.clone());
-    let txn = TxnRequest::decode(sent.unwrap_or_default().as_slice()).expect("a Txn");
-    let put = txn.success.into_iter().find_map(|o| match o.request {
-        Some(Request::Put(p)) => Some(p),
-        _ => None,
-    });
+    let put = last_txn_success_ops(&host)
+        .into_iter()
+        .find_map(|o| match o {
+            Request::Put(p) => Some(p),
+            _ => None,
+        });
     let count = put
         .and_then(|p| FleetRecord::decode(&p.value).ok())
         .map(|r| r.probe_successes);
