@@ -427,7 +427,10 @@ fn successes_on_every_envoy_add_up_to_one_success_threshold() {
         closed[0]
     );
     for e in &envoys[..2] {
-        e.wait_log("school circuit breaker CLOSED by gateway-3", 1);
+        e.wait_log(
+            "school circuit breaker CLOSED by gateway-3: recovery successful after 3 successful probes",
+            1,
+        );
     }
 }
 

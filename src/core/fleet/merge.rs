@@ -212,7 +212,11 @@ pub fn adopt(
     local.mode_override = stored.mode_override;
     local.reason = stored.reason;
     local.trips_in_row = stored.trips_in_row;
-    local.probe_successes = stored.probe_successes;
+    // Only a half-open record's count is a running one; any other state starts from none.
+    local.probe_successes = match stored.state {
+        State::HalfOpen => stored.probe_successes,
+        _ => 0,
+    };
     if stored.state == State::Open {
         local.open_until_ms = if stored.open_for_ms == u64::MAX {
             u64::MAX
