@@ -40,7 +40,10 @@ fn demo(args: &[&str], limit: Duration) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(100));
     };
     let text = std::fs::read_to_string(&out_path).unwrap();
-    eprintln!("demo-fleet {args:?} ran {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "demo-fleet {args:?} ran {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let _ = std::fs::remove_dir_all(dir);
     (code, text)
 }
@@ -106,7 +109,10 @@ fn the_fleet_demo_fails_naming_the_claim_when_the_school_breaker_is_not_shared()
     let dir = scratch_dir().unwrap();
     let path = dir.join("local-school.json");
     std::fs::write(&path, local).unwrap();
-    let (code, text) = demo(&["--plugin", path.to_str().unwrap()], Duration::from_secs(120));
+    let (code, text) = demo(
+        &["--plugin", path.to_str().unwrap()],
+        Duration::from_secs(120),
+    );
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(code, Some(1), "{text}");
     assert!(

@@ -49,8 +49,7 @@ fn the_fleet_docker_config_is_derived_from_the_docker_one() {
 
 #[test]
 fn the_loopback_fleet_config_is_derived_from_the_native_one() {
-    let derived =
-        school_system::fleet::fleet_loopback_config(&read("envoy/envoy.yaml")).unwrap();
+    let derived = school_system::fleet::fleet_loopback_config(&read("envoy/envoy.yaml")).unwrap();
     assert!(
         derived == read("envoy/envoy.fleet.yaml"),
         "envoy/envoy.fleet.yaml is out of date: run `make docker-config`"

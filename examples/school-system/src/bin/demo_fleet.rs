@@ -5,6 +5,7 @@
 //! the demo exits non-zero, saying which claim failed, when one does not hold.
 //! `--plugin FILE` plays it with other plugin JSON (the test of a failing claim uses it).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use school_system::client::{self, Response};
@@ -109,14 +110,18 @@ fn start() -> Result<Demo> {
     let first_gateway = format!("127.0.0.1:{}", ports[0]);
     let auth = Service::start("auth-service", &[]).map_err(err)?;
     let school = Service::start("school-service", &[]).map_err(err)?;
-    let student =
-        Service::start("student-service", &["--gateway", &first_gateway]).map_err(err)?;
+    let student = Service::start("student-service", &["--gateway", &first_gateway]).map_err(err)?;
     println!(
         "  services: auth {}  school {}  student {}",
         auth.addr, school.addr, student.addr
     );
-    let mut base = with_plugin_json(&config, &plugin).ok_or("envoy.fleet.yaml has no plugin JSON")?;
-    for (from, to) in [(8081, auth.port()), (8082, school.port()), (8083, student.port())] {
+    let mut base =
+        with_plugin_json(&config, &plugin).ok_or("envoy.fleet.yaml has no plugin JSON")?;
+    for (from, to) in [
+        (8081, auth.port()),
+        (8082, school.port()),
+        (8083, student.port()),
+    ] {
         base = with_port(&base, from, to);
     }
     for (shipped, member) in school_system::fleet::ETCD_PORTS
@@ -353,16 +358,19 @@ impl Demo {
     /// Waits until gateway `i`'s fleet link is up (or down); how long that took.
     fn wait_link(&self, i: usize, up: bool, timeout: Duration) -> Result<Duration> {
         let since = Instant::now();
-        poll_fast(timeout, || (self.connected(i) == up).then(|| since.elapsed())).ok_or_else(
-            || {
-                format!(
-                    "{}'s fleet link did not go {} within {timeout:?}: {}",
-                    self.gateways[i].name,
-                    if up { "up" } else { "down" },
-                    self.health(i).map(|h| h["fleet"].to_string()).unwrap_or_default()
-                )
-            },
-        )
+        poll_fast(timeout, || {
+            (self.connected(i) == up).then(|| since.elapsed())
+        })
+        .ok_or_else(|| {
+            format!(
+                "{}'s fleet link did not go {} within {timeout:?}: {}",
+                self.gateways[i].name,
+                if up { "up" } else { "down" },
+                self.health(i)
+                    .map(|h| h["fleet"].to_string())
+                    .unwrap_or_default()
+            )
+        })
     }
 
     /// Waits until the school breaker is `state` (control API spelling) on every gateway.
@@ -383,7 +391,9 @@ impl Demo {
     }
 
     fn school_requests(&self) -> Result<u64> {
-        self.school.requests().map_err(|e| format!("school service: {e}"))
+        self.school
+            .requests()
+            .map_err(|e| format!("school service: {e}"))
     }
 
     fn faults(&self, body: Value) -> Result<()> {
@@ -478,7 +488,10 @@ impl Demo {
         println!("   school service request counter: before {before}, after {after}");
         check(
             refused == 6 && before == after,
-            &format!("{refused} of 6 refused by gateways 2 and 3; the school service saw {} calls", after - before),
+            &format!(
+                "{refused} of 6 refused by gateways 2 and 3; the school service saw {} calls",
+                after - before
+            ),
         )
     }
 
@@ -541,7 +554,10 @@ impl Demo {
                 after - before
             ),
         )?;
-        check(links_back, "every gateway's link to etcd is up, through the two members left")
+        check(
+            links_back,
+            "every gateway's link to etcd is up, through the two members left",
+        )
     }
 
     fn half_open_across_the_fleet(&mut self) -> Result<()> {
@@ -550,20 +566,20 @@ impl Demo {
             &format!("the school service is healthy again but slow (1 s), so the probes are still in flight when the burst lands; the fleet allows {PROBES} probes"),
         );
         self.faults(json!({"is_healthy": true, "response_time_ms": 1000}))?;
-        print!("   waiting for the open time to pass ");
-        let deadline = Duration::from_secs(OPEN_SECS + 10);
-        let mut waited = Duration::ZERO;
-        while waited < deadline {
-            let all = (0..self.gateways.len())
-                .all(|i| self.view(i).map(|v| v["state"] == "half_open").unwrap_or(false));
+        print!("   waiting for the open time to pass (a dot a second) ");
+        // Quarter-second checks, bounded by the open time and 10 s more.
+        for tick in 1..=(OPEN_SECS + 10) * 4 {
+            let all = (0..self.gateways.len()).all(|i| {
+                self.view(i)
+                    .map(|v| v["state"] == "half_open")
+                    .unwrap_or(false)
+            });
             if all {
                 break;
             }
             std::thread::sleep(Duration::from_millis(250));
-            waited += Duration::from_millis(250);
-            if waited.as_millis() % 1000 == 0 {
+            if tick % 4 == 0 {
                 print!(".");
-                use std::io::Write;
                 let _ = std::io::stdout().flush();
             }
         }
@@ -572,11 +588,18 @@ impl Demo {
         for i in 0..self.gateways.len() {
             check(
                 self.state(i)? == "HALF_OPEN" && self.connected(i),
-                &format!("{} is HALF_OPEN and connected to etcd", self.gateways[i].name),
+                &format!(
+                    "{} is HALF_OPEN and connected to etcd",
+                    self.gateways[i].name
+                ),
             )?;
         }
         let before = self.school_requests()?;
-        let addrs: Vec<String> = self.gateways.iter().map(|g| g.envoy.gateway.clone()).collect();
+        let addrs: Vec<String> = self
+            .gateways
+            .iter()
+            .map(|g| g.envoy.gateway.clone())
+            .collect();
         let answers: Vec<(usize, std::io::Result<Response>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..BURST)
                 .map(|n| {
@@ -619,7 +642,10 @@ impl Demo {
             BURST / self.gateways.len()
         );
         for (g, (p, r)) in self.gateways.iter().zip(&per_gateway) {
-            println!("            {:<9} {p} answered by the school service (probe), {r} refused", g.name);
+            println!(
+                "            {:<9} {p} answered by the school service (probe), {r} refused",
+                g.name
+            );
         }
         println!(
             "            in all: {reached} reached the school service, {refused} refused, {other} other; the school service counted {seen} calls"
@@ -648,7 +674,11 @@ impl Demo {
             ok == 3,
             &format!("closed on every gateway; {ok} of 3 answered 200 by the school service"),
         )?;
-        self.live = self.gateways.iter().map(|g| flushed_histogram(&g.envoy)).collect();
+        self.live = self
+            .gateways
+            .iter()
+            .map(|g| flushed_histogram(&g.envoy))
+            .collect();
         Ok(())
     }
 
@@ -669,7 +699,11 @@ impl Demo {
         }
         self.settle_logs();
         for (g, d) in self.gateways.iter().zip(&detected) {
-            println!("   {} says disconnected ({:.0} ms after the kill, at the latest)", g.name, ms(*d));
+            println!(
+                "   {} says disconnected ({:.0} ms after the kill, at the latest)",
+                g.name,
+                ms(*d)
+            );
         }
         check(
             detected.iter().all(|d| *d < Duration::from_secs(3)),
@@ -687,7 +721,11 @@ impl Demo {
             answers.push((i, self.send(i, "/schools")?));
         }
         self.settle_logs();
-        let slowest = answers.iter().map(|(_, r)| r.elapsed).max().unwrap_or_default();
+        let slowest = answers
+            .iter()
+            .map(|(_, r)| r.elapsed)
+            .max()
+            .unwrap_or_default();
         let refused_by_two = answers.iter().any(|(i, r)| *i == 1 && is_rejection(r));
         let others_pass = answers
             .iter()
@@ -731,11 +769,19 @@ impl Demo {
             self.etcd.wait_healthy(i, Duration::from_secs(30))?;
         }
         let healthy = restarted.elapsed();
-        println!("   {}  etcd has a leader again ({:.0} ms)", self.at(), ms(healthy));
+        println!(
+            "   {}  etcd has a leader again ({:.0} ms)",
+            self.at(),
+            ms(healthy)
+        );
         for i in 0..self.gateways.len() {
             self.wait_link(i, true, Duration::from_secs(30))?;
             let d = restarted.elapsed();
-            println!("   {} reconnected {:.0} ms after the restart", self.gateways[i].name, ms(d));
+            println!(
+                "   {} reconnected {:.0} ms after the restart",
+                self.gateways[i].name,
+                ms(d)
+            );
             self.link_back.push((self.gateways[i].name.to_string(), d));
         }
         let before = self.school_requests()?;
@@ -804,12 +850,16 @@ impl Demo {
             println!("     {name:<9} {:>7.0} ms", ms(*d));
         }
         println!("   measured by each Envoy (circuit_breaker_fleet_propagation_ms: the publisher's transition");
-        println!("   to this Envoy's adoption; percentiles as Envoy's /stats interpolates them, in ms):");
+        println!(
+            "   to this Envoy's adoption; percentiles as Envoy's /stats interpolates them, in ms):"
+        );
         println!("     steps 1-6, etcd up:");
         for (g, h) in self.gateways.iter().zip(&self.live) {
             print_histogram(g.name, h.as_ref());
         }
-        println!("     the whole run, with the adoptions after etcd's return (a decision made alone is");
+        println!(
+            "     the whole run, with the adoptions after etcd's return (a decision made alone is"
+        );
         println!("     stamped when it was made, so these count the outage):");
         for g in &self.gateways {
             print_histogram(g.name, flushed_histogram(&g.envoy).as_ref());
@@ -862,9 +912,12 @@ fn histogram(e: &Envoy) -> Option<Histogram> {
     if count == 0 {
         return None;
     }
-    let text = client::get(&e.admin, "/stats?filter=circuit_breaker_fleet_propagation_ms")
-        .ok()?
-        .text();
+    let text = client::get(
+        &e.admin,
+        "/stats?filter=circuit_breaker_fleet_propagation_ms",
+    )
+    .ok()?
+    .text();
     let line = text.lines().find(|l| l.contains("propagation_ms:"))?;
     // `P50(interval,cumulative)`: the cumulative figure covers the whole run.
     let cumulative = |p: &str| -> String {
