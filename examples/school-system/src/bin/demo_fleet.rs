@@ -563,9 +563,9 @@ impl Demo {
     fn half_open_across_the_fleet(&mut self) -> Result<()> {
         self.step(
             "5. Half-open across the fleet: 30 requests at once through three gateways",
-            &format!("the school service is healthy again but slow (1 s), so the probes are still in flight when the burst lands; the fleet allows {PROBES} probes"),
+            &format!("the school service is healthy again but slow (1.5 s), so the probes are still in flight when the burst lands; the fleet allows {PROBES} probes"),
         );
-        self.faults(json!({"is_healthy": true, "response_time_ms": 1000}))?;
+        self.faults(json!({"is_healthy": true, "response_time_ms": 1500}))?;
         print!("   waiting for the open time to pass (a dot a second) ");
         // Quarter-second checks, bounded by the open time and 10 s more.
         for tick in 1..=(OPEN_SECS + 10) * 4 {
@@ -924,8 +924,8 @@ fn histogram(e: &Envoy) -> Option<Histogram> {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{p}(")))
             .and_then(|w| w.trim_end_matches(')').split(',').nth(1))
-            .unwrap_or("?")
-            .to_string()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or("?".into(), |v| format!("{v:.1}"))
     };
     Some(Histogram {
         count,
