@@ -87,13 +87,23 @@ fn the_fleet_demo_plays_every_step_and_every_claim_holds() {
     ] {
         assert!(text.contains(line), "no line with {line:?}:\n{text}");
     }
-    // Each gateway's propagation histogram saw at least one adoption while etcd was up.
+    // gateway-2 and gateway-3 adopted gateway-1's trip while etcd was up, so their
+    // propagation histograms hold it (gateway-1 may have made every later decision itself).
     let live = text
         .split("steps 1-6, etcd up:")
         .nth(1)
         .and_then(|t| t.split("the whole run").next())
         .unwrap_or_default();
-    assert_eq!(live.matches("adoption(s)").count(), 3, "{text}");
+    for gateway in ["gateway-2", "gateway-3"] {
+        let line = live
+            .lines()
+            .find(|l| l.trim_start().starts_with(gateway))
+            .unwrap_or_default();
+        assert!(
+            line.contains("adoption(s)  P50"),
+            "{gateway}: {line:?}\n{text}"
+        );
+    }
     remove_kept_logs(&text);
 }
 

@@ -820,23 +820,20 @@ impl Demo {
             converged.is_some(),
             "every gateway holds the same record: gateway-2's decision, same state and generation",
         )?;
+        // gateway-2's open time (10 s) outlasts etcd's restart and the reconnections
+        // (under 3 s in every run seen), so the decision that reaches the others is the trip.
         let mut refused = 0;
-        if self.state(0)? == "OPEN" {
-            for i in [0, 2] {
-                refused += usize::from(is_rejection(&self.send(i, "/schools")?));
-            }
-            let after = self.school_requests()?;
-            check(
-                refused == 2 && after == before,
-                &format!(
-                    "gateway-1 and gateway-3 now refuse too ({refused} of 2); the school service saw {} calls",
-                    after - before
-                ),
-            )?;
-        } else {
-            println!("   gateway-2's open time ran out before etcd was back: the fleet converged on its next decision");
+        for i in [0, 2] {
+            refused += usize::from(is_rejection(&self.send(i, "/schools")?));
         }
-        Ok(())
+        let after = self.school_requests()?;
+        check(
+            refused == 2 && after == before,
+            &format!(
+                "gateway-1 and gateway-3 now refuse gateway-2's trip too ({refused} of 2); the school service saw {} calls",
+                after - before
+            ),
+        )
     }
 
     fn summary(&mut self) -> Result<()> {
