@@ -81,6 +81,7 @@ fn the_fleet_demo_plays_every_step_and_every_claim_holds() {
         "[ok] gateway-1 and gateway-3 do not know (closed) and answer 200 from the school service",
         "[ok] every gateway holds the same record: gateway-2's decision, same state and generation",
         "school circuit breaker OPENED by gateway-2",
+        "[ok] gateway-1 and gateway-3 now refuse gateway-2's trip too (2 of 2); the school service saw 0 calls",
         "== Propagation delays",
         "gateway-1 -> gateway-2",
         "demo-fleet: every claim above held",
