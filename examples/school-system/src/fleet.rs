@@ -156,15 +156,40 @@ pub fn fleet_loopback_config(native: &str) -> Result<String, String> {
 /// `yaml` (gateway-1's file) with the listener and admin ports of gateway `n` (0-based).
 pub fn for_gateway(yaml: &str, n: usize) -> Option<String> {
     let (first, to) = (&GATEWAYS[0], GATEWAYS.get(n)?);
-    let mut out = yaml.to_string();
-    for (from, to) in [
-        (first.gateway, to.gateway),
-        (first.admin, to.admin),
-        (first.control, to.control),
-    ] {
-        out = crate::stack::with_port(&out, from, to);
+    Some(with_ports(
+        yaml,
+        &[
+            (first.gateway, to.gateway),
+            (first.admin, to.admin),
+            (first.control, to.control),
+        ],
+    ))
+}
+
+/// `yaml` with every `port_value: <from>` of `moves` made `<to>`, all in one pass, so a
+/// port moved to a number that another move starts from is not moved twice.
+pub fn with_ports(yaml: &str, moves: &[(u16, u16)]) -> String {
+    const KEY: &str = "port_value: ";
+    let mut out = String::with_capacity(yaml.len());
+    let mut rest = yaml;
+    while let Some(at) = rest.find(KEY) {
+        let digits_at = at + KEY.len();
+        out.push_str(&rest[..digits_at]);
+        rest = &rest[digits_at..];
+        let len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let moved = rest[..len]
+            .parse::<u16>()
+            .ok()
+            .and_then(|port| moves.iter().find(|(from, _)| *from == port))
+            .map(|(_, to)| *to);
+        match moved {
+            Some(to) => out.push_str(&to.to_string()),
+            None => out.push_str(&rest[..len]),
+        }
+        rest = &rest[len..];
     }
-    Some(out)
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -192,6 +217,16 @@ mod tests {
         assert!(third.contains("port_value: 10003 }") && third.contains("port_value: 9923 }"));
         assert!(!third.contains("port_value: 10001 }"));
         assert!(for_gateway(&fleet, 3).is_none());
+    }
+
+    #[test]
+    fn ports_move_in_one_pass() {
+        let yaml = "a: { port_value: 2379 }\nb: { port_value: 22379 }\nc: { port_value: 123790 }\n";
+        let moved = with_ports(yaml, &[(2379, 22379), (22379, 2379)]);
+        assert_eq!(
+            moved,
+            "a: { port_value: 22379 }\nb: { port_value: 2379 }\nc: { port_value: 123790 }\n"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use school_system::client::{self, Response};
 use school_system::etcd::{Etcd, Options};
-use school_system::fleet::GATEWAYS;
-use school_system::stack::{self, is_rejection, root, with_plugin_json, with_port, Envoy, Service};
+use school_system::fleet::{with_ports, ETCD_PORTS, GATEWAYS};
+use school_system::stack::{self, is_rejection, root, with_plugin_json, Envoy, Service};
 use serde_json::{json, Value};
 
 type Result<T> = std::result::Result<T, String>;
@@ -115,21 +115,15 @@ fn start() -> Result<Demo> {
         "  services: auth {}  school {}  student {}",
         auth.addr, school.addr, student.addr
     );
-    let mut base =
-        with_plugin_json(&config, &plugin).ok_or("envoy.fleet.yaml has no plugin JSON")?;
-    for (from, to) in [
+    let base = with_plugin_json(&config, &plugin).ok_or("envoy.fleet.yaml has no plugin JSON")?;
+    // One pass: a port given to one process may be a number the config holds elsewhere.
+    let mut moves = vec![
         (8081, auth.port()),
         (8082, school.port()),
         (8083, student.port()),
-    ] {
-        base = with_port(&base, from, to);
-    }
-    for (shipped, member) in school_system::fleet::ETCD_PORTS
-        .iter()
-        .map(|(client, _)| *client)
-        .zip(etcd.members.iter().map(|m| m.client_port))
-    {
-        base = with_port(&base, shipped, member);
+    ];
+    for ((shipped, _), member) in ETCD_PORTS.iter().zip(&etcd.members) {
+        moves.push((*shipped, member.client_port));
     }
     println!("  starting gateway-1, gateway-2 and gateway-3 (Envoy 1.40, --concurrency 2 each)...");
     let mut gateways = Vec::new();
@@ -137,16 +131,18 @@ fn start() -> Result<Demo> {
         let first = &GATEWAYS[0];
         // Histograms reach /stats on Envoy's stats flush: every second here, not 5 s, so the
         // propagation figures of the steps with etcd up can be read before etcd goes.
-        let mut yaml = format!(
-            "node: {{ id: {} }}\nstats_flush_interval: 1s\n{base}",
-            g.node
+        let mut gateway_moves = moves.clone();
+        gateway_moves.extend([
+            (first.gateway, *port),
+            (first.admin, 0),
+            (first.control, stack::free_port().map_err(err)?),
+        ]);
+        let yaml = format!(
+            "node: {{ id: {} }}\nstats_flush_interval: 1s\n{}",
+            g.node,
+            with_ports(&base, &gateway_moves)
         );
-        yaml = with_port(&yaml, first.gateway, *port);
-        yaml = with_port(&yaml, first.admin, 0);
-        yaml = with_port(&yaml, first.control, stack::free_port().map_err(err)?);
-        let token = demo_token();
-        let mut envoy =
-            Envoy::start_with_env(&yaml, 2, &[("CIRCUIT_BREAKER_ADMIN_TOKEN", token.as_str())])?;
+        let mut envoy = Envoy::start(&yaml, 2)?;
         envoy.keep_files = true;
         let control = envoy
             .control
@@ -213,15 +209,6 @@ fn check_plugin(path: &str, plugin: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// A token for this run's control APIs, different every run.
-fn demo_token() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("demo-{:x}-{:x}", nanos, std::process::id())
 }
 
 /// Fails the demo with `claim` unless `held`; prints it as checked when it holds.
@@ -301,7 +288,9 @@ impl Demo {
         let mut fresh: Vec<(String, &str, String)> = Vec::new();
         for g in &mut self.gateways {
             let log = g.envoy.log();
-            let lines: Vec<&str> = log
+            // Whole lines only: the file may end in one still being written.
+            let complete = log.rfind('\n').map_or("", |end| &log[..end]);
+            let lines: Vec<&str> = complete
                 .lines()
                 .filter(|l| l.contains("[CIRCUIT_BREAKER]"))
                 .collect();
@@ -415,7 +404,7 @@ impl Demo {
         for i in 0..self.gateways.len() {
             ok &= self.send(i, "/schools")?.status == 200;
         }
-        let seen = self.school_requests()? - before;
+        let seen = self.school_requests()?.saturating_sub(before);
         check(
             ok && seen == 3,
             &format!("3 of 3 answered 200; the school service counted {seen} calls"),
@@ -437,13 +426,23 @@ impl Demo {
         }
         // The fifth failure's answer leaves Envoy after the trip and its publish are made.
         let tripped = Instant::now();
-        let mut open_at = Vec::new();
-        for i in 1..self.gateways.len() {
-            let d = poll_fast(Duration::from_secs(5), || {
-                (self.view(i).ok()?["state"] == "open").then(|| tripped.elapsed())
-            });
-            open_at.push((self.gateways[i].name.to_string(), d));
-        }
+        // Both polled in turn every 2 ms, each time kept from its first OPEN.
+        let mut open_at: Vec<Option<Duration>> = vec![None; self.gateways.len()];
+        poll_fast(Duration::from_secs(5), || {
+            for (i, at) in open_at.iter_mut().enumerate().skip(1) {
+                if at.is_none() && self.view(i).is_ok_and(|v| v["state"] == "open") {
+                    *at = Some(tripped.elapsed());
+                }
+            }
+            open_at.iter().skip(1).all(Option::is_some).then_some(())
+        });
+        let open_at: Vec<(String, Option<Duration>)> = self
+            .gateways
+            .iter()
+            .zip(open_at)
+            .skip(1)
+            .map(|(g, d)| (g.name.to_string(), d))
+            .collect();
         check(
             upstream_failures == THRESHOLD && self.state(0)? == "OPEN",
             &format!(
@@ -490,7 +489,7 @@ impl Demo {
             refused == 6 && before == after,
             &format!(
                 "{refused} of 6 refused by gateways 2 and 3; the school service saw {} calls",
-                after - before
+                after.saturating_sub(before)
             ),
         )
     }
@@ -528,17 +527,19 @@ impl Demo {
             self.at(),
             self.etcd.members[new_leader].name
         );
-        for g in 0..self.gateways.len() {
-            self.wait_link(g, true, Duration::from_secs(20))?;
-        }
+        // Up, and as many connections as outages plus the first: no drop still pending.
+        let outages = |g: &Gateway| g.envoy.log_lines("fleet: etcd unreachable").len();
+        let settled =
+            |g: &Gateway| g.envoy.log_lines("fleet: connected to etcd").len() == outages(g) + 1;
+        let links_back = stack::poll(Duration::from_secs(20), || {
+            (0..self.gateways.len())
+                .all(|i| self.connected(i) && settled(&self.gateways[i]))
+                .then_some(())
+        })
+        .is_some();
         self.settle_logs();
-        let mut links_back = true;
         for g in &self.gateways {
-            let drops = g.envoy.log_lines("fleet: etcd unreachable").len();
-            let joins = g.envoy.log_lines("fleet: connected to etcd").len();
-            // One connection at start-up, one more per outage.
-            links_back &= joins == drops + 1;
-            match drops {
+            match outages(g) {
                 0 => println!("   {}: its link to etcd stayed up", g.name),
                 n => println!(
                     "   {}: its link to etcd dropped {n} time(s) and is up again",
@@ -551,7 +552,7 @@ impl Demo {
             refused == sent && before == after,
             &format!(
                 "{refused} of {sent} requests refused as before the kill; the school service saw {} calls",
-                after - before
+                after.saturating_sub(before)
             ),
         )?;
         check(
@@ -620,7 +621,7 @@ impl Demo {
                 .collect();
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
-        let seen = self.school_requests()? - before;
+        let seen = self.school_requests()?.saturating_sub(before);
         let mut per_gateway = vec![(0usize, 0usize); self.gateways.len()];
         let (mut reached, mut refused, mut other) = (0, 0, 0);
         for (at, r) in &answers {
@@ -831,7 +832,7 @@ impl Demo {
             refused == 2 && after == before,
             &format!(
                 "gateway-1 and gateway-3 now refuse gateway-2's trip too ({refused} of 2); the school service saw {} calls",
-                after - before
+                after.saturating_sub(before)
             ),
         )
     }
