@@ -2,8 +2,8 @@
 # `make run-fleet`: fleet mode on loopback in the foreground: a three-member etcd, the three
 # services, and three Envoy gateways (node ids gateway-1..3, two workers each) running
 # envoy/envoy.fleet.yaml, gateway-2 and gateway-3 with their ports substituted.
-# Only the breakers' log lines are shown (Envoy's wasm component at info, the rest at
-# warning). Ctrl-C (or any exit) stops every process this script started, etcd included,
+# The breakers' log lines and Envoy's warnings are shown, each with its gateway (Envoy's
+# wasm component at info, the rest at warning). Ctrl-C (or any exit) stops every process this script started, etcd included,
 # and removes etcd's data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
