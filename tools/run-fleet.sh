@@ -3,8 +3,8 @@
 # services, and three Envoy gateways (node ids gateway-1..3, two workers each) running
 # envoy/envoy.fleet.yaml, gateway-2 and gateway-3 with their ports substituted.
 # The breakers' log lines and Envoy's warnings are shown, each with its gateway (Envoy's
-# wasm component at info, the rest at warning). Ctrl-C (or any exit) stops every process this script started, etcd included,
-# and removes etcd's data.
+# wasm component at info, the rest at warning). Ctrl-C (or any exit) stops every process
+# this script started, etcd included, and removes etcd's data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY=${ENVOY:-.venv/envoy}
