@@ -8,134 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::fleet::*;
 use common::*;
 use school_system::etcd::{Etcd, Options};
-
-const PREFIX: &str = "/ecb/fleet-test";
-
-fn plugin_json(open: &str) -> String {
-    plugin_json_with(open, "")
-}
-
-fn plugin_json_with(open: &str, school: &str) -> String {
-    format!(
-        r#"{{
-  "default": {{ "failure_threshold": 5, "open_duration": "{open}" }},
-  "clusters": {{ "school": {{ "failure_threshold": 5, "open_duration": "{open}"{school} }},
-                 "auth": {{ "fleet": false }} }},
-  "fleet": {{ "etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "lease_ttl": "2s" }}
-}}"#
-    )
-}
-
-/// The etcd cluster as the fleet note says: HTTP/2, and outlier detection so a dead member
-/// is ejected after one failure.
-fn etcd_cluster(port: u16) -> String {
-    h2_cluster("etcd", port).replace(
-        "    load_assignment:",
-        "    outlier_detection:\n      split_external_local_origin_errors: true\n      consecutive_local_origin_failure: 1\n      max_ejection_percent: 100\n    load_assignment:",
-    )
-}
-
-struct Fleet {
-    etcd: Etcd,
-    stack: Stack,
-    others: Vec<Envoy>,
-}
-
-/// A second Envoy like `first` (same services, same etcd), with its own ports and node id.
-fn another(first: &Envoy, node: &str) -> Envoy {
-    another_with_env(first, node, &[("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)])
-}
-
-fn another_with_env(first: &Envoy, node: &str, env: &[(&str, &str)]) -> Envoy {
-    let yaml = std::fs::read_to_string(&first.config_path).unwrap();
-    let mut yaml = yaml.replacen(
-        "node: { id: gateway-1 }",
-        &format!("node: {{ id: {node} }}"),
-        1,
-    );
-    for listener in ["gateway", "control"] {
-        if let Some(addr) = listener_of(&yaml, listener) {
-            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-            yaml = with_port(&yaml, port, free_port().unwrap());
-        }
-    }
-    Envoy::start_with_env(&yaml, 2, env).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn fleet(open: &str, envoys: usize) -> Fleet {
-    fleet_with(&plugin_json(open), envoys)
-}
-
-fn fleet_with(json: &str, envoys: usize) -> Fleet {
-    let etcd = Etcd::start(&Options {
-        members: 1,
-        ..Options::default()
-    })
-    .unwrap();
-    let port: u16 = etcd
-        .url(0)
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
-    let token = [("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)];
-    let stack = Stack::start_with_env(Some(json), 2, &token, |y| {
-        format!(
-            "node: {{ id: gateway-1 }}\n{}",
-            add_clusters(&y, &etcd_cluster(port))
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let others = (2..=envoys)
-        .map(|n| another(&stack.envoy, &format!("gateway-{n}")))
-        .collect();
-    let f = Fleet {
-        etcd,
-        stack,
-        others,
-    };
-    for e in f.envoys() {
-        wait_connected(e);
-    }
-    f
-}
-
-impl Fleet {
-    fn envoys(&self) -> Vec<&Envoy> {
-        std::iter::once(&self.stack.envoy)
-            .chain(self.others.iter())
-            .collect()
-    }
-}
-
-/// A stat without labels, as Envoy's Prometheus page shows it.
-fn stat(e: &Envoy, name: &str) -> Option<f64> {
-    e.prometheus().ok()?.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        let rest = rest.strip_prefix("{}").unwrap_or(rest);
-        rest.trim().parse().ok()
-    })
-}
-
-fn wait_connected(e: &Envoy) {
-    wait_for("the fleet link", Duration::from_secs(10), || {
-        (stat(e, "circuit_breaker_fleet_connected") == Some(1.0)).then_some(())
-    });
-}
-
-fn trip_through(envoy: &Envoy, stack: &Stack) {
-    stack.school.fail_everything();
-    for _ in 0..5 {
-        let r = envoy.call("/schools");
-        assert_eq!(r.status, 503);
-        assert!(!is_rejection(&r), "the upstream's own 503s come first");
-    }
-    assert!(is_rejection(&envoy.call("/schools")));
-}
 
 #[test]
 fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
@@ -203,13 +78,6 @@ fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
         !stored.contains(&format!("{PREFIX}/b/auth")),
         "auth is kept local: {stored}"
     );
-}
-
-/// Waits until `e` says its link is down; returns how long that took from `since`.
-fn wait_disconnected(e: &Envoy, since: Instant, within: Duration) -> Duration {
-    wait_for("the fleet link to go down", within, || {
-        (stat(e, "circuit_breaker_fleet_connected") == Some(0.0)).then(|| since.elapsed())
-    })
 }
 
 #[test]
@@ -318,21 +186,6 @@ fn damaged_records_under_the_prefix_are_ignored_with_one_line_and_then_replaced(
     assert!(is_rejection(&f.others[0].call("/schools")));
 }
 
-fn state_everywhere(f: &Fleet, state: &str) {
-    for e in f.envoys() {
-        wait_for(
-            &format!("{state} on every Envoy"),
-            Duration::from_secs(5),
-            || {
-                let v = api(e, "GET", "/circuit-breakers/school", None, None)
-                    .json()
-                    .ok()?;
-                (v["state"] == state).then_some(())
-            },
-        );
-    }
-}
-
 #[test]
 fn half_open_admits_exactly_the_fleets_probes_across_envoys() {
     let json = plugin_json_with(
@@ -382,7 +235,7 @@ fn without_a_fleet_block_etcd_is_never_called() {
         ..Options::default()
     })
     .unwrap();
-    let port: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let port = etcd_port(&etcd, 0);
     let json = r#"{"clusters": {"school": {"failure_threshold": 5, "open_duration": "30s"}}}"#;
     let stack = stack_with(Some(json), 2, |y| add_clusters(&y, &etcd_cluster(port)));
     trip_through(&stack.envoy, &stack);
@@ -417,7 +270,7 @@ fn a_lost_quorum_is_detected_and_the_link_returns_with_it() {
     .unwrap();
     // Envoy reaches member 0 only, the one `break_quorum` leaves alone: a member without
     // a leader, which still answers progress requests (docs/fleet.md).
-    let port0: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let port0 = etcd_port(&etcd, 0);
     let cluster = etcd_cluster(port0);
     let stack = stack_with(Some(&plugin_json("30s")), 2, |y| {
         format!("node: {{ id: gateway-1 }}\n{}", add_clusters(&y, &cluster))
@@ -493,7 +346,7 @@ fn with_etcd_authentication_the_fleet_logs_in_and_a_wrong_password_is_said() {
     .unwrap();
     etcd.add_user("fleet", "fleet-secret", &format!("{PREFIX}/"))
         .unwrap();
-    let port: u16 = etcd.url(0).rsplit(':').next().unwrap().parse().unwrap();
+    let port = etcd_port(&etcd, 0);
     let json = plugin_json("30s").replace(
         r#""lease_ttl": "2s""#,
         r#""lease_ttl": "2s", "username_env": "ETCD_USER", "password_env": "ETCD_PASSWORD""#,
