@@ -549,3 +549,91 @@ fn with_all_three_members_killed_each_envoy_protects_itself_and_the_fleet_conver
         .envoy
         .wait_log("school circuit breaker OPENED by gateway-2", 1);
 }
+
+/// When member `i` no longer calls itself the leader, from `since`: it answers its own
+/// status locally even without quorum.
+fn stepped_down(etcd: &Etcd, i: usize, since: Instant) -> Option<Duration> {
+    poll(Duration::from_secs(4), || {
+        let out = etcd
+            .ctl_at(
+                i,
+                &[
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                    "--command-timeout=300ms",
+                ],
+            )
+            .ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let status = &v[0]["Status"];
+        let me = status["header"]["member_id"].as_u64()?;
+        (status["leader"].as_u64() != Some(me)).then(|| since.elapsed())
+    })
+}
+
+#[test]
+fn a_lost_quorum_with_the_leader_left_alone_is_detected_and_the_link_returns_with_it() {
+    let etcd = Etcd::start(&Options {
+        members: 3,
+        ..Options::default()
+    })
+    .unwrap();
+    // Both Envoys reach the leader only: the member that keeps answering longest.
+    let leader = etcd.leader().expect("a leader");
+    let cluster = etcd_cluster(etcd_port(&etcd, leader));
+    let mut f = fleet_on(etcd, &plugin_json("30s"), 2, &cluster);
+    // Both followers at the same moment, as a partition would cut them off.
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let pids: Vec<String> = followers
+        .iter()
+        .map(|i| f.etcd.members[*i].pid().unwrap().to_string())
+        .collect();
+    let lost = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .arg("-KILL")
+        .args(&pids)
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stepped = stepped_down(&f.etcd, leader, lost);
+    let detected: Vec<Duration> = f
+        .envoys()
+        .iter()
+        .map(|e| wait_disconnected(e, lost, Duration::from_secs(6)))
+        .collect();
+    let health = api(&f.stack.envoy, "GET", "/health", None, None)
+        .json()
+        .unwrap();
+    eprintln!(
+        "quorum loss (leader m{leader} left alone): it stepped down after {stepped:?}; detected after {detected:?}: {}",
+        health["fleet"]["reason"]
+    );
+    // The leader renews leases by itself until it steps down (etcd's check-quorum, 1 to
+    // 2 election timeouts of 1 s); the 2 s keep-alive deadline runs from its last answer.
+    for d in &detected {
+        assert!(*d < Duration::from_secs(5), "{d:?}");
+    }
+    for e in f.envoys() {
+        assert_eq!(e.call("/schools").status, 200, "no request fails");
+    }
+    for i in &followers {
+        f.etcd.kill(*i);
+    }
+    f.etcd.restart(followers[0]).unwrap();
+    let back = Instant::now();
+    let linked: Vec<Duration> = f
+        .envoys()
+        .iter()
+        .map(|e| {
+            wait_for("the link back", Duration::from_secs(20), || {
+                connected(e).then(|| back.elapsed())
+            })
+        })
+        .collect();
+    let reached = trip_reaches_the_others(&f, back, Duration::from_secs(10));
+    eprintln!(
+        "one follower back: links up after {linked:?}, a trip reached gateway-2 after {reached:?}"
+    );
+}

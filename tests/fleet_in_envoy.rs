@@ -276,11 +276,23 @@ fn a_lost_quorum_is_detected_and_the_link_returns_with_it() {
         format!("node: {{ id: gateway-1 }}\n{}", add_clusters(&y, &cluster))
     });
     wait_connected(&stack.envoy);
+    let leader = etcd.leader();
     let survivor = etcd.break_quorum().unwrap();
     assert_eq!(survivor, 0, "the member Envoy reaches");
     let lost = Instant::now();
     let detected = wait_disconnected(&stack.envoy, lost, Duration::from_secs(6));
-    eprintln!("quorum loss (m{survivor} left alone) detected after {detected:?}");
+    let health = api(&stack.envoy, "GET", "/health", None, None)
+        .json()
+        .unwrap();
+    let role = if leader == Some(survivor) {
+        "leader"
+    } else {
+        "follower"
+    };
+    eprintln!(
+        "quorum loss (m{survivor}, the {role}, left alone) detected after {detected:?}: {}",
+        health["fleet"]["reason"]
+    );
     // The member alone keeps answering keep-alives until its election timeout (1 s) tells
     // it the leader is gone; the 2 s keep-alive deadline runs from there: measured 2.99 to
     // 3.01 s, where a killed or frozen etcd is seen in 3 ms or 2 s.
