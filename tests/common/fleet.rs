@@ -37,6 +37,16 @@ pub fn etcd_cluster(port: u16) -> String {
     etcd_cluster_at(&[port])
 }
 
+/// Like [`etcd_cluster`], with one endpoint per member, and with etcd's gRPC health
+/// service checked every second as under Docker (`envoy/envoy.fleet.docker.yaml`), so a
+/// member that does not answer stays out of the reconnects.
+pub fn etcd_cluster_of_members(ports: &[u16]) -> String {
+    etcd_cluster_at(ports).replace(
+        "      max_ejection_percent: 100\n",
+        "      max_ejection_percent: 100\n      base_ejection_time: 5s\n    health_checks:\n    - timeout: 0.5s\n      interval: 1s\n      no_traffic_interval: 1s\n      unhealthy_threshold: 1\n      healthy_threshold: 1\n      grpc_health_check: {}\n",
+    )
+}
+
 /// Like [`etcd_cluster`], with one endpoint per member.
 pub fn etcd_cluster_at(ports: &[u16]) -> String {
     let endpoints: String = ports
