@@ -73,6 +73,17 @@ fn over_tls_with_client_certificates_trips_propagate_and_a_wrong_certificate_sta
                 && line.contains("check the etcd cluster's address and TLS"),
             "{line}"
         );
+        // The filter sees only gRPC status 14; Envoy's own stats say it was the handshake.
+        let ssl = client::get(&e.admin, "/stats?filter=^cluster\\.etcd\\.ssl\\.")
+            .unwrap()
+            .text();
+        let ssl: Vec<&str> = ssl.lines().filter(|l| !l.ends_with(": 0")).collect();
+        eprintln!("{node}: Envoy's etcd TLS stats {ssl:?}");
+        assert!(
+            ssl.iter()
+                .any(|l| l.starts_with("cluster.etcd.ssl.connection_error")),
+            "{ssl:?}"
+        );
         let health = api(&e, "GET", "/health", None, None).json().unwrap();
         assert_eq!(health["fleet"]["connected"], false, "{health}");
         assert!(
