@@ -302,6 +302,24 @@ impl Drop for KeyHistory {
     }
 }
 
+/// `act` on every Envoy at the same moment, each from its own thread.
+fn at_once<T: Send>(envoys: &[&Envoy], act: impl Fn(&Envoy) -> T + Sync) -> Vec<T> {
+    let barrier = Barrier::new(envoys.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = envoys
+            .iter()
+            .map(|e| {
+                let (barrier, act) = (&barrier, &act);
+                s.spawn(move || {
+                    barrier.wait();
+                    act(e)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// Waits until every Envoy shows `state` and the same fleet record as etcd; returns its
 /// generation.
 fn one_record(f: &Fleet, state: &str) -> u32 {
@@ -346,20 +364,7 @@ fn trips_and_resets_made_at_the_same_moment_end_in_one_record() {
                     assert_eq!(e.call("/schools").status, 503);
                 }
             }
-            let barrier = Barrier::new(envoys.len());
-            let fifth: Vec<Response> = std::thread::scope(|s| {
-                let handles: Vec<_> = envoys
-                    .iter()
-                    .map(|e| {
-                        let barrier = &barrier;
-                        s.spawn(move || {
-                            barrier.wait();
-                            e.call("/schools")
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
+            let fifth = at_once(&envoys, |e| e.call("/schools"));
             let tripped = fifth.iter().filter(|r| !is_rejection(r)).count();
             let hits = f.stack.school.hits();
             let opened = one_record(&f, "open");
@@ -376,26 +381,15 @@ fn trips_and_resets_made_at_the_same_moment_end_in_one_record() {
 
             // Three operators reset the breaker at the same moment on three Envoys.
             f.stack.school.heal();
-            let barrier = Barrier::new(envoys.len());
-            let answers: Vec<u16> = std::thread::scope(|s| {
-                let handles: Vec<_> = envoys
-                    .iter()
-                    .map(|e| {
-                        let barrier = &barrier;
-                        s.spawn(move || {
-                            barrier.wait();
-                            api(
-                                e,
-                                "POST",
-                                "/circuit-breakers/school/reset",
-                                Some(TOKEN),
-                                None,
-                            )
-                            .status
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            let answers = at_once(&envoys, |e| {
+                api(
+                    e,
+                    "POST",
+                    "/circuit-breakers/school/reset",
+                    Some(TOKEN),
+                    None,
+                )
+                .status
             });
             assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
             let closed = one_record(&f, "closed");
@@ -527,11 +521,7 @@ fn with_all_three_members_killed_each_envoy_protects_itself_and_the_fleet_conver
         f.etcd.kill(i);
     }
     let killed = Instant::now();
-    let detected: Vec<Duration> = f
-        .envoys()
-        .iter()
-        .map(|e| wait_disconnected(e, killed, Duration::from_secs(5)))
-        .collect();
+    let detected = all_disconnected(&f, killed, Duration::from_secs(5));
     eprintln!("all members killed: detected after {detected:?}");
     for d in &detected {
         assert!(*d < Duration::from_secs(3), "{d:?}");
@@ -547,15 +537,7 @@ fn with_all_three_members_killed_each_envoy_protects_itself_and_the_fleet_conver
         f.etcd.restart(i).unwrap();
     }
     let restarted = Instant::now();
-    let linked: Vec<Duration> = f
-        .envoys()
-        .iter()
-        .map(|e| {
-            wait_for("the link back", Duration::from_secs(20), || {
-                connected(e).then(|| restarted.elapsed())
-            })
-        })
-        .collect();
+    let linked = all_connected(&f, restarted, Duration::from_secs(20));
     let converged: Vec<Duration> = [&f.stack.envoy, &f.others[1]]
         .iter()
         .map(|e| {
@@ -620,11 +602,7 @@ fn a_lost_quorum_with_the_leader_left_alone_is_detected_and_the_link_returns_wit
         .unwrap();
     assert!(killed.success());
     let stepped = stepped_down(&f.etcd, leader, lost);
-    let detected: Vec<Duration> = f
-        .envoys()
-        .iter()
-        .map(|e| wait_disconnected(e, lost, Duration::from_secs(6)))
-        .collect();
+    let detected = all_disconnected(&f, lost, Duration::from_secs(6));
     let health = api(&f.stack.envoy, "GET", "/health", None, None)
         .json()
         .unwrap();
@@ -645,15 +623,7 @@ fn a_lost_quorum_with_the_leader_left_alone_is_detected_and_the_link_returns_wit
     }
     f.etcd.restart(followers[0]).unwrap();
     let back = Instant::now();
-    let linked: Vec<Duration> = f
-        .envoys()
-        .iter()
-        .map(|e| {
-            wait_for("the link back", Duration::from_secs(20), || {
-                connected(e).then(|| back.elapsed())
-            })
-        })
-        .collect();
+    let linked = all_connected(&f, back, Duration::from_secs(20));
     let reached = trip_reaches_the_others(&f, back, Duration::from_secs(10));
     eprintln!(
         "one follower back: links up after {linked:?}, a trip reached gateway-2 after {reached:?}"

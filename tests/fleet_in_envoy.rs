@@ -85,11 +85,7 @@ fn with_etcd_frozen_each_envoy_protects_itself_and_a_trip_made_alone_reaches_the
     let mut f = fleet("30s", 3);
     f.etcd.freeze(0).unwrap();
     let frozen = Instant::now();
-    let detected: Vec<Duration> = f
-        .envoys()
-        .iter()
-        .map(|e| wait_disconnected(e, frozen, Duration::from_secs(5)))
-        .collect();
+    let detected = all_disconnected(&f, frozen, Duration::from_secs(5));
     eprintln!("frozen etcd detected after {detected:?}");
     for d in &detected {
         assert!(*d < Duration::from_secs(3), "detected only after {d:?}");

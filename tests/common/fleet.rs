@@ -202,6 +202,26 @@ pub fn wait_disconnected(e: &Envoy, since: Instant, within: Duration) -> Duratio
     })
 }
 
+/// How long from `since` until each Envoy of `f` says its link is down.
+pub fn all_disconnected(f: &Fleet, since: Instant, within: Duration) -> Vec<Duration> {
+    f.envoys()
+        .iter()
+        .map(|e| wait_disconnected(e, since, within))
+        .collect()
+}
+
+/// How long from `since` until each Envoy of `f` says its link is up.
+pub fn all_connected(f: &Fleet, since: Instant, within: Duration) -> Vec<Duration> {
+    f.envoys()
+        .iter()
+        .map(|e| {
+            wait_for("the link back", within, || {
+                connected(e).then(|| since.elapsed())
+            })
+        })
+        .collect()
+}
+
 /// Five upstream failures through `envoy`, then its own refusal.
 pub fn trip_through(envoy: &Envoy, stack: &Stack) {
     stack.school.fail_everything();
