@@ -652,3 +652,33 @@ fn with_three_members_the_leader_frozen_leaves_the_fleet_working() {
     }
     f.etcd.thaw(leader).unwrap();
 }
+
+#[test]
+fn with_three_members_a_lost_quorum_is_detected_and_one_member_back_brings_the_fleet_back() {
+    let mut f = three_member_fleet();
+    let leader = f.etcd.leader();
+    let survivor = f.etcd.break_quorum().unwrap();
+    let lost = Instant::now();
+    let detected = all_disconnected(&f, lost, Duration::from_secs(6));
+    let role = if leader == Some(survivor) {
+        "leader"
+    } else {
+        "follower"
+    };
+    eprintln!("quorum lost (m{survivor}, the {role}, left): detected after {detected:?}");
+    for d in &detected {
+        assert!(*d < Duration::from_secs(5), "{d:?}");
+    }
+    for e in f.envoys() {
+        assert_eq!(e.call("/schools").status, 200, "no request fails");
+    }
+    let back = (0..3).find(|i| *i != survivor).unwrap();
+    f.etcd.restart(back).unwrap();
+    let restarted = Instant::now();
+    let linked = all_connected(&f, restarted, Duration::from_secs(20));
+    let reached = trip_reaches_the_others(&f, restarted, Duration::from_secs(10));
+    eprintln!(
+        "one member back: links up after {linked:?}, a trip through gateway-1 refused by gateway-2/3 after {reached:?}; outages per Envoy: {:?}",
+        outages(&f)
+    );
+}
