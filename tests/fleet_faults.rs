@@ -425,6 +425,7 @@ fn trips_and_resets_made_at_the_same_moment_end_in_one_record() {
         (all.last().map(|r| r.0) == Some(last_generation)).then_some(all)
     });
     eprintln!("stored in etcd, in order: {stored:?}");
+    assert_eq!(stored.first().map(|r| r.0), Some(1), "{stored:?}");
     assert!(
         stored.windows(2).all(|w| w[0].0 < w[1].0),
         "every stored value a newer generation: {stored:?}"
