@@ -293,7 +293,7 @@ fn a_lost_quorum_is_detected_and_the_link_returns_with_it() {
     // the 2 s keep-alive deadline runs from the loss: measured 1.90 to 2.08 s. A leader
     // left alone renews leases itself until it steps down, up to about 4 s in all
     // (`fleet_faults`); a killed or frozen etcd is seen in 3 ms or 2 s.
-    assert!(detected < Duration::from_secs(4), "{detected:?}");
+    assert!(detected < Duration::from_secs(5), "{detected:?}");
     assert_eq!(stack.envoy.call("/schools").status, 200);
     let back = (0..3).find(|i| *i != survivor).unwrap();
     etcd.restart(back).unwrap();
