@@ -22,8 +22,6 @@ pub struct Options {
     pub tls: bool,
     /// Turn authentication on with a `root` user holding this password.
     pub root_password: Option<String>,
-    /// Seconds an unused auth token lives (`--auth-token-ttl`; etcd's default is 300).
-    pub auth_token_ttl_secs: Option<u32>,
 }
 
 /// Paths of the certificates made for a TLS cluster.
@@ -164,10 +162,6 @@ impl Etcd {
                     args.push(path.to_string_lossy().into_owned());
                 }
                 args.push("--client-cert-auth".into());
-            }
-            if let Some(ttl) = opts.auth_token_ttl_secs {
-                args.push("--auth-token-ttl".into());
-                args.push(ttl.to_string());
             }
             members.push(Member {
                 name,

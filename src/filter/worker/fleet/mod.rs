@@ -52,6 +52,8 @@ enum Pending {
     LeaseGrant,
     /// The member key's put; its answer only matters as a sign of life.
     Member,
+    /// The holder's quorum probe (a linearizable read).
+    Quorum,
     /// `Authenticate` before the first read of this connection attempt.
     Auth(u32),
     /// `Authenticate` again while connected, after etcd refused the token.

@@ -210,7 +210,13 @@ impl Worker {
             (Pending::Range(_), 0) => self.fleet_joined(host, &body, now_ms),
             (Pending::LeaseGrant, 0) => self.fleet_leased(host, &body, now_ms),
             (Pending::Peek, 0) => self.fleet_peeked(host, &body, now_ms),
-            (Pending::Member | Pending::Peek, _) => {}
+            (Pending::Quorum, 0) => self.fleet_quorum_confirmed(now_ms),
+            (Pending::Quorum, super::holder::UNAUTHENTICATED) => {
+                // etcd forgot the token (restarted, or it expired): log in again on the
+                // next tick, before the probe's silence ends the link.
+                Conn::update(host, |c| c.token.clear());
+            }
+            (Pending::Member | Pending::Peek | Pending::Quorum, _) => {}
             (Pending::Range(_) | Pending::Auth(_) | Pending::LeaseGrant, status) => {
                 self.fleet_down_from_call(host, status, now_ms)
             }
