@@ -343,7 +343,7 @@ fn test_hooks() {
         core::arch::wasm32::unreachable();
     }
     if request_header(&Wasm, "x-circuit-breaker-test-trap-holder").is_some() {
-        let _ = Wasm.set_shared_data(super::root::TRAP_HOLDER_KEY, b"1", 0);
+        let _ = Wasm.set_shared_data(super::shared::TRAP_HOLDER_KEY, b"1", 0);
     }
     if let Some(name) = request_header(&Wasm, "x-circuit-breaker-test-damage") {
         let key = super::shared::record_key(&String::from_utf8_lossy(&name));

@@ -156,7 +156,7 @@ impl RootContext for Root {
 #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
 impl Root {
     fn test_hooks(&self) {
-        let asked = matches!(Wasm.shared_data(TRAP_HOLDER_KEY), Ok(Some((v, _))) if !v.is_empty());
+        let asked = matches!(Wasm.shared_data(super::shared::TRAP_HOLDER_KEY), Ok(Some((v, _))) if !v.is_empty());
         let holds = self
             .worker
             .as_ref()
@@ -164,12 +164,8 @@ impl Root {
             .unwrap_or(false);
         if asked && holds {
             // Once only: the next holder must live.
-            let _ = Wasm.set_shared_data(TRAP_HOLDER_KEY, b"", 0);
+            let _ = Wasm.set_shared_data(super::shared::TRAP_HOLDER_KEY, b"", 0);
             core::arch::wasm32::unreachable();
         }
     }
 }
-
-/// Where a request of the test-hooks build asks the watch's holder to trap.
-#[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
-pub const TRAP_HOLDER_KEY: &str = "circuit-breaker/test/trap-holder";
