@@ -354,7 +354,6 @@ fn tls_client_certificates_and_etcd_auth_work_through_envoy() {
         members: 1,
         tls: true,
         root_password: Some("root-pw".into()),
-        ..Options::default()
     })
     .unwrap();
     etcd.add_user("fleet", "fleet-pw", "/ecb/").unwrap();
