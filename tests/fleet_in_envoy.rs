@@ -351,6 +351,25 @@ fn the_watch_passes_to_another_context_when_its_holders_vm_dies() {
 }
 
 #[test]
+fn a_breaker_an_envoy_has_not_served_yet_learns_the_fleets_trip_on_its_first_request() {
+    // `student` has no settings of its own: its breaker is made, with the defaults, on the
+    // first request an Envoy sees for it; gateway-2 has seen none when gateway-1 trips it.
+    let f = fleet("30s", 2);
+    let (first, second) = (&f.stack.envoy, &f.others[0]);
+    f.stack.student.fail_everything();
+    for _ in 0..5 {
+        assert_eq!(first.call("/students").status, 503);
+    }
+    assert!(is_rejection(&first.call("/students")));
+    std::thread::sleep(Duration::from_millis(500));
+    let before = f.stack.student.hits();
+    let r = second.call("/students");
+    assert!(is_rejection(&r), "{} {}", r.status, r.text());
+    assert_eq!(f.stack.student.hits(), before, "no call upstream");
+    second.wait_log("student circuit breaker OPENED by gateway-1", 1);
+}
+
+#[test]
 fn without_a_fleet_block_etcd_is_never_called() {
     let etcd = Etcd::start(&Options {
         members: 1,

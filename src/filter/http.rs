@@ -178,7 +178,7 @@ impl Stream {
             let _ = host.resume_request();
             return;
         };
-        worker.fleet_first_read_answered(host, status, size);
+        worker.fleet_first_read_answered(host, cluster, status, size);
         if self.admit(host, &mut worker, cluster) == Action::Continue {
             let _ = host.resume_request();
         }

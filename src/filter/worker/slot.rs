@@ -33,6 +33,9 @@ pub struct Slot {
     pub confirmed_at_ms: u64,
     /// Set when this worker made a transition the other workers have not been told of.
     pub moved: bool,
+    /// Fleet mode: this worker need not read the breaker's decision from etcd before a
+    /// request (the process has it, or etcd is out of reach).
+    pub fleet_settled: bool,
     pub tally: Tally,
     pub metrics: Metrics,
     pub reply: RejectReply,
@@ -71,6 +74,7 @@ impl Slot {
             glance: Glance::of(&last_seen),
             confirmed_at_ms: now_ms,
             moved: false,
+            fleet_settled: false,
             name: name.to_string(),
             reply: RejectReply::new(name, settings.fallback.as_ref()),
             cache: settings.cache.map(ResponseCache::new),

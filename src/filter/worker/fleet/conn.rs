@@ -84,6 +84,20 @@ pub fn note_read(host: &impl Host) {
     let _ = host.set_shared_data(&key("read"), b"1", 0);
 }
 
+/// Whether this process has read one breaker's decision by itself (a breaker it did not
+/// have when it read the prefix, whose records it ignored then).
+pub fn has_read_breaker(host: &impl Host, breaker: &str) -> bool {
+    matches!(
+        host.shared_data(&key(&format!("read/{breaker}"))),
+        Ok(Some(_))
+    )
+}
+
+/// Notes that this process has read the breaker's decision.
+pub fn note_read_breaker(host: &impl Host, breaker: &str) {
+    let _ = host.set_shared_data(&key(&format!("read/{breaker}")), b"1", 0);
+}
+
 /// Reads a breaker's shadow; junk reads as empty (etcd is read again on the next join).
 pub fn load_shadow(host: &impl Host, breaker: &str) -> Shadow {
     match host.shared_data(&shadow_key(breaker)) {

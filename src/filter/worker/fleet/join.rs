@@ -6,7 +6,7 @@ use crate::core::fleet::etcd::{self, method};
 use crate::core::fleet::keys;
 
 use super::super::Worker;
-use super::conn::{self, Conn};
+use super::conn::{self, load_shadow, Conn, Link as LinkState};
 use super::holder::RANGE_LIMIT;
 use super::{Fleet, Pending};
 use crate::filter::host::Host;
@@ -39,12 +39,25 @@ impl Worker {
 
     /// Until this process has read etcd once, a request to a fleet breaker reads the
     /// breaker's decision itself and waits for it (bounded by `fleet.timeout`), so an Envoy
-    /// started while the fleet's breaker is open refuses from its first request. Returns
-    /// the call's token; `None`: decide now.
+    /// started while the fleet's breaker is open refuses from its first request. So does
+    /// the first request to a breaker the process did not have when it read etcd (one made
+    /// with the default settings on first sight): its records were ignored then. Returns
+    /// the call's token; `None`: decide now. Once settled, a slot costs one flag per request.
     pub fn fleet_first_read(&mut self, host: &impl Host, i: usize) -> Option<u32> {
         let fleet = self.fleet.as_ref()?;
-        let slot = self.slots.get(i)?;
-        if !slot.settings.fleet || self.first_read_done || conn::has_read(host) {
+        let slot = self.slots.get_mut(i)?;
+        if !slot.settings.fleet || slot.fleet_settled {
+            return None;
+        }
+        let ask = if conn::has_read(host) {
+            Conn::load(host).link == LinkState::Connected
+                && load_shadow(host, &slot.name).seen.is_none()
+                && !conn::has_read_breaker(host, &slot.name)
+        } else {
+            !self.first_read_done
+        };
+        if !ask {
+            slot.fleet_settled = true;
             return None;
         }
         let key = keys::decision(&fleet.settings.prefix, &slot.name);
@@ -54,20 +67,33 @@ impl Worker {
         };
         let auth = Conn::load(host).token;
         let timeout = u32::try_from(fleet.settings.timeout_ms).unwrap_or(u32::MAX);
-        host.grpc_call(
-            fleet.target(method::KV, method::RANGE),
-            &Fleet::metadata(&auth),
-            &prost::Message::encode_to_vec(&range),
-            timeout,
-        )
-        .ok()
+        let sent = host
+            .grpc_call(
+                fleet.target(method::KV, method::RANGE),
+                &Fleet::metadata(&auth),
+                &prost::Message::encode_to_vec(&range),
+                timeout,
+            )
+            .ok();
+        slot.fleet_settled = sent.is_none();
+        sent
     }
 
-    /// The answer to [`Worker::fleet_first_read`]: adopt what it holds. Whatever the
-    /// answer, this worker waits on etcd no more.
-    pub fn fleet_first_read_answered(&mut self, host: &impl Host, status: u32, size: usize) {
-        self.first_read_done = true;
+    /// The answer to [`Worker::fleet_first_read`] for breaker `name`: adopt what it holds.
+    /// Whatever the answer, this worker waits on etcd for that breaker no more, and after
+    /// a failed read, for no breaker until the process has read etcd.
+    pub fn fleet_first_read_answered(
+        &mut self,
+        host: &impl Host,
+        name: &[u8],
+        status: u32,
+        size: usize,
+    ) {
+        if let Some(slot) = self.index.get(name).and_then(|i| self.slots.get_mut(*i)) {
+            slot.fleet_settled = true;
+        }
         if status != 0 {
+            self.first_read_done = true;
             return;
         }
         let body = host
@@ -77,6 +103,9 @@ impl Worker {
         if let Ok((_, kvs)) = etcd::range_answer(&body) {
             for kv in &kvs {
                 self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);
+            }
+            if let Ok(name) = std::str::from_utf8(name) {
+                conn::note_read_breaker(host, name);
             }
         }
     }

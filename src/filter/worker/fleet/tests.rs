@@ -90,6 +90,8 @@ fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
     let w = worker(&host, FLEET);
     Conn::update(&host, |c| c.link = Link::Connected);
     super::conn::note_read(&host);
+    // Read already, and etcd had no record of it (else the first request would ask).
+    super::conn::note_read_breaker(&host, "school");
     for _ in 0..3 {
         request(&host, &w, 500);
     }
@@ -125,6 +127,36 @@ fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
         !grpc_calls(&host.take_journal()).contains(&"Txn".to_string()),
         "nothing left to publish"
     );
+}
+
+#[test]
+fn the_first_request_to_a_breaker_etcd_was_read_without_reads_its_decision() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    Conn::update(&host, |c| c.link = Link::Connected);
+    super::conn::note_read(&host);
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    let mut first = Stream::new(Some(w.clone()));
+    host.take_journal();
+    assert_eq!(first.request_headers(&host, true), Action::Pause);
+    assert_eq!(grpc_calls(&host.take_journal()), ["Range"]);
+    *host.grpc_answer.borrow_mut() = RangeResponse {
+        kvs: vec![KeyValue {
+            key: keys::decision("/p", "school").into_bytes(),
+            mod_revision: 9,
+            value: open_by("gateway-2", 2, 999_990).encode(),
+            ..KeyValue::default()
+        }],
+        ..RangeResponse::default()
+    }
+    .encode_to_vec();
+    first.grpc_answered(&host, last_token(&host), 0, 100);
+    assert!(host.take_journal().contains(&Call::LocalReply(503)));
+    // Settled: the next requests neither read etcd nor any fleet key.
+    assert_eq!(request(&host, &w, 200), Action::Pause);
+    let journal = host.take_journal();
+    assert!(grpc_calls(&journal).is_empty(), "{journal:?}");
 }
 
 #[test]
