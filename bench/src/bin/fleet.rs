@@ -47,6 +47,9 @@ struct Options {
     trips: usize,
     idle: Duration,
     storm: Duration,
+    /// Pause between two polls of one Envoy: twenty pollers polling back to back would
+    /// take both CPUs of the machine this was built on from the Envoys they measure.
+    poll_gap: Duration,
 }
 
 fn options() -> Result<Options> {
@@ -72,6 +75,7 @@ fn options() -> Result<Options> {
         trips: num("--trips", 100) as usize,
         idle: Duration::from_secs(num("--idle", 20)),
         storm: Duration::from_secs(num("--storm", 30)),
+        poll_gap: Duration::from_micros(num("--poll-gap-us", 500)),
     })
 }
 
@@ -145,10 +149,10 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
 
     let mut seen = Vec::new();
     let trips = EtcdLoad::over(&etcd_at, Duration::ZERO, || {
-        seen = propagation(&envoys, opts.trips)?;
+        seen = propagation(&envoys, opts.trips, opts.poll_gap)?;
         Ok(())
     })?;
-    report_propagation(&envoys, &seen, n)?;
+    report_propagation(&envoys, &seen, n, opts.poll_gap)?;
     trips.print(&format!("the {} trips and resets", seen.len()), n);
 
     let published_before: f64 = fleet_sum(&envoys, |s| s.published)?;
@@ -202,11 +206,15 @@ fn fleet_sum(envoys: &[Envoy], f: fn(&FleetStats) -> f64) -> Result<f64> {
 /// One trip after another on the propagation breaker, each made on the next Envoy in turn:
 /// for each, how long after the tripping answer each other Envoy was first seen refusing
 /// (`None`: not within [`GIVE_UP`]).
-fn propagation(envoys: &[Envoy], trips: usize) -> Result<Vec<Vec<Option<Duration>>>> {
+fn propagation(
+    envoys: &[Envoy],
+    trips: usize,
+    gap: Duration,
+) -> Result<Vec<Vec<Option<Duration>>>> {
     let mut all = Vec::new();
     for t in 0..trips {
         let tripper = t % envoys.len();
-        all.push(trip_once(envoys, tripper)?);
+        all.push(trip_once(envoys, tripper, gap)?);
         reset(&envoys[tripper])?;
         for e in envoys {
             wait_admitting(e)?;
@@ -216,7 +224,7 @@ fn propagation(envoys: &[Envoy], trips: usize) -> Result<Vec<Vec<Option<Duration
     Ok(all)
 }
 
-fn trip_once(envoys: &[Envoy], tripper: usize) -> Result<Vec<Option<Duration>>> {
+fn trip_once(envoys: &[Envoy], tripper: usize, gap: Duration) -> Result<Vec<Option<Duration>>> {
     let fail = format!("/{TRIP}/fail");
     let ok = format!("/{TRIP}/");
     let mut conn = KeepAlive::connect(&envoys[tripper].gateway)?;
@@ -242,6 +250,7 @@ fn trip_once(envoys: &[Envoy], tripper: usize) -> Result<Vec<Option<Duration>>> 
                         if poll.get_path(ok)? == 503 {
                             return Ok(Some(start.elapsed()));
                         }
+                        std::thread::sleep(gap);
                     }
                     Ok(None)
                 })
@@ -304,7 +313,12 @@ fn wait_admitting(e: &Envoy) -> Result<()> {
     Err(format!("{} still refused 5 s after the reset", e.gateway))
 }
 
-fn report_propagation(envoys: &[Envoy], seen: &[Vec<Option<Duration>>], n: usize) -> Result<()> {
+fn report_propagation(
+    envoys: &[Envoy],
+    seen: &[Vec<Option<Duration>>],
+    n: usize,
+    gap: Duration,
+) -> Result<()> {
     let ms = |d: &Duration| d.as_secs_f64() * 1_000.0;
     let each: Vec<f64> = seen.iter().flatten().flatten().map(ms).collect();
     let missed = seen.iter().flatten().filter(|d| d.is_none()).count();
@@ -315,8 +329,10 @@ fn report_propagation(envoys: &[Envoy], seen: &[Vec<Option<Duration>>], n: usize
         .map(|t| t.iter().flatten().map(ms).fold(0.0, f64::max))
         .collect();
     println!(
-        "propagation, {} trips, from the tripping answer to the first refusal a client saw, polling each other Envoy back to back:",
-        seen.len()
+        "propagation, {} trips, from the tripping answer to the first refusal a client saw, \
+         polling each other Envoy every {} µs plus the request's own time:",
+        seen.len(),
+        gap.as_micros()
     );
     println!("  {}", summary("each other Envoy", &each));
     println!("  {}", summary("all of the others (slowest)", &whole));
