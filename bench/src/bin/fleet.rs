@@ -154,6 +154,28 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
     })?;
     report_propagation(&envoys, &seen, n, opts.poll_gap)?;
     trips.print(&format!("the {} trips and resets", seen.len()), n);
+    println!(
+        "  = {:.2} Txn and {:.1} watch messages sent per transition (a trip or a reset)",
+        trips.count("Txn") / (2 * seen.len()).max(1) as f64,
+        trips.watch_sent / (2 * seen.len()).max(1) as f64
+    );
+
+    // One trip and nothing else: the open time (1 s) runs out and the breaker goes
+    // half-open on the timers alone; how many calls that costs etcd, for N Envoys.
+    let one = EtcdLoad::over(&etcd_at, Duration::from_secs(3), || {
+        let mut conn = KeepAlive::connect(&envoys[0].gateway)?;
+        for _ in 0..THRESHOLD {
+            conn.get_path("/c0/fail")?;
+        }
+        Ok(())
+    })?;
+    one.print("one trip, then half-open by the timers, no traffic", n);
+    println!(
+        "  = {:.0} Txn for 2 transitions (a trip, and half-open) with {n} Envoys",
+        one.count("Txn")
+    );
+    // Recovered through a probe, so the storm starts from closed.
+    wait_admitting_at(&envoys[1], "/c0/")?;
 
     let published_before: f64 = fleet_sum(&envoys, |s| s.published)?;
     let mut samples = Vec::new();
@@ -161,13 +183,19 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
         let rounds;
         (rounds, samples) = trip_storm(&envoys, opts.storm, etcd_pid)?;
         println!(
-            "storm: {rounds} trip-and-recovery rounds over {STORM_CLUSTERS} clusters in {} s",
+            "storm: {rounds} rounds (a trip on one Envoy, refused then recovered through a probe \
+             on another) over {STORM_CLUSTERS} clusters in {} s",
             opts.storm.as_secs()
         );
         Ok(())
     })?;
     let published = fleet_sum(&envoys, |s| s.published)? - published_before;
     storm.print(&format!("storm ({published:.0} transitions published)"), n);
+    println!(
+        "  = {:.2} Txn and {:.1} watch messages sent per published transition",
+        storm.count("Txn") / published.max(1.0),
+        storm.watch_sent / published.max(1.0)
+    );
     let storm_mem = Memory::read(&envoys, etcd_pid);
     let mut peak = Memory::default();
     for (_, m) in &samples {
@@ -183,9 +211,13 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
         series.join(", ")
     );
     storm_mem.print("memory at the storm's end");
-    let after = EtcdLoad::over(&etcd_at, Duration::from_secs(10), || Ok(()))?;
-    after.print("idle again", n);
-    Memory::read(&envoys, etcd_pid).print("memory 10 s after the storm");
+    // Breakers the storm left open still go half-open on their own (and stay there with no
+    // traffic), so etcd's load settles over a few seconds: two spells show it.
+    for (from, to) in [(0, 10), (10, 30)] {
+        let after = EtcdLoad::over(&etcd_at, Duration::from_secs(to - from), || Ok(()))?;
+        after.print(&format!("idle again, {from} to {to} s after the storm"), n);
+    }
+    Memory::read(&envoys, etcd_pid).print("memory 30 s after the storm");
     let failures = fleet_sum(&envoys, |s| s.publish_failures)?;
     let drops: usize = envoys
         .iter()
@@ -302,15 +334,19 @@ fn reset(e: &Envoy) -> Result<()> {
 
 /// Waits until `e` admits a request to the propagation breaker again (the reset adopted).
 fn wait_admitting(e: &Envoy) -> Result<()> {
+    wait_admitting_at(e, &format!("/{TRIP}/"))
+}
+
+fn wait_admitting_at(e: &Envoy, path: &str) -> Result<()> {
     let mut conn = KeepAlive::connect(&e.gateway)?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
-        if conn.get_path(&format!("/{TRIP}/"))? == 200 {
+        if conn.get_path(path)? == 200 {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Err(format!("{} still refused 5 s after the reset", e.gateway))
+    Err(format!("{} still refused {path} after 5 s", e.gateway))
 }
 
 fn report_propagation(
@@ -454,14 +490,20 @@ fn drive(envoys: &[Envoy], cluster: usize, end: Instant) -> Result<usize> {
         if !tripped {
             continue;
         }
-        // Recover through another Envoy: the first request it lets through is the probe.
+        // Recover through another Envoy: once it has refused (it adopted the trip), the
+        // first request it lets through is the probe.
         at += 1;
         let probe = &envoys[at % envoys.len()];
+        let mut refused = false;
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(100));
-            if status(probe, &ok).map_err(|e| e.to_string())? == 200 {
-                rounds += 1;
-                break;
+            match status(probe, &ok).map_err(|e| e.to_string())? {
+                503 => refused = true,
+                200 if refused => {
+                    rounds += 1;
+                    break;
+                }
+                _ => {}
             }
         }
     }
@@ -564,6 +606,15 @@ impl EtcdLoad {
                 .sum(),
             sent: sent.iter().map(|(_, v)| v).sum(),
         })
+    }
+
+    /// Messages received for one method over the interval.
+    fn count(&self, method: &str) -> f64 {
+        self.received
+            .iter()
+            .filter(|(k, _)| k == method)
+            .map(|(_, v)| v)
+            .sum()
     }
 
     fn print(&self, what: &str, n: usize) {
