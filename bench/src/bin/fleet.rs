@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ecb_bench::fleet::{
     by_label, cumulative_quantiles, envoy_memory, etcd_addr, etcd_cluster, etcd_metrics,
-    fleet_block, start_etcd, wait_connected, FleetStats,
+    fleet_block, start_etcd, unlabelled, wait_connected, FleetStats,
 };
 use ecb_bench::keep_alive::KeepAlive;
 use school_system::client;
@@ -171,8 +171,9 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
     })?;
     one.print("one trip, then half-open by the timers, no traffic", n);
     println!(
-        "  = {:.0} Txn for 2 transitions (a trip, and half-open) with {n} Envoys",
-        one.count("Txn")
+        "  = {:.0} Txn and {:.0} Raft proposals for 2 transitions (a trip, and half-open) with {n} Envoys",
+        one.count("Txn"),
+        one.proposals
     );
     // Recovered through a probe, so the storm starts from closed.
     wait_admitting_at(&envoys[1], "/c0/")?;
@@ -570,6 +571,8 @@ struct EtcdLoad {
     /// Messages sent on the watch streams (events and progress answers) and in all.
     watch_sent: f64,
     sent: f64,
+    /// Raft proposals committed: the writes etcd's members had to agree on.
+    proposals: f64,
 }
 
 impl EtcdLoad {
@@ -596,6 +599,9 @@ impl EtcdLoad {
                 .collect::<Vec<_>>()
         };
         let sent = delta("grpc_server_msg_sent_total");
+        let committed = |text: &str| unlabelled(text, "etcd_server_proposals_committed_total");
+        let proposals =
+            committed(&after).unwrap_or(f64::NAN) - committed(&before).unwrap_or(f64::NAN);
         Ok(EtcdLoad {
             seconds,
             received: delta("grpc_server_msg_received_total"),
@@ -605,6 +611,7 @@ impl EtcdLoad {
                 .map(|(_, v)| v)
                 .sum(),
             sent: sent.iter().map(|(_, v)| v).sum(),
+            proposals,
         })
     }
 
@@ -627,13 +634,14 @@ impl EtcdLoad {
             .collect();
         println!(
             "etcd, {what}, {:.1} s: received {:.1} msg/s ({:.2} per Envoy): {}; sent {:.1} msg/s, \
-             of which watch {:.1}/s",
+             of which watch {:.1}/s; {:.0} Raft proposals committed",
             self.seconds,
             per_s(total),
             per_s(total) / n as f64,
             methods.join(", "),
             per_s(self.sent),
-            per_s(self.watch_sent)
+            per_s(self.watch_sent),
+            self.proposals
         );
     }
 }
