@@ -138,6 +138,19 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
         "started and linked in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // A breaker with the default settings exists in an Envoy only from that Envoy's first
+    // request to its cluster, and a fleet record for a breaker an Envoy does not have yet is
+    // ignored ("no such breaker here"): one request per cluster and Envoy first, so that
+    // every Envoy adopts every storm cluster's transitions.
+    for e in &envoys {
+        let mut conn = KeepAlive::connect(&e.gateway)?;
+        for c in 0..STORM_CLUSTERS {
+            let status = conn.get_path(&format!("/c{c}/"))?;
+            if status != 200 {
+                return Err(format!("the first request to c{c} answered {status}"));
+            }
+        }
+    }
     std::thread::sleep(Duration::from_secs(3));
 
     let before = Memory::read(&envoys, etcd_pid);
