@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
 
 build: wasm services
 
@@ -45,7 +45,7 @@ etcd-tools:
 	@tools/apt-install.sh etcd:etcd-server etcdctl:etcd-client openssl:openssl
 
 ## etcd-spike: the wire proof of core::fleet's etcd messages through the real Envoy
-## (bench/etcd-spike; not part of `make test` until the fleet is wired into the filter).
+## (bench/etcd-spike, a throw-away filter; the wired fleet is tested by `make test`).
 etcd-spike: wasm-target envoy etcd-tools
 	cargo build --target wasm32-wasip1 --release -p etcd-spike
 	cargo test -p etcd-spike --test wire -- --ignored --nocapture --test-threads 1
@@ -109,7 +109,8 @@ validate: wasm envoy
 schema:
 	UPDATE_SCHEMA=1 cargo test --lib the_committed_json_schema_matches_the_rust_types
 
-## docker-config: rewrite envoy/envoy.docker.yaml from envoy/envoy.yaml.
+## docker-config: rewrite envoy/envoy.docker.yaml, envoy/envoy.fleet.docker.yaml and the
+## loopback fleet's envoy/envoy.fleet.yaml from envoy/envoy.yaml.
 docker-config: services
 	target/release/docker-config
 
@@ -139,6 +140,16 @@ demo: build envoy
 ## run: the three services and Envoy in the foreground; Ctrl-C stops them all.
 run: build envoy
 	ENVOY=$(ENVOY) tools/run-stack.sh
+
+## demo-fleet: fleet mode's story: three Envoy gateways and a three-member etcd on loopback;
+## a trip shared, probes counted for the fleet, the etcd leader killed, etcd gone and back.
+demo-fleet: build envoy etcd-tools
+	target/release/demo-fleet
+
+## run-fleet: the same stack (envoy/envoy.fleet.yaml) in the foreground; Ctrl-C stops it all,
+## etcd included.
+run-fleet: build envoy etcd-tools
+	ENVOY=$(ENVOY) tools/run-fleet.sh
 
 ## bench: no filter vs an empty wasm filter vs the breaker: CPU time in alternating `wrk`
 ## rounds, then exact instruction counts under callgrind (see README). BENCH_ARGS passes

@@ -9,14 +9,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/compose.rs"]
+mod compose;
 
-use std::net::TcpStream;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use compose::{lines_of, Compose};
 use serde_json::{json, Value};
 
 /// A project name of its own, so cleaning up never touches anything else.
@@ -25,6 +27,24 @@ const FILE: &str = "envoy/docker-compose.fleet.yml";
 /// The compose network between the gateways and etcd.
 const STORE: &str = "ecb-fleet-test_store";
 const SCHOOL: &str = "127.0.0.1:18082";
+/// What the fleet compose file publishes on loopback.
+const PORTS: [u16; 15] = [
+    10001, 10002, 10003, 9911, 9912, 9913, 9921, 9922, 9923, 18081, 18082, 18083, 23791, 23792,
+    23793,
+];
+
+/// The gateways' breaker lines, shown before a failed test takes the stack down.
+fn show_breaker_lines(stack: &Compose) {
+    for g in &GATEWAYS {
+        let logs = stack.command(&["logs", "--no-color", g.name]);
+        let text = String::from_utf8_lossy(&logs.stdout);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("CIRCUIT_BREAKER") || l.contains("[error]"))
+            .collect();
+        eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+    }
+}
 
 /// One gateway's published ports.
 struct Gateway {
@@ -61,116 +81,6 @@ const ETCD: [(&str, &str); 3] = [
     ("etcd-2", "127.0.0.1:23792"),
     ("etcd-3", "127.0.0.1:23793"),
 ];
-
-/// The running compose project; taken down, volumes included, when dropped (so also when
-/// a check fails).
-struct Compose {
-    token: String,
-    down: bool,
-}
-
-impl Compose {
-    fn command(&self, args: &[&str]) -> Output {
-        Command::new(root().join("tools/docker/compose.sh"))
-            .args(["-p", PROJECT, "-f", FILE])
-            .args(args)
-            .current_dir(root())
-            .env("CIRCUIT_BREAKER_ADMIN_TOKEN", &self.token)
-            .output()
-            .expect("tools/docker/compose.sh")
-    }
-
-    fn up(token: &str) -> Compose {
-        let ports = [
-            10001, 10002, 10003, 9911, 9912, 9913, 9921, 9922, 9923, 18081, 18082, 18083, 23791,
-            23792, 23793,
-        ];
-        for port in ports {
-            assert!(
-                TcpStream::connect(("127.0.0.1", port)).is_err(),
-                "127.0.0.1:{port} is taken; the fleet compose file publishes it."
-            );
-        }
-        let stack = Compose {
-            token: token.to_string(),
-            down: false,
-        };
-        let started = Instant::now();
-        let out = stack.command(&["up", "-d", "--build"]);
-        assert!(
-            out.status.success(),
-            "compose up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!(
-            "compose up --build took {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        stack
-    }
-
-    fn containers(&self) -> Vec<String> {
-        let label = format!("label=com.docker.compose.project={PROJECT}");
-        lines_of(&["ps", "--all", "--quiet", "--filter", &label])
-    }
-
-    /// The container id of a compose service.
-    fn container(&self, service: &str) -> String {
-        let out = self.command(&["ps", "-q", service]);
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(!id.is_empty(), "no container for {service}");
-        id
-    }
-
-    fn down(&mut self, volumes_before: &[String]) {
-        let out = self.command(&["down", "--volumes", "--remove-orphans"]);
-        self.down = true;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(self.containers(), Vec::<String>::new(), "containers left");
-        let left: Vec<String> = lines_of(&["volume", "ls", "--quiet"])
-            .into_iter()
-            .filter(|v| !volumes_before.contains(v))
-            .collect();
-        assert_eq!(left, Vec::<String>::new(), "volumes left");
-        assert!(
-            !lines_of(&["network", "ls", "--format", "{{.Name}}"])
-                .iter()
-                .any(|n| n.starts_with(PROJECT)),
-            "networks left"
-        );
-    }
-}
-
-impl Drop for Compose {
-    fn drop(&mut self) {
-        if !self.down {
-            eprintln!("taking the fleet stack down after a failure; the gateways' breaker lines:");
-            for g in &GATEWAYS {
-                let logs = self.command(&["logs", "--no-color", g.name]);
-                let text = String::from_utf8_lossy(&logs.stdout);
-                let lines: Vec<&str> = text
-                    .lines()
-                    .filter(|l| l.contains("CIRCUIT_BREAKER") || l.contains("[error]"))
-                    .collect();
-                eprintln!("{}", lines[lines.len().saturating_sub(30)..].join("\n"));
-            }
-            self.command(&["down", "--volumes", "--remove-orphans"]);
-        }
-    }
-}
-
-fn lines_of(args: &[&str]) -> Vec<String> {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn docker(args: &[&str]) {
     let out = Command::new("docker").args(args).output().expect("docker");
@@ -448,7 +358,7 @@ fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losi
         .as_nanos();
     let token = format!("fleet-test-{nanos:x}");
     let volumes_before = lines_of(&["volume", "ls", "--quiet"]);
-    let mut stack = Compose::up(&token);
+    let mut stack = Compose::up(PROJECT, FILE, &PORTS, &token, show_breaker_lines);
     assert_eq!(stack.containers().len(), 9, "nine containers run");
 
     wait_for(

@@ -5,16 +5,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/compose.rs"]
+mod compose;
 
-use std::net::TcpStream;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
+use compose::{lines_of, Compose};
 use serde_json::{json, Value};
 
 /// A project name of its own, so cleaning up can never touch a user's `make demo-docker`.
 const PROJECT: &str = "ecb-docker-test";
+const FILE: &str = "envoy/docker-compose.yml";
+/// What the compose file publishes on loopback.
+const PORTS: [u16; 7] = [8081, 8082, 8083, 10000, 9901, 9902, 9090];
+
+/// Envoy's last lines, shown before a failed test takes the stack down.
+fn show_envoy_log(stack: &Compose) {
+    let logs = stack.command(&["logs", "--no-color", "--tail", "40", "envoy"]);
+    eprintln!("envoy's log:\n{}", String::from_utf8_lossy(&logs.stdout));
+}
 const GATEWAY: &str = "127.0.0.1:10000";
 const ADMIN: &str = "127.0.0.1:9901";
 const CONTROL: &str = "127.0.0.1:9902";
@@ -23,93 +33,6 @@ const AUTH: &str = "127.0.0.1:8081";
 const SCHOOL: &str = "127.0.0.1:8082";
 /// The shipped config's open time for the school breaker.
 const SCHOOL_OPEN: Duration = Duration::from_secs(60);
-
-/// The running compose project; taken down, volumes included, when dropped (so also when
-/// a check fails).
-struct Compose {
-    token: String,
-    down: bool,
-}
-
-impl Compose {
-    fn command(&self, args: &[&str]) -> Output {
-        Command::new(root().join("tools/docker/compose.sh"))
-            .args(["-p", PROJECT, "-f", "envoy/docker-compose.yml"])
-            .args(args)
-            .current_dir(root())
-            .env("CIRCUIT_BREAKER_ADMIN_TOKEN", &self.token)
-            .output()
-            .expect("tools/docker/compose.sh")
-    }
-
-    fn up(token: &str) -> Compose {
-        for port in [8081, 8082, 8083, 10000, 9901, 9902, 9090] {
-            assert!(
-                TcpStream::connect(("127.0.0.1", port)).is_err(),
-                "127.0.0.1:{port} is taken; the compose file publishes it. Stop what listens there."
-            );
-        }
-        let stack = Compose {
-            token: token.to_string(),
-            down: false,
-        };
-        let started = Instant::now();
-        let out = stack.command(&["up", "-d", "--build"]);
-        assert!(
-            out.status.success(),
-            "compose up failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!(
-            "compose up --build took {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        stack
-    }
-
-    fn containers(&self) -> Vec<String> {
-        let label = format!("label=com.docker.compose.project={PROJECT}");
-        lines_of(&["ps", "--all", "--quiet", "--filter", &label])
-    }
-
-    /// Takes the stack down and checks nothing of it is left.
-    fn down(&mut self, volumes_before: &[String]) {
-        let out = self.command(&["down", "--volumes", "--remove-orphans"]);
-        self.down = true;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(self.containers(), Vec::<String>::new(), "containers left");
-        let left: Vec<String> = lines_of(&["volume", "ls", "--quiet"])
-            .into_iter()
-            .filter(|v| !volumes_before.contains(v))
-            .collect();
-        assert_eq!(left, Vec::<String>::new(), "volumes left");
-    }
-}
-
-impl Drop for Compose {
-    fn drop(&mut self) {
-        if !self.down {
-            eprintln!("taking the stack down after a failure; envoy's log:");
-            let logs = self.command(&["logs", "--no-color", "--tail", "40", "envoy"]);
-            eprintln!("{}", String::from_utf8_lossy(&logs.stdout));
-            self.command(&["down", "--volumes", "--remove-orphans"]);
-        }
-    }
-}
-
-/// The lines `docker <args>` prints.
-fn lines_of(args: &[&str]) -> Vec<String> {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn get(addr: &str, path: &str) -> Response {
     client::get(addr, path).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"))
@@ -181,7 +104,7 @@ fn the_shipped_compose_stack_passes_trips_refuses_cascades_recovers_and_alerts()
         .as_nanos();
     let token = format!("docker-test-{nanos:x}");
     let volumes_before = lines_of(&["volume", "ls", "--quiet"]);
-    let mut stack = Compose::up(&token);
+    let mut stack = Compose::up(PROJECT, FILE, &PORTS, &token, show_envoy_log);
     assert_eq!(stack.containers().len(), 5, "five containers run");
 
     wait_for(

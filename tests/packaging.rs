@@ -48,6 +48,15 @@ fn the_fleet_docker_config_is_derived_from_the_docker_one() {
 }
 
 #[test]
+fn the_loopback_fleet_config_is_derived_from_the_native_one() {
+    let derived = school_system::fleet::fleet_loopback_config(&read("envoy/envoy.yaml")).unwrap();
+    assert!(
+        derived == read("envoy/envoy.fleet.yaml"),
+        "envoy/envoy.fleet.yaml is out of date: run `make docker-config`"
+    );
+}
+
+#[test]
 fn the_fleet_compose_file_runs_three_gateways_three_etcd_members_and_the_services() {
     let out = Command::new("docker-compose")
         .args(["-f", "envoy/docker-compose.fleet.yml", "config"])
@@ -260,8 +269,19 @@ fn every_shipped_plugin_json_passes_the_schema() {
             .unwrap(),
         ),
         (
+            "envoy/envoy.fleet.yaml",
+            serde_json::from_str(
+                &school_system::stack::plugin_json_of(&read("envoy/envoy.fleet.yaml")).unwrap(),
+            )
+            .unwrap(),
+        ),
+        (
             "envoy/demo-plugin.json",
             serde_json::from_str(&read("envoy/demo-plugin.json")).unwrap(),
+        ),
+        (
+            "envoy/demo-fleet-plugin.json",
+            serde_json::from_str(&read("envoy/demo-fleet-plugin.json")).unwrap(),
         ),
         (
             "examples/mixed-rules/plugin.json",

@@ -440,6 +440,24 @@ pub fn record(
     }
 }
 
+/// Takes in the fleet's count of successful probes in this half-open episode (this
+/// Envoy's and the others', as stored in etcd): reaching `success_threshold` closes as
+/// the local probes would have. The count never goes down here.
+pub fn fleet_successes(
+    record: &mut Record,
+    settings: &Settings,
+    successes: u32,
+    now_ms: u64,
+) -> Step<()> {
+    if record.state != State::HalfOpen || successes <= record.probe_successes {
+        return Step::new((), false, None);
+    }
+    record.probe_successes = successes;
+    let t = (successes >= settings.success_threshold)
+        .then(|| record.transition(Cause::Recovered, settings, now_ms));
+    Step::new((), true, t)
+}
+
 fn record_closed(record: &mut Record, s: &Settings, call: Call, now_ms: u64) -> Step<()> {
     let slow = s.is_slow(call.elapsed_ms);
     match call.outcome {

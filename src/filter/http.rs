@@ -108,6 +108,7 @@ impl Stream {
                     seen: Seen::default(),
                     retry_after: None,
                     capture,
+                    fleet_slot: None,
                 });
                 if !ticket.probe {
                     return Action::Continue;
@@ -123,7 +124,12 @@ impl Stream {
     /// What a probe does after its slot claim (or without one): go, wait, or be refused.
     fn probe(&mut self, host: &impl Host, worker: &mut Worker, probe: Probe) -> Action {
         match probe {
-            Probe::Go => Action::Continue,
+            Probe::Go(held) => {
+                if let Some(a) = &mut self.admitted {
+                    a.fleet_slot = held;
+                }
+                Action::Continue
+            }
             Probe::Wait(claim) => {
                 self.claiming = Some(claim);
                 Action::Pause
@@ -328,12 +334,16 @@ impl HttpContext for Stream {
 }
 
 /// A build for the fault tests only: traps this worker's VM on request, so a test can
-/// watch FAIL_RELOAD bring it back with the shared state intact; or overwrites a breaker's
-/// record with junk, so a test can watch the filter recover from it.
+/// watch FAIL_RELOAD bring it back with the shared state intact; overwrites a breaker's
+/// record with junk, so a test can watch the filter recover from it; or asks the fleet
+/// watch's holder to trap (see `root.rs`).
 #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
 fn test_hooks() {
     if request_header(&Wasm, "x-circuit-breaker-test-trap").is_some() {
         core::arch::wasm32::unreachable();
+    }
+    if request_header(&Wasm, "x-circuit-breaker-test-trap-holder").is_some() {
+        let _ = Wasm.set_shared_data(super::shared::TRAP_HOLDER_KEY, b"1", 0);
     }
     if let Some(name) = request_header(&Wasm, "x-circuit-breaker-test-damage") {
         let key = super::shared::record_key(&String::from_utf8_lossy(&name));

@@ -131,6 +131,8 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+        self.test_hooks();
         self.tick(&Wasm);
     }
 
@@ -144,5 +146,26 @@ impl RootContext for Root {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// A build for the fault tests only: the context holding the fleet's watch traps its VM
+/// once a request has asked for it (shared data), so a test can watch the role pass to
+/// another context. The main thread's context usually holds it, and no request reaches
+/// that VM.
+#[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+impl Root {
+    fn test_hooks(&self) {
+        let asked = matches!(Wasm.shared_data(super::shared::TRAP_HOLDER_KEY), Ok(Some((v, _))) if !v.is_empty());
+        let holds = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.try_borrow().ok().map(|w| w.holds_fleet_watch()))
+            .unwrap_or(false);
+        if asked && holds {
+            // Once only: the next holder must live.
+            let _ = Wasm.set_shared_data(super::shared::TRAP_HOLDER_KEY, b"", 0);
+            core::arch::wasm32::unreachable();
+        }
     }
 }

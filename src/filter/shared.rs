@@ -41,3 +41,7 @@ impl<H: Host> StateStore for SharedData<'_, H> {
         }
     }
 }
+
+/// Where a request of the test-hooks build asks the fleet watch's holder to trap.
+#[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+pub const TRAP_HOLDER_KEY: &str = "circuit_breaker/v1/.test-trap-holder";

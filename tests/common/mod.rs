@@ -1,6 +1,8 @@
 //! Test-only helpers on top of `school_system::stack`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fleet;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};

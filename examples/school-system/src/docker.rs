@@ -43,88 +43,20 @@ pub fn docker_config(native: &str) -> Result<String, String> {
 /// The etcd members of the fleet stack, by compose service name (client port 2379).
 pub const ETCD_MEMBERS: [&str; 3] = ["etcd-1", "etcd-2", "etcd-3"];
 
-/// The fleet block every gateway of the fleet stack gets; `member` is left to each
-/// gateway's node id (`--service-node` in the compose file), so one config serves all three.
-const FLEET_BLOCK: &str = r#"  "fleet": {
-    "etcd_cluster": "etcd",
-    "prefix": "/envoy-circuit-breaker/school-gateway",
-    "timeout": "500ms",
-    "lease_ttl": "6s"
-  }"#;
-
 /// The fleet stack's config for `docker`, the text `docker_config` made: the same Envoy
 /// with the fleet block in its plugin JSON and an `etcd` cluster listing the three members
-/// as `/work/shared/notes/fleet-etcd.md` measured it must be: HTTP/2 (etcd's API is gRPC),
-/// outlier detection that ejects a dead member after one failed call (round robin alone
-/// keeps sending it every third call), an active check of etcd's gRPC health service (a
-/// frozen member is let back after an ejection only to time out again), and keep-alive pings no more often than etcd's 5 s
-/// minimum (more often, etcd drops the connection).
+/// by compose service name (see [`crate::fleet::with_fleet`]).
 pub fn fleet_docker_config(docker: &str) -> Result<String, String> {
-    let json = crate::stack::plugin_json_of(docker).ok_or("the config has no plugin JSON")?;
-    let body = json.trim_end();
-    let open = body
-        .strip_suffix('}')
-        .ok_or("the plugin JSON does not end with `}`")?
-        .trim_end();
-    if body.contains("\"fleet\"") {
-        return Err("the plugin JSON already has a fleet block".into());
-    }
-    let with_fleet = format!("{open},\n{FLEET_BLOCK}\n}}\n");
-    serde_json::from_str::<serde_json::Value>(&with_fleet)
-        .map_err(|e| format!("the fleet plugin JSON does not parse: {e}"))?;
-    let mut out = crate::stack::with_plugin_json(docker, &with_fleet)
-        .ok_or("the config has no plugin JSON")?;
-    let header_end = out
-        .find("\nadmin:")
-        .ok_or("the config has no admin block")?;
-    out.replace_range(
-        ..header_end,
+    let members: Vec<(&str, u16)> = ETCD_MEMBERS.iter().map(|m| (*m, 2379)).collect();
+    crate::fleet::with_fleet(
+        docker,
         "# GENERATED from envoy/envoy.yaml by `make docker-config`; do not edit by hand.\n\
          # The fleet stack's gateways (envoy/docker-compose.fleet.yml): envoy.docker.yaml plus\n\
          # the fleet block in the plugin JSON and the `etcd` cluster. Each gateway runs it with\n\
          # its own `--service-node`, which is its member name in the fleet.",
-    );
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
-    out.push_str(
-        "  # The fleet's etcd: three members, reached over HTTP/2 (gRPC). One failed call ejects\n\
-         \x20 # a member (outlier detection), so calls go to the members that answer.\n\
-         \x20 - name: etcd\n\
-         \x20   type: STRICT_DNS\n\
-         \x20   connect_timeout: 1s\n\
-         \x20   typed_extension_protocol_options:\n\
-         \x20     envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n\
-         \x20       \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n\
-         \x20       explicit_http_config:\n\
-         \x20         http2_protocol_options:\n\
-         \x20           connection_keepalive: { interval: 6s, timeout: 2s }\n\
-         \x20   outlier_detection:\n\
-         \x20     split_external_local_origin_errors: true\n\
-         \x20     consecutive_local_origin_failure: 1\n\
-         \x20     max_ejection_percent: 100\n\
-         \x20     base_ejection_time: 5s\n\
-         \x20   # A frozen member still accepts connections and only times out; an ejection\n\
-         \x20   # lets it back after base_ejection_time, to fail the next reconnect. etcd's gRPC\n\
-         \x20   # health service keeps it out for as long as it does not answer.\n\
-         \x20   health_checks:\n\
-         \x20   - timeout: 0.5s\n\
-         \x20     interval: 1s\n\
-         \x20     no_traffic_interval: 1s\n\
-         \x20     unhealthy_threshold: 1\n\
-         \x20     healthy_threshold: 1\n\
-         \x20     grpc_health_check: {}\n\
-         \x20   load_assignment:\n\
-         \x20     cluster_name: etcd\n\
-         \x20     endpoints:\n\
-         \x20     - lb_endpoints:\n",
-    );
-    for member in ETCD_MEMBERS {
-        out.push_str(&format!(
-            "        - endpoint: {{ address: {{ socket_address: {{ address: {member}, port_value: 2379 }} }} }}\n"
-        ));
-    }
-    Ok(out)
+        "STRICT_DNS",
+        &members,
+    )
 }
 
 #[cfg(test)]

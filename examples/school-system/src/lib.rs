@@ -6,6 +6,7 @@ pub mod client;
 pub mod docker;
 pub mod etcd;
 pub mod fault;
+pub mod fleet;
 pub mod server;
 pub mod stack;
 

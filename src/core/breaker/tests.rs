@@ -1007,3 +1007,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_fleets_successes_close_half_open_and_never_count_down() {
+    let s = Settings {
+        success_threshold: 3,
+        ..settings()
+    };
+    let mut r = Record::default();
+    assert!(
+        !fleet_successes(&mut r, &s, 5, 0).dirty,
+        "closed: nothing to count"
+    );
+    open(&mut r, &s, 0);
+    tick(&mut r, &s, 30_000);
+    assert_eq!(r.state, State::HalfOpen);
+    let step = fleet_successes(&mut r, &s, 2, 30_001);
+    assert!(step.dirty && step.transition.is_none());
+    assert_eq!(r.probe_successes, 2);
+    assert!(
+        !fleet_successes(&mut r, &s, 1, 30_002).dirty,
+        "a lower count is older news"
+    );
+    let t = fleet_successes(&mut r, &s, 3, 30_003).transition;
+    assert_eq!(
+        t.map(|t| (t.from, t.to, t.cause)),
+        Some((State::HalfOpen, State::Closed, Cause::Recovered))
+    );
+}

@@ -403,6 +403,19 @@ pub fn range_prefix(prefix: &[u8], limit: i64) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A linearizable `Range` counting one key: only a member that can reach a quorum
+/// answers it (a leader cut off from the others stops at once, while it still renews
+/// leases until it steps down), so the holder asks it once a second as the quorum probe.
+pub fn range_quorum(key: &[u8]) -> Vec<u8> {
+    RangeRequest {
+        key: key.to_vec(),
+        limit: 1,
+        count_only: true,
+        ..RangeRequest::default()
+    }
+    .encode_to_vec()
+}
+
 /// What a compare-and-swap expects of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {

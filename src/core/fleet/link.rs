@@ -1,9 +1,11 @@
 //! The watch holder's link to etcd as a state machine over time: when to connect, ask for
 //! progress and keep the lease alive, when silence means dead, and how long to back off.
 //! A frozen or partitioned etcd says nothing at all and a member without quorum still
-//! answers progress requests, so life is judged on two signals: the watch (any message)
-//! and the lease keep-alives, which only a leader answers. Host calls stay with the
-//! caller, which carries out the returned commands.
+//! answers progress requests, so life is judged on three signals: the watch (any
+//! message), the lease keep-alives, which only a leader answers, and a linearizable read,
+//! which only a member in touch with a quorum answers (a leader cut off still renews
+//! leases until it steps down, a second or two later). Host calls stay with the caller,
+//! which carries out the returned commands.
 
 /// The link's clock settings, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +43,27 @@ pub enum Down {
     WatchSilent { for_ms: u64 },
     /// No keep-alive answered: no leader (quorum lost), or etcd frozen.
     KeepAliveSilent { for_ms: u64 },
+    /// No linearizable read answered: the member reached has no quorum behind it.
+    QuorumSilent { for_ms: u64 },
     /// A stream or call ended with this gRPC status (14: unreachable or no leader,
     /// 13: the member died, 16: the token expired, 3: wrong password).
     Closed { status: u32 },
     /// The first Range or the watch's creation did not answer within the join timeout.
     JoinTimedOut,
+}
+
+impl Down {
+    /// What a user should check, for the log line and `/health`; empty when the cause is
+    /// etcd's own (down, frozen, without a leader).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Down::Closed { status: 14 } => ": check the etcd cluster's address and TLS",
+            Down::Closed { status: 3 | 16 } => {
+                ": check the etcd user and password (fleet.username_env, fleet.password_env)"
+            }
+            _ => "",
+        }
+    }
 }
 
 impl std::fmt::Display for Down {
@@ -56,6 +74,12 @@ impl std::fmt::Display for Down {
                 write!(
                     f,
                     "no lease keep-alive answered for {for_ms}ms (no leader?)"
+                )
+            }
+            Down::QuorumSilent { for_ms } => {
+                write!(
+                    f,
+                    "no read confirmed by a quorum for {for_ms}ms (quorum lost?)"
                 )
             }
             Down::Closed { status } => write!(f, "etcd call ended with gRPC status {status}"),
@@ -72,8 +96,12 @@ pub enum Command {
     Connect,
     SendProgress,
     SendKeepAlive,
+    /// Send the quorum probe ([`super::etcd::range_quorum`]); report an answer with
+    /// [`Link::on_quorum`].
+    SendQuorumCheck,
     /// Cancel the streams and run every fleet breaker locally; `log` is true once per
-    /// outage, not on every failed retry.
+    /// outage, not on every failed retry, and again when a retry fails with something
+    /// else for the user to check.
     Disconnect {
         why: Down,
         log: bool,
@@ -94,9 +122,11 @@ pub struct Link {
     timing: Timing,
     phase: Phase,
     attempt: u32,
-    said_down: bool,
+    /// The hint of the outage last logged; `None` while up.
+    said_down: Option<&'static str>,
     heard_watch_ms: u64,
     heard_keep_ms: u64,
+    heard_quorum_ms: u64,
     sent_progress_ms: u64,
     sent_keep_ms: u64,
     /// The highest store revision seen, for `/health`.
@@ -113,9 +143,10 @@ impl Link {
                 retry_at_ms: now_ms,
             },
             attempt: 0,
-            said_down: false,
+            said_down: None,
             heard_watch_ms: now_ms,
             heard_keep_ms: now_ms,
+            heard_quorum_ms: now_ms,
             sent_progress_ms: now_ms,
             sent_keep_ms: now_ms,
             last_revision: 0,
@@ -176,6 +207,16 @@ impl Link {
                         jitter,
                     );
                 }
+                let quorum_silent = now_ms.saturating_sub(self.heard_quorum_ms);
+                if quorum_silent > t.deadline_ms {
+                    return self.down(
+                        Down::QuorumSilent {
+                            for_ms: quorum_silent,
+                        },
+                        now_ms,
+                        jitter,
+                    );
+                }
                 let mut out = Vec::new();
                 if now_ms.saturating_sub(self.sent_progress_ms) >= t.progress_every_ms {
                     self.sent_progress_ms = now_ms;
@@ -184,6 +225,7 @@ impl Link {
                 if now_ms.saturating_sub(self.sent_keep_ms) >= t.keep_alive_every_ms {
                     self.sent_keep_ms = now_ms;
                     out.push(Command::SendKeepAlive);
+                    out.push(Command::SendQuorumCheck);
                 }
                 out
             }
@@ -194,9 +236,10 @@ impl Link {
     pub fn on_joined(&mut self, revision: i64, now_ms: u64) {
         if matches!(self.phase, Phase::Joining { .. }) {
             self.phase = Phase::Up { since_ms: now_ms };
-            self.said_down = false;
+            self.said_down = None;
             self.heard_watch_ms = now_ms;
             self.heard_keep_ms = now_ms;
+            self.heard_quorum_ms = now_ms;
             self.sent_progress_ms = now_ms;
             self.sent_keep_ms = now_ms;
             self.last_revision = self.last_revision.max(revision);
@@ -210,6 +253,11 @@ impl Link {
     }
 
     /// A keep-alive answer with TTL left.
+    /// The quorum probe answered.
+    pub fn on_quorum(&mut self, now_ms: u64) {
+        self.heard_quorum_ms = now_ms;
+    }
+
     pub fn on_keep_alive(&mut self, now_ms: u64) {
         self.heard_keep_ms = now_ms;
     }
@@ -228,9 +276,19 @@ impl Link {
         self.phase = Phase::Waiting {
             retry_at_ms: now_ms.saturating_add(wait),
         };
+        // Once per outage, and again when etcd refuses the credentials: a first attempt
+        // cut short by load (14) must not hide the wrong password (3) every retry meets
+        // after it. Anything else on a retry (a frozen etcd's 14, a join timing out) is
+        // the same outage.
+        let hint = why.hint();
+        let log = match self.said_down {
+            None => true,
+            Some(said) => matches!(why, Down::Closed { status: 3 | 16 }) && hint != said,
+        };
+        if log {
+            self.said_down = Some(hint);
+        }
         self.last_down = Some(why);
-        let log = !self.said_down;
-        self.said_down = true;
         vec![Command::Disconnect { why, log }]
     }
 }
@@ -265,7 +323,11 @@ mod tests {
         l.on_keep_alive(900);
         assert_eq!(
             l.tick(1_002, 0.0),
-            vec![Command::SendProgress, Command::SendKeepAlive]
+            vec![
+                Command::SendProgress,
+                Command::SendKeepAlive,
+                Command::SendQuorumCheck
+            ]
         );
         assert_eq!(l.tick(1_500, 0.0), vec![]);
     }
@@ -326,14 +388,32 @@ mod tests {
         assert_eq!(l.on_closed(13, 60, 0.0), vec![], "already down");
         assert_eq!(l.tick(300, 0.0), vec![Command::Connect]);
         assert_eq!(
-            l.on_closed(14, 301, 0.0),
+            l.on_closed(13, 301, 0.0),
             vec![Command::Disconnect {
-                why: Down::Closed { status: 14 },
+                why: Down::Closed { status: 13 },
                 log: false
             }],
             "a failed retry is not a new outage"
         );
-        assert_eq!(l.last_down, Some(Down::Closed { status: 14 }));
+        assert_eq!(l.tick(900, 0.0), vec![Command::Connect]);
+        assert_eq!(
+            l.on_closed(3, 901, 0.0),
+            vec![Command::Disconnect {
+                why: Down::Closed { status: 3 },
+                log: true
+            }],
+            "but something new to check is said"
+        );
+        assert_eq!(l.last_down, Some(Down::Closed { status: 3 }));
+        assert_eq!(l.tick(2_000, 0.0), vec![Command::Connect]);
+        assert_eq!(
+            l.tick(2_500, 0.0),
+            vec![Command::Disconnect {
+                why: Down::JoinTimedOut,
+                log: false
+            }],
+            "a retry that only times out is the same outage"
+        );
     }
 
     #[test]
@@ -378,11 +458,41 @@ mod tests {
         for now in (100_000..=130_000).step_by(500) {
             l.on_watch(10, now);
             l.on_keep_alive(now);
+            l.on_quorum(now);
             l.tick(now, 0.0);
         }
         l.on_closed(14, 130_000, 0.0);
         assert_eq!(l.tick(130_249, 0.0), vec![]);
         assert_eq!(l.tick(130_250, 0.0), vec![Command::Connect]);
+    }
+
+    #[test]
+    fn a_member_cut_off_from_its_quorum_is_dead_two_seconds_after_its_last_confirmed_read() {
+        let mut l = up_at(0);
+        // A leader left alone still answers keep-alives and progress; only the
+        // linearizable read goes unanswered after the loss (at 1_000).
+        for now in (100..=3_100).step_by(100) {
+            l.on_watch(10, now);
+            l.on_keep_alive(now);
+            if now <= 1_000 {
+                l.on_quorum(now);
+            }
+            let out = l.tick(now, 0.0);
+            if now <= 3_000 {
+                assert!(
+                    !out.iter().any(|c| matches!(c, Command::Disconnect { .. })),
+                    "{now}"
+                );
+            } else {
+                assert_eq!(
+                    out,
+                    vec![Command::Disconnect {
+                        why: Down::QuorumSilent { for_ms: 2_100 },
+                        log: true
+                    }]
+                );
+            }
+        }
     }
 
     #[test]

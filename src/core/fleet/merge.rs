@@ -23,6 +23,101 @@ pub struct Shadow {
     pub seen: Option<(FleetRecord, i64)>,
     /// A decision made here and not yet stored.
     pub claim: Option<FleetRecord>,
+    /// Probes of the current half-open episode that ended here and are not yet in etcd.
+    pub progress: Option<Progress>,
+}
+
+/// Probes that ended on this Envoy in one half-open episode (fleet generation), not yet
+/// stored: their successes, added to the stored record's count, make the fleet's one
+/// `success_threshold`; their slots, once deleted in etcd, let other probes in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub generation: u32,
+    pub successes: u32,
+    /// The slots the ended probes held, at most `MAX_RELEASED`.
+    pub released: Vec<u32>,
+}
+
+/// Most slots one progress record deletes; the rest go with the episode.
+pub const MAX_RELEASED: usize = 64;
+
+/// What to do with the progress a shadow holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressStep {
+    /// No progress, or only for an episode that has ended (its slots went with it).
+    Nothing,
+    /// The fleet's successes reach `success_threshold`: close, as a local transition
+    /// published like any other.
+    Close { successes: u32 },
+    /// Store the half-open record with the fleet's new count, compare-and-swapped on
+    /// `mod_revision`, deleting the released slots.
+    Publish {
+        record: FleetRecord,
+        mod_revision: i64,
+        progress: Progress,
+    },
+}
+
+impl Progress {
+    /// Adds one ended probe of episode `generation`; progress of an older episode is
+    /// dropped first.
+    pub fn with(self, generation: u32, slot: u32, succeeded: bool) -> Progress {
+        let mut p = if self.generation == generation {
+            self
+        } else {
+            Progress {
+                generation,
+                ..Progress::default()
+            }
+        };
+        p.successes = p.successes.saturating_add(u32::from(succeeded));
+        if p.released.len() < MAX_RELEASED && !p.released.contains(&slot) {
+            p.released.push(slot);
+        }
+        p
+    }
+
+    /// What is left once `sent` is stored (another worker of this Envoy may have added
+    /// to it meanwhile); `None` when nothing is.
+    pub fn after(self, sent: &Progress) -> Option<Progress> {
+        if self.generation != sent.generation {
+            return Some(self);
+        }
+        let left = Progress {
+            generation: self.generation,
+            successes: self.successes.saturating_sub(sent.successes),
+            released: self
+                .released
+                .into_iter()
+                .filter(|n| !sent.released.contains(n))
+                .collect(),
+        };
+        (left.successes > 0 || !left.released.is_empty()).then_some(left)
+    }
+}
+
+/// The next step for a shadow's progress: nothing while a claim of this Envoy's waits (it
+/// decides the episode's end anyway) or once the episode is over; else close or publish.
+pub fn progress_step(shadow: &Shadow, success_threshold: u32) -> ProgressStep {
+    let (Some(progress), None, Some((seen, rev))) = (&shadow.progress, &shadow.claim, &shadow.seen)
+    else {
+        return ProgressStep::Nothing;
+    };
+    if seen.state != State::HalfOpen || seen.generation != progress.generation {
+        return ProgressStep::Nothing;
+    }
+    let successes = seen.probe_successes.saturating_add(progress.successes);
+    if successes >= success_threshold {
+        return ProgressStep::Close { successes };
+    }
+    ProgressStep::Publish {
+        record: FleetRecord {
+            probe_successes: successes,
+            ..seen.clone()
+        },
+        mod_revision: *rev,
+        progress: progress.clone(),
+    }
 }
 
 /// What to do with a stored record.
@@ -117,7 +212,11 @@ pub fn adopt(
     local.mode_override = stored.mode_override;
     local.reason = stored.reason;
     local.trips_in_row = stored.trips_in_row;
-    local.probe_successes = stored.probe_successes;
+    // Only a half-open record's count is a running one; any other state starts from none.
+    local.probe_successes = match stored.state {
+        State::HalfOpen => stored.probe_successes,
+        _ => 0,
+    };
     if stored.state == State::Open {
         local.open_until_ms = if stored.open_for_ms == u64::MAX {
             u64::MAX
@@ -169,7 +268,88 @@ mod tests {
         Shadow {
             seen: Some((r, rev)),
             claim: None,
+            progress: None,
         }
+    }
+
+    fn half_open(generation: u32, successes: u32) -> FleetRecord {
+        FleetRecord {
+            state: State::HalfOpen,
+            cause: FleetCause::OpenElapsed,
+            open_for_ms: 0,
+            probe_successes: successes,
+            ..open_record(generation, "h")
+        }
+    }
+
+    #[test]
+    fn successes_on_several_envoys_add_up_to_one_threshold() {
+        let ended = Progress::default().with(7, 0, true);
+        let shadow = Shadow {
+            seen: Some((half_open(7, 1), 30)),
+            claim: None,
+            progress: Some(ended.clone()),
+        };
+        match progress_step(&shadow, 3) {
+            ProgressStep::Publish {
+                record,
+                mod_revision,
+                progress,
+            } => {
+                assert_eq!(
+                    (record.probe_successes, record.generation, record.state),
+                    (2, 7, State::HalfOpen)
+                );
+                assert_eq!((mod_revision, progress), (30, ended));
+            }
+            other => panic!("expected a publish, got {other:?}"),
+        }
+        assert_eq!(
+            progress_step(&shadow, 2),
+            ProgressStep::Close { successes: 2 },
+            "one stored elsewhere and one here make two"
+        );
+    }
+
+    #[test]
+    fn progress_waits_for_a_claim_and_ends_with_its_episode() {
+        let progress = Some(Progress::default().with(7, 1, true));
+        let claimed = Shadow {
+            seen: Some((half_open(7, 0), 30)),
+            claim: Some(open_record(8, "a")),
+            progress: progress.clone(),
+        };
+        assert_eq!(progress_step(&claimed, 2), ProgressStep::Nothing);
+        let moved_on = Shadow {
+            seen: Some((open_record(8, "b"), 31)),
+            claim: None,
+            progress,
+        };
+        assert_eq!(progress_step(&moved_on, 2), ProgressStep::Nothing);
+    }
+
+    #[test]
+    fn progress_sent_is_taken_off_and_what_came_meanwhile_stays() {
+        let sent = Progress::default().with(7, 0, true).with(7, 1, false);
+        assert_eq!((sent.successes, sent.released.clone()), (1, vec![0, 1]));
+        let meanwhile = sent.clone().with(7, 2, true);
+        assert_eq!(
+            meanwhile.after(&sent),
+            Some(Progress {
+                generation: 7,
+                successes: 1,
+                released: vec![2]
+            })
+        );
+        assert_eq!(sent.clone().after(&sent), None);
+        // A newer episode's progress is not what was sent.
+        let newer = Progress::default().with(8, 0, true);
+        assert_eq!(newer.clone().after(&sent), Some(newer.clone()));
+        assert_eq!(
+            sent.with(8, 0, true),
+            newer,
+            "an older episode's progress is dropped"
+        );
     }
 
     #[test]
@@ -254,12 +434,14 @@ mod tests {
         let b_shadow = Shadow {
             seen: Some((base.clone(), 10)),
             claim: Some(b),
+            progress: None,
         };
         assert_eq!(on_stored(&b_shadow, &a, 11), Decision::Adopt);
         // Had B's won instead, A would adopt it too: the order decides, not the names.
         let a_shadow = Shadow {
             seen: Some((base, 10)),
             claim: Some(a),
+            progress: None,
         };
         let b_stored = FleetRecord {
             published_at_ms: 999,
@@ -280,6 +462,7 @@ mod tests {
         let shadow = Shadow {
             seen: Some((open_record(4, "x"), 10)),
             claim: Some(closed(5, "operator")),
+            progress: None,
         };
         assert_eq!(
             on_stored(&shadow, &open_record(5, "t"), 11),
@@ -292,6 +475,7 @@ mod tests {
         let shadow = Shadow {
             seen: Some((open_record(4, "x"), 10)),
             claim: None,
+            progress: None,
         };
         assert_eq!(claim_generation(&shadow), 5);
         assert_eq!(claim_generation(&Shadow::default()), 1);
@@ -418,7 +602,7 @@ mod tests {
             let mut stored = (closed(0, "genesis"), 1i64);
             let mut pending: Vec<Shadow> = claims
                 .into_iter()
-                .map(|c| Shadow { seen: Some(stored.clone()), claim: Some(c) })
+                .map(|c| Shadow { seen: Some(stored.clone()), claim: Some(c), progress: None })
                 .collect();
             let mut rounds = 0;
             while let Some(mut writer) = pending.pop() {

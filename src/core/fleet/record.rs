@@ -148,7 +148,12 @@ impl FleetRecord {
             published_at_ms,
             open_for_ms: open_for(t),
             trips_in_row: t.trips_in_row,
-            probe_successes: 0,
+            // A close by recovery carries the successes that made it, for the adopters'
+            // log line; half-open records carry the running count (`progress`).
+            probe_successes: match t.cause {
+                Cause::Recovered => t.counts.probe_successes,
+                _ => 0,
+            },
             counts: t.counts,
             member: member.to_string(),
         }
@@ -387,6 +392,24 @@ pub(crate) mod tests {
         let forced = local.transition(Cause::Forced, &s, 6_000);
         let r = FleetRecord::of_transition(&forced, None, 4, "gw", 0, local.reason);
         assert_eq!(r.open_for_ms, u64::MAX);
+    }
+
+    #[test]
+    fn a_close_by_recovery_tells_the_adopters_how_many_probes_made_it() {
+        let s = Settings::default();
+        let mut local = Record {
+            state: State::HalfOpen,
+            probe_successes: 3,
+            ..Record::default()
+        };
+        let t = local.transition(Cause::Recovered, &s, 5_000);
+        let r = FleetRecord::of_transition(&t, None, 7, "gw-2", 5_000, local.reason);
+        let stored = FleetRecord::decode(&r.encode()).unwrap();
+        let line = stored.log_line("school", State::HalfOpen);
+        assert!(
+            line.ends_with("CLOSED by gw-2: recovery successful after 3 successful probes"),
+            "{line}"
+        );
     }
 
     #[test]

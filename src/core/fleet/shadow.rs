@@ -7,17 +7,18 @@
 use std::collections::BTreeSet;
 
 use super::keys::FleetKey;
-use super::merge::Shadow;
+use super::merge::{Progress, Shadow, MAX_RELEASED};
 use super::record::{FleetRecord, MAX_RECORD_BYTES};
 
 const SHADOW_MAGIC: u8 = 0xF3;
 const SLOTS_MAGIC: u8 = 0xF4;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Most slots one breaker can have (`half_open_max_requests` is at most 10,000).
 pub const MAX_SLOTS: u32 = 10_000;
 
 /// Encodes a shadow: magic, version, then the seen record (revision and bytes) and the
-/// claim, each behind a presence byte and a length.
+/// claim, each behind a presence byte and a length, then the progress behind a presence
+/// byte (generation, successes, count of released slots, each slot).
 pub fn encode(shadow: &Shadow) -> Vec<u8> {
     let mut out = vec![SHADOW_MAGIC, VERSION];
     match &shadow.seen {
@@ -32,6 +33,19 @@ pub fn encode(shadow: &Shadow) -> Vec<u8> {
         Some(record) => {
             out.push(1);
             put_record(&mut out, record);
+        }
+        None => out.push(0),
+    }
+    match &shadow.progress {
+        Some(p) => {
+            out.push(1);
+            out.extend_from_slice(&p.generation.to_le_bytes());
+            out.extend_from_slice(&p.successes.to_le_bytes());
+            let released = &p.released[..p.released.len().min(MAX_RELEASED)];
+            out.push(released.len() as u8);
+            for n in released {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
         }
         None => out.push(0),
     }
@@ -64,7 +78,29 @@ pub fn decode(bytes: &[u8]) -> Option<Shadow> {
         1 => Some(r.record()?),
         _ => return None,
     };
-    (r.at == bytes.len()).then_some(Shadow { seen, claim })
+    let progress = match r.byte()? {
+        0 => None,
+        1 => {
+            let generation = r.u32()?;
+            let successes = r.u32()?;
+            let count = usize::from(r.byte()?);
+            if count > MAX_RELEASED {
+                return None;
+            }
+            let released = (0..count).map(|_| r.u32()).collect::<Option<Vec<u32>>>()?;
+            Some(Progress {
+                generation,
+                successes,
+                released,
+            })
+        }
+        _ => return None,
+    };
+    (r.at == bytes.len()).then_some(Shadow {
+        seen,
+        claim,
+        progress,
+    })
 }
 
 struct Reader<'a> {
@@ -81,6 +117,10 @@ impl Reader<'_> {
 
     fn byte(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
 
     fn record(&mut self) -> Option<FleetRecord> {
@@ -199,10 +239,21 @@ mod tests {
             Shadow {
                 seen: Some((open_record(4, "a"), 17)),
                 claim: None,
+                progress: None,
             },
             Shadow {
                 seen: Some((open_record(4, "a"), -1)),
                 claim: Some(open_record(5, "b")),
+                progress: None,
+            },
+            Shadow {
+                seen: Some((open_record(4, "a"), 17)),
+                claim: None,
+                progress: Some(Progress {
+                    generation: 4,
+                    successes: 2,
+                    released: vec![0, 7],
+                }),
             },
         ] {
             assert_eq!(decode(&encode(&shadow)), Some(shadow));
@@ -214,6 +265,7 @@ mod tests {
         let good = encode(&Shadow {
             seen: Some((open_record(4, "a"), 17)),
             claim: Some(open_record(5, "b")),
+            progress: None,
         });
         assert_eq!(decode(&good[..good.len() - 1]), None);
         let mut longer = good.clone();
@@ -223,6 +275,22 @@ mod tests {
         bad[2] = 2;
         assert_eq!(decode(&bad), None);
         assert_eq!(decode(b""), None);
+        let mut too_many = encode(&Shadow {
+            progress: Some(Progress {
+                generation: 4,
+                successes: 1,
+                released: vec![3],
+            }),
+            ..Shadow::default()
+        });
+        let count_at = too_many.len() - 5;
+        too_many[count_at] = MAX_RELEASED as u8 + 1;
+        too_many.extend(std::iter::repeat_n(0u8, 4 * MAX_RELEASED));
+        assert_eq!(
+            decode(&too_many),
+            None,
+            "more released slots than a shadow holds"
+        );
     }
 
     #[test]

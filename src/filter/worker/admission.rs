@@ -13,6 +13,7 @@ use crate::core::store;
 use super::super::host::{property_u64, Host};
 use super::super::metrics::Counted;
 use super::super::shared::SharedData;
+use super::fleet::Held;
 use super::slot::{Slot, CAS_ATTEMPTS};
 use super::Worker;
 
@@ -51,6 +52,8 @@ pub struct Admitted {
     pub seen: Seen,
     pub retry_after: Option<Vec<u8>>,
     pub capture: Option<Captured>,
+    /// The fleet probe slot this probe holds, if it took one.
+    pub fleet_slot: Option<Held>,
 }
 
 /// A response captured for the fallback cache.
@@ -114,6 +117,7 @@ impl Worker {
             started_ms,
             retry_after,
             capture,
+            fleet_slot,
             ..
         } = admitted;
         let Some(slot) = self.slots.get_mut(i) else {
@@ -145,6 +149,9 @@ impl Worker {
         let now = now_ms.unwrap_or_else(|| host.now_ms());
         self.clock_ms = now;
         let _ = slot.write(host, now, |r, s| breaker::record(r, s, ticket, call, now));
+        if let Some(held) = fleet_slot {
+            self.fleet_probe_ended(host, i, held, ticket, outcome);
+        }
         self.tell_others(host, i);
     }
 }

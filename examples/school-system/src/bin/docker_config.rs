@@ -1,9 +1,11 @@
-//! `make docker-config`: writes `envoy/envoy.docker.yaml` from `envoy/envoy.yaml`, and from
-//! that the fleet stack's `envoy/envoy.fleet.docker.yaml`.
+//! `make docker-config`: writes `envoy/envoy.docker.yaml` from `envoy/envoy.yaml`, from
+//! that the fleet stack's `envoy/envoy.fleet.docker.yaml`, and the loopback fleet's
+//! `envoy/envoy.fleet.yaml` (`make run-fleet`, `make demo-fleet`).
 //! `docker-config --plugin FILE --out FILE` writes a variant with other plugin JSON (the
 //! demo's short open times, for `make demo-docker`) to a file of its own instead.
 
 use school_system::docker::{docker_config, fleet_docker_config};
+use school_system::fleet::fleet_loopback_config;
 use school_system::stack::{root, with_plugin_json};
 
 fn main() {
@@ -30,6 +32,10 @@ fn write() -> Result<String, String> {
         std::fs::write(&fleet, fleet_docker_config(&docker)?)
             .map_err(|e| format!("cannot write {}: {e}", fleet.display()))?;
         println!("wrote {}", fleet.display());
+        let loopback = root().join("envoy/envoy.fleet.yaml");
+        std::fs::write(&loopback, fleet_loopback_config(&text)?)
+            .map_err(|e| format!("cannot write {}: {e}", loopback.display()))?;
+        println!("wrote {}", loopback.display());
     }
     if let Some(plugin) = school_system::arg("--plugin") {
         let json =

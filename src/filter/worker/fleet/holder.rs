@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 
 use crate::core::fleet::etcd::{self, method, WatchMessage};
 use crate::core::fleet::keys;
-use crate::core::fleet::link::{Command, Down, Link, Timing};
+use crate::core::fleet::link::{Command, Link, Timing};
 
 use super::super::Worker;
 use super::conn::{self, Conn, Link as LinkState};
@@ -136,6 +136,12 @@ impl Fleet {
 }
 
 impl Worker {
+    /// Whether this context holds the fleet's watch (for the test-hooks build).
+    #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+    pub fn holds_fleet_watch(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|f| f.holder.is_some())
+    }
+
     /// The fleet's part of the timer: stats, the election, the holder's link, and the
     /// claims this worker still owes etcd.
     pub fn fleet_tick(&mut self, host: &impl Host, now_ms: u64) {
@@ -200,24 +206,22 @@ impl Worker {
                         let _ = host.grpc_send(k, &etcd::lease_keep_alive(lease));
                     }
                 }
+                Command::SendQuorumCheck => {
+                    let key = keys::member(&fleet.settings.prefix, &fleet.member);
+                    let probe = etcd::range_quorum(key.as_bytes());
+                    // Unanswered, it is silence: the link's deadline decides.
+                    let _ = fleet.call(host, (method::KV, method::RANGE), &probe, Pending::Quorum);
+                }
                 Command::Disconnect { why, log } => {
                     h.hang_up(host);
                     fleet.metrics.connected(host, false);
                     Conn::update(host, |c| {
                         c.link = LinkState::Disconnected;
                         c.since_ms = now_ms;
-                        c.reason = why.to_string();
+                        c.reason = format!("{why}{}", why.hint());
                     });
                     if log {
-                        let hint = match why {
-                            Down::Closed { status: 14 } => {
-                                ": check the etcd cluster's address and TLS"
-                            }
-                            Down::Closed { status: 3 | 16 } => {
-                                ": check the etcd user and password (fleet.username_env, fleet.password_env)"
-                            }
-                            _ => "",
-                        };
+                        let hint = why.hint();
                         log::warn!("[CIRCUIT_BREAKER] fleet: etcd unreachable ({why}){hint}; every breaker decides locally until it answers again");
                     }
                 }
@@ -316,6 +320,13 @@ impl Worker {
                 "[CIRCUIT_BREAKER] fleet: connected to etcd as member {} at revision {revision}",
                 fleet.member
             );
+        }
+    }
+
+    /// The quorum probe answered: the member reached is in touch with a quorum.
+    pub(super) fn fleet_quorum_confirmed(&mut self, now_ms: u64) {
+        if let Some(h) = self.fleet.as_mut().and_then(|f| f.holder.as_mut()) {
+            h.link.on_quorum(now_ms);
         }
     }
 

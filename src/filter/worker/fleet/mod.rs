@@ -8,6 +8,7 @@ mod conn;
 mod holder;
 mod join;
 mod probe;
+mod progress;
 mod publish;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 
+use crate::core::fleet::merge::Progress;
 use crate::core::fleet::record::FleetRecord;
 use crate::core::fleet::settings::FleetSettings;
 
@@ -24,7 +26,7 @@ use crate::filter::host::{node_id, Host, MetricKind};
 
 pub use conn::{Conn, Link as LinkState};
 use holder::Holder;
-pub use probe::{Probe, SlotClaim};
+pub use probe::{Held, Probe, SlotClaim};
 
 /// The member name when neither `fleet.member` nor the Envoy node id is set.
 const FALLBACK_MEMBER: &str = "envoy";
@@ -37,6 +39,12 @@ enum Pending {
         breaker: String,
         sent: FleetRecord,
     },
+    /// Probes that ended here, sent as the half-open record with the fleet's new count.
+    Progress {
+        breaker: String,
+        sent: FleetRecord,
+        progress: Progress,
+    },
     /// The holder's first read of the prefix, in its connection attempt.
     Range(u32),
     /// A context's one read of the prefix when it starts.
@@ -44,6 +52,8 @@ enum Pending {
     LeaseGrant,
     /// The member key's put; its answer only matters as a sign of life.
     Member,
+    /// The holder's quorum probe (a linearizable read).
+    Quorum,
     /// `Authenticate` before the first read of this connection attempt.
     Auth(u32),
     /// `Authenticate` again while connected, after etcd refused the token.

@@ -3,7 +3,9 @@
 //! for the whole fleet, not per Envoy. The request waits (one `Txn`, bounded by
 //! `fleet.timeout`, at most one round per slot); without a slot it is refused as half-open,
 //! never sent as a probe. With etcd unreachable the local gate alone decides, as without a
-//! fleet.
+//! fleet. A probe that ends with the breaker still half-open gives its slot back and adds
+//! its success to the fleet's count (published from `publish.rs`), so successes on every
+//! Envoy add up to one `success_threshold`.
 
 use crate::core::breaker::{self, Call, RejectKind, Rejection, Ticket};
 use crate::core::fleet::etcd::{self, method};
@@ -13,7 +15,7 @@ use crate::core::reply::Answer;
 use crate::core::state::State;
 
 use super::super::Worker;
-use super::conn::{load_shadow, load_slots, update_slots, Conn, Link as LinkState};
+use super::conn::{load_shadow, load_slots, update_shadow, update_slots, Conn, Link as LinkState};
 use crate::filter::host::{Buffer, Host};
 use crate::filter::metrics::Counted;
 
@@ -30,11 +32,19 @@ pub struct SlotClaim {
     rounds: u32,
 }
 
+/// The fleet probe slot a request holds while it probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    generation: u32,
+    slot: u32,
+}
+
 /// What a probe admitted by the local gate does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// Go upstream as a probe.
-    Go,
+    /// Go upstream as a probe, holding a fleet slot or (etcd out of reach, or the breaker
+    /// kept local) on the local gate alone.
+    Go(Option<Held>),
     /// Wait for the claim's answer.
     Wait(SlotClaim),
     /// No slot: refuse as half-open.
@@ -45,14 +55,14 @@ impl Worker {
     /// Whether the probe admitted for slot `i` may go, must wait for a slot, or is refused.
     pub fn fleet_probe(&mut self, host: &impl Host, i: usize) -> Probe {
         let (true, Some(slot)) = (self.fleet.is_some(), self.slots.get(i)) else {
-            return Probe::Go;
+            return Probe::Go(None);
         };
         if !slot.settings.fleet {
-            return Probe::Go;
+            return Probe::Go(None);
         }
         let conn = Conn::load(host);
         if conn.link != LinkState::Connected {
-            return Probe::Go;
+            return Probe::Go(None);
         }
         let shadow = load_shadow(host, &slot.name);
         let max = slot.settings.half_open_max_requests;
@@ -140,7 +150,10 @@ impl Worker {
             update_slots(host, &b, |s| {
                 s.on_event(&key, false, &b, max);
             });
-            return Probe::Go;
+            return Probe::Go(Some(Held {
+                generation: claim.generation,
+                slot: claim.slot,
+            }));
         }
         let mut decision_revision = None;
         for kv in &outcome.kvs {
@@ -189,6 +202,40 @@ impl Worker {
             });
         }
         self.tell_others(host, i);
+    }
+
+    /// A probe that held fleet slot `held` ended with `outcome`. While the breaker stays
+    /// half-open (no transition here), its slot is given back and a success is added to
+    /// the fleet's count, both owed to etcd; a transition ends the episode, and publishing
+    /// it deletes every slot.
+    pub(crate) fn fleet_probe_ended(
+        &mut self,
+        host: &impl Host,
+        i: usize,
+        held: Held,
+        ticket: Ticket,
+        outcome: Outcome,
+    ) {
+        let Some(slot) = self.slots.get(i) else {
+            return;
+        };
+        let r = &slot.last_seen;
+        if r.state != State::HalfOpen || r.generation != ticket.generation {
+            return;
+        }
+        let name = slot.name.clone();
+        let succeeded = outcome == Outcome::Success;
+        let noted = update_shadow(host, &name, |s| {
+            let progress = s.progress.take().unwrap_or_default();
+            s.progress = Some(progress.with(held.generation, held.slot, succeeded));
+        });
+        if noted.is_none() {
+            return;
+        }
+        if let Some(fleet) = &mut self.fleet {
+            fleet.owed.entry(name.clone()).or_default();
+        }
+        self.wake_self(host, &name);
     }
 
     /// The refusal of a request that found no fleet probe slot, shaped like any other.

@@ -2,7 +2,7 @@
 //! claims in the breaker's shadow and compare-and-swap writes to etcd from the worker's root
 //! context; a lost swap's answer goes to `adopt.rs`, a failed call waits for the next tick.
 
-use crate::core::fleet::etcd::{self, method, Delete, Expect};
+use crate::core::fleet::etcd::{self, method, Delete, Expect, TxnOutcome};
 use crate::core::fleet::keys;
 use crate::core::fleet::merge;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
@@ -39,6 +39,31 @@ fn mode_record(r: &Record, generation: u32, member: &str, now_ms: u64) -> FleetR
 const MAX_ROUNDS: u32 = 3;
 /// Wait before a failed publish is tried again.
 const RETRY_MS: u64 = 250;
+
+impl super::Fleet {
+    /// Sends a write this worker owes for `name`, and sets when to look at it again.
+    pub(super) fn send_owed(
+        &mut self,
+        host: &impl Host,
+        name: &str,
+        txn: &[u8],
+        pending: Pending,
+        now_ms: u64,
+    ) {
+        let timeout_ms = self.settings.timeout_ms;
+        let due_ms = match self.call(host, (method::KV, method::TXN), txn, pending) {
+            // In flight: the answer (or its timeout) decides what is next.
+            Ok(()) => now_ms.saturating_add(timeout_ms).saturating_add(RETRY_MS),
+            Err(_) => {
+                self.metrics.bump(stat::PUBLISH_FAILURES);
+                now_ms.saturating_add(RETRY_MS)
+            }
+        };
+        if let Some(o) = self.owed.get_mut(name) {
+            o.due_ms = due_ms;
+        }
+    }
+}
 
 impl Worker {
     /// Called wherever a worker tells the others of a change: the transition this worker
@@ -111,12 +136,11 @@ impl Worker {
     /// Sends the breaker's claim, compared against the last record seen, or against
     /// `over` (the revision of damaged bytes under the key, which a valid record replaces).
     fn fleet_send(&mut self, host: &impl Host, name: &str, over: Option<i64>, now_ms: u64) {
-        let Some(fleet) = &mut self.fleet else {
-            return;
-        };
         let shadow = load_shadow(host, name);
         let Some(mut sent) = shadow.claim.clone() else {
-            fleet.owed.remove(name);
+            return self.fleet_send_progress(host, name, &shadow, now_ms);
+        };
+        let Some(fleet) = &mut self.fleet else {
             return;
         };
         sent.generation = merge::claim_generation(&shadow);
@@ -138,18 +162,7 @@ impl Worker {
             breaker: name.to_string(),
             sent,
         };
-        let timeout_ms = fleet.settings.timeout_ms;
-        let due_ms = match fleet.call(host, (method::KV, method::TXN), &txn, pending) {
-            // In flight: the answer (or its timeout) decides what is next.
-            Ok(()) => now_ms.saturating_add(timeout_ms).saturating_add(RETRY_MS),
-            Err(_) => {
-                fleet.metrics.bump(stat::PUBLISH_FAILURES);
-                now_ms.saturating_add(RETRY_MS)
-            }
-        };
-        if let Some(o) = fleet.owed.get_mut(name) {
-            o.due_ms = due_ms;
-        }
+        fleet.send_owed(host, name, &txn, pending, now_ms);
     }
 
     /// The answer to one of this context's unary calls (`status` 0: `body` is the message).
@@ -173,7 +186,15 @@ impl Worker {
             (Pending::Publish { breaker, sent }, 0) => {
                 self.fleet_published(host, &breaker, sent, &body, now_ms)
             }
-            (Pending::Publish { breaker, .. }, status) => {
+            (
+                Pending::Progress {
+                    breaker,
+                    sent,
+                    progress,
+                },
+                0,
+            ) => self.fleet_progressed(host, &breaker, &sent, &progress, &body, now_ms),
+            (Pending::Publish { breaker, .. } | Pending::Progress { breaker, .. }, status) => {
                 if status == super::holder::UNAUTHENTICATED {
                     Conn::update(host, |c| c.token.clear());
                 }
@@ -189,7 +210,13 @@ impl Worker {
             (Pending::Range(_), 0) => self.fleet_joined(host, &body, now_ms),
             (Pending::LeaseGrant, 0) => self.fleet_leased(host, &body, now_ms),
             (Pending::Peek, 0) => self.fleet_peeked(host, &body, now_ms),
-            (Pending::Member | Pending::Peek, _) => {}
+            (Pending::Quorum, 0) => self.fleet_quorum_confirmed(now_ms),
+            (Pending::Quorum, super::holder::UNAUTHENTICATED) => {
+                // etcd forgot the token (restarted, or it expired): log in again on the
+                // next tick, before the probe's silence ends the link.
+                Conn::update(host, |c| c.token.clear());
+            }
+            (Pending::Member | Pending::Peek | Pending::Quorum, _) => {}
             (Pending::Range(_) | Pending::Auth(_) | Pending::LeaseGrant, status) => {
                 self.fleet_down_from_call(host, status, now_ms)
             }
@@ -197,7 +224,7 @@ impl Worker {
         self.fleet_publish(host, now_ms);
     }
 
-    fn fleet_publish_failed(&mut self, breaker: &str, now_ms: u64) {
+    pub(super) fn fleet_publish_failed(&mut self, breaker: &str, now_ms: u64) {
         if let Some(fleet) = &mut self.fleet {
             fleet.metrics.bump(stat::PUBLISH_FAILURES);
             if let Some(o) = fleet.owed.get_mut(breaker) {
@@ -229,7 +256,8 @@ impl Worker {
                 if same {
                     s.claim = None;
                 }
-                s.claim.is_none()
+                // Progress left from the episode just ended is dropped on the next send.
+                s.claim.is_none() && s.progress.is_none()
             });
             let Some(fleet) = &mut self.fleet else {
                 return;
@@ -245,22 +273,28 @@ impl Worker {
             }
             return;
         }
-        // Lost the swap: the failure branch holds the record that won (or nothing, when
-        // the key is gone); settle the claim against it.
-        let rounds = self
-            .fleet
-            .as_mut()
-            .and_then(|f| f.owed.get_mut(breaker))
-            .map(|o| {
-                o.rounds += 1;
-                o.due_ms = if o.rounds >= MAX_ROUNDS {
-                    o.rounds = 0;
-                    now_ms.saturating_add(RETRY_MS)
-                } else {
-                    now_ms
-                };
-            });
-        let _ = rounds;
+        self.fleet_lost(host, breaker, &outcome, now_ms);
+    }
+
+    /// A swap lost: the failure branch holds the record that won (or nothing, when the
+    /// key is gone); what was owed is settled against it and sent again, a few rounds at
+    /// once and then after a pause.
+    pub(super) fn fleet_lost(
+        &mut self,
+        host: &impl Host,
+        breaker: &str,
+        outcome: &TxnOutcome,
+        now_ms: u64,
+    ) {
+        if let Some(o) = self.fleet.as_mut().and_then(|f| f.owed.get_mut(breaker)) {
+            o.rounds += 1;
+            o.due_ms = if o.rounds >= MAX_ROUNDS {
+                o.rounds = 0;
+                now_ms.saturating_add(RETRY_MS)
+            } else {
+                now_ms
+            };
+        }
         match outcome.kvs.first() {
             Some(kv) if FleetRecord::decode(&kv.value).is_err() => {
                 self.fleet_stored(host, &kv.key, &kv.value, kv.mod_revision, now_ms);

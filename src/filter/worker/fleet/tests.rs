@@ -10,9 +10,10 @@ use proxy_wasm::types::Action;
 
 use crate::core::config::PluginConfig;
 use crate::core::fleet::etcd::{
-    KeyValue, RangeResponse, Response, ResponseHeader, ResponseOp, TxnResponse,
+    KeyValue, RangeResponse, Request, Response, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::core::fleet::keys;
+use crate::core::fleet::merge::Progress;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, State, TripReason};
 
@@ -183,21 +184,23 @@ fn damaged_bytes_from_etcd_change_nothing() {
 /// A worker whose breaker the fleet moved to half-open (generation 3, stored at revision
 /// 20), connected and holding a lease.
 fn half_open_fleet(host: &FakeHost) -> Rc<RefCell<Worker>> {
+    half_open_fleet_with(host, "")
+}
+
+/// As [`half_open_fleet`], with more of the school breaker's settings.
+fn half_open_fleet_with(host: &FakeHost, school: &str) -> Rc<RefCell<Worker>> {
     let w = worker(
         host,
-        r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
-            "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}"#,
+        &format!(
+            r#"{{"clusters": {{"school": {{"failure_threshold": 3, "open_duration": "30s"{school}}}}},
+            "fleet": {{"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}}}"#
+        ),
     );
     Conn::update(host, |c| {
         c.link = Link::Connected;
         c.lease = 5;
     });
-    let record = FleetRecord {
-        state: State::HalfOpen,
-        cause: FleetCause::OpenElapsed,
-        open_for_ms: 0,
-        ..open_by("gateway-2", 3, host.clock_ms.get())
-    };
+    let record = half_open_by("gateway-2", 3, 0, host.clock_ms.get());
     w.borrow_mut().fleet_start(host);
     *host.grpc_answer.borrow_mut() = RangeResponse {
         kvs: vec![KeyValue {
@@ -337,4 +340,210 @@ fn before_the_first_read_of_etcd_a_request_waits_for_its_breakers_decision() {
     // Once answered, requests decide at once.
     assert_eq!(request(&host, &w, 200), Action::Pause);
     assert!(grpc_calls(&host.take_journal()).is_empty());
+}
+
+/// A probe that takes a fleet slot (etcd says yes), goes upstream and is answered `status`.
+fn probe_with_a_slot(host: &FakeHost, w: &Rc<RefCell<Worker>>, status: u32) {
+    host.new_stream();
+    host.set_property("xds.cluster_name", b"school");
+    host.set_header(
+        crate::filter::host::Map::ResponseHeaders,
+        ":status",
+        &status.to_string(),
+    );
+    let mut probe = Stream::new(Some(w.clone()));
+    assert_eq!(
+        probe.request_headers(host, true),
+        Action::Pause,
+        "claims a slot"
+    );
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        succeeded: true,
+        ..TxnResponse::default()
+    }
+    .encode_to_vec();
+    probe.grpc_answered(host, last_token(host), 0, 10);
+    probe.response_headers(host, false);
+    probe.response_body(host, 10, true);
+    probe.log(host);
+}
+
+fn local_record(host: &FakeHost) -> crate::core::state::Record {
+    match crate::core::store::load(
+        &crate::filter::shared::SharedData(host),
+        &crate::filter::shared::record_key("school"),
+    ) {
+        Ok(l) => l.record,
+        Err(e) => panic!("no local record: {e:?}"),
+    }
+}
+
+fn answer_last_txn(host: &FakeHost, w: &Rc<RefCell<Worker>>, succeeded: bool, revision: i64) {
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..ResponseHeader::default()
+        }),
+        succeeded,
+        responses: Vec::new(),
+    }
+    .encode_to_vec();
+    let txn = last_token(host);
+    w.borrow_mut()
+        .fleet_answered(host, txn, 0, 100, host.clock_ms.get());
+}
+
+/// The operations of the last `Txn` sent, on its success branch.
+fn last_txn_success_ops(host: &FakeHost) -> Vec<Request> {
+    let sent = host.grpc_sent.borrow().last().map(|(_, m)| m.clone());
+    let txn = TxnRequest::decode(sent.unwrap_or_default().as_slice()).expect("a Txn");
+    txn.success.into_iter().filter_map(|o| o.request).collect()
+}
+
+/// A half-open record of episode `generation` with `successes` stored.
+fn half_open_by(member: &str, generation: u32, successes: u32, at_ms: u64) -> FleetRecord {
+    FleetRecord {
+        state: State::HalfOpen,
+        cause: FleetCause::OpenElapsed,
+        open_for_ms: 0,
+        probe_successes: successes,
+        ..open_by(member, generation, at_ms)
+    }
+}
+
+fn wake(host: &FakeHost, w: &Rc<RefCell<Worker>>) {
+    let token = w.borrow().queue().expect("a queue");
+    w.borrow_mut().notified(host, token, host.clock_ms.get());
+}
+
+#[test]
+fn a_probe_that_succeeds_below_the_threshold_frees_its_slot_and_adds_to_the_fleets_count() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet_with(
+        &host,
+        r#", "half_open_max_requests": 1, "success_threshold": 2"#,
+    );
+    probe_with_a_slot(&host, &w, 200);
+    assert_eq!(
+        load_shadow(&host, "school").progress,
+        Some(Progress {
+            generation: 3,
+            successes: 1,
+            released: vec![0]
+        })
+    );
+    host.take_journal();
+    wake(&host, &w);
+    assert_eq!(grpc_calls(&host.take_journal()), ["Txn"]);
+    match last_txn_success_ops(&host).as_slice() {
+        [Request::Put(put), Request::DeleteRange(del)] => {
+            let r = FleetRecord::decode(&put.value).expect("a record");
+            assert_eq!(
+                (r.state, r.generation, r.probe_successes, r.member.as_str()),
+                (State::HalfOpen, 3, 1, "gateway-2"),
+                "the stored half-open record with one more success"
+            );
+            assert_eq!(del.key, keys::slot("/p", "school", 3, 0).into_bytes());
+            assert!(del.range_end.is_empty(), "that one slot only");
+        }
+        other => panic!("expected a put and a delete, got {other:?}"),
+    }
+    answer_last_txn(&host, &w, true, 21);
+    let shadow = load_shadow(&host, "school");
+    assert_eq!(shadow.progress, None, "stored");
+    assert_eq!(
+        shadow.seen.map(|(r, rev)| (r.probe_successes, rev)),
+        Some((1, 21))
+    );
+    assert_eq!(
+        local_record(&host).state,
+        State::HalfOpen,
+        "one success of two"
+    );
+    // The slot's deletion comes back on the watch; the next probe completes the count.
+    w.borrow_mut()
+        .fleet_deleted(&host, keys::slot("/p", "school", 3, 0).as_bytes());
+    probe_with_a_slot(&host, &w, 200);
+    assert_eq!(local_record(&host).state, State::Closed);
+    let claim = load_shadow(&host, "school")
+        .claim
+        .expect("the close is claimed");
+    assert_eq!((claim.state, claim.generation), (State::Closed, 4));
+}
+
+#[test]
+fn a_success_here_and_one_stored_elsewhere_close_the_fleets_breaker() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet_with(
+        &host,
+        r#", "half_open_max_requests": 2, "success_threshold": 2"#,
+    );
+    probe_with_a_slot(&host, &w, 200);
+    // Before this Envoy's success is stored, another Envoy's is: the count here follows
+    // etcd's (one), and this Envoy's own success is still owed.
+    let other = half_open_by("gateway-3", 3, 1, host.clock_ms.get());
+    w.borrow_mut().fleet_stored(
+        &host,
+        keys::decision("/p", "school").as_bytes(),
+        &other.encode(),
+        22,
+        host.clock_ms.get(),
+    );
+    assert_eq!(
+        (
+            local_record(&host).state,
+            local_record(&host).probe_successes
+        ),
+        (State::HalfOpen, 1)
+    );
+    host.take_journal();
+    wake(&host, &w);
+    assert_eq!(
+        local_record(&host).state,
+        State::Closed,
+        "one there and one here make two"
+    );
+    let claim = load_shadow(&host, "school")
+        .claim
+        .expect("the close is claimed");
+    assert_eq!((claim.state, claim.generation), (State::Closed, 4));
+    assert_eq!(load_shadow(&host, "school").progress, None);
+}
+
+#[test]
+fn a_lost_progress_write_is_sent_again_on_the_fresh_count() {
+    let host = FakeHost::at(1_000_000);
+    let w = half_open_fleet_with(
+        &host,
+        r#", "half_open_max_requests": 3, "success_threshold": 3"#,
+    );
+    probe_with_a_slot(&host, &w, 200);
+    wake(&host, &w);
+    // Another Envoy stored its success first (revision 22, count 1).
+    let other = half_open_by("gateway-3", 3, 1, host.clock_ms.get());
+    *host.grpc_answer.borrow_mut() = TxnResponse {
+        succeeded: false,
+        responses: vec![range_op(keys::decision("/p", "school"), 22, other.encode())],
+        ..TxnResponse::default()
+    }
+    .encode_to_vec();
+    let txn = last_token(&host);
+    host.take_journal();
+    w.borrow_mut()
+        .fleet_answered(&host, txn, 0, 100, host.clock_ms.get());
+    assert_eq!(
+        grpc_calls(&host.take_journal()),
+        ["Txn"],
+        "sent again at once"
+    );
+    let put = last_txn_success_ops(&host)
+        .into_iter()
+        .find_map(|o| match o {
+            Request::Put(p) => Some(p),
+            _ => None,
+        });
+    let count = put
+        .and_then(|p| FleetRecord::decode(&p.value).ok())
+        .map(|r| r.probe_successes);
+    assert_eq!(count, Some(2), "the other Envoy's success and this one");
 }
