@@ -192,6 +192,7 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
     wait_admitting_at(&envoys[1], "/c0/")?;
 
     let published_before: f64 = fleet_sum(&envoys, |s| s.published)?;
+    let calls_before = etcd_calls(&envoys)?;
     let mut samples = Vec::new();
     let storm = EtcdLoad::over(&etcd_at, Duration::ZERO, || {
         let rounds;
@@ -204,6 +205,18 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
         Ok(())
     })?;
     let published = fleet_sum(&envoys, |s| s.published)? - published_before;
+    let mut calls: Vec<f64> = etcd_calls(&envoys)?
+        .iter()
+        .zip(&calls_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    calls.sort_by(f64::total_cmp);
+    println!(
+        "  etcd calls (streams count once) made by each Envoy during the storm: min {:.0}, median {:.0}, max {:.0}",
+        calls.first().copied().unwrap_or(f64::NAN),
+        calls.get(calls.len() / 2).copied().unwrap_or(f64::NAN),
+        calls.last().copied().unwrap_or(f64::NAN)
+    );
     storm.print(&format!("storm ({published:.0} transitions published)"), n);
     println!(
         "  = {:.2} Txn and {:.1} watch messages sent per published transition",
@@ -239,6 +252,25 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
         .sum();
     println!("publish failures {failures:.0}, disconnections logged {drops}, over the fleet");
     Ok(())
+}
+
+/// Each Envoy's requests to its `etcd` cluster so far (a unary call is one, a stream one).
+fn etcd_calls(envoys: &[Envoy]) -> Result<Vec<f64>> {
+    envoys
+        .iter()
+        .map(|e| {
+            let text = client::get(
+                &e.admin,
+                "/stats?filter=^cluster[.]etcd[.]upstream_rq_total$",
+            )
+            .map_err(|e| e.to_string())?
+            .text();
+            text.lines()
+                .find_map(|l| l.strip_prefix("cluster.etcd.upstream_rq_total:"))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| format!("no etcd request count in {text:?}"))
+        })
+        .collect()
 }
 
 fn fleet_sum(envoys: &[Envoy], f: fn(&FleetStats) -> f64) -> Result<f64> {
