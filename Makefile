@@ -169,7 +169,7 @@ bench-propagation: build envoy
 ## and without a fleet block linked to a real etcd, side by side in CPU rounds and
 ## instruction counts (BENCH_ARGS to `bench`); then fleets of 3 and 20 Envoys on one etcd:
 ## propagation of trips, etcd's load and Envoy's memory idle and in a trip storm
-## (FLEET_ARGS to `fleet`, e.g. FLEET_ARGS="--sizes 3 --trips 50"). About 10 minutes.
+## (FLEET_ARGS to `fleet`, e.g. FLEET_ARGS="--sizes 3 --trips 50"). About 7 minutes.
 bench-fleet: build envoy bench-tools etcd-tools
 	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe -p limit-filter
 	cargo build --release -p ecb-bench
