@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
 
 build: wasm services
 
@@ -164,6 +164,17 @@ bench: build envoy bench-tools
 bench-propagation: build envoy
 	cargo build --release -p ecb-bench --bin propagation
 	target/release/propagation $(BENCH_ARGS)
+
+## bench-fleet: fleet mode's figures (BENCHMARKS.md, "Fleet mode"): the breaker closed with
+## and without a fleet block linked to a real etcd, side by side in CPU rounds and
+## instruction counts (BENCH_ARGS to `bench`); then fleets of 3 and 20 Envoys on one etcd:
+## propagation of trips, etcd's load and Envoy's memory idle and in a trip storm
+## (FLEET_ARGS to `fleet`, e.g. FLEET_ARGS="--sizes 3 --trips 50"). About 7 minutes.
+bench-fleet: build envoy bench-tools etcd-tools
+	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe -p limit-filter
+	cargo build --release -p ecb-bench
+	target/release/bench --only closed,fleet $(BENCH_ARGS)
+	target/release/fleet $(FLEET_ARGS)
 
 ## bench-instructions: only the instruction counts (about a minute per variant and run).
 bench-instructions:

@@ -2,13 +2,14 @@
 //! counts the instructions Envoy executes, which repeat within a fraction of a percent where
 //! CPU time on this shared machine swings 5-20 % between rounds.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use school_system::stack::{envoy_bin, poll, root, scratch_dir};
+
+pub use ecb_bench::keep_alive::KeepAlive;
 
 use crate::Result;
 
@@ -89,6 +90,24 @@ impl Counted {
             "envoy under valgrind did not become ready: {}",
             self.logs()
         ))
+    }
+
+    /// The admin listener's `host:port`, once Envoy has written it.
+    pub fn admin(&self) -> Result<String> {
+        let admin = std::fs::read_to_string(self.dir.join("admin.txt")).unwrap_or_default();
+        match admin.trim() {
+            "" => Err("envoy under valgrind wrote no admin address".into()),
+            a => Ok(a.to_string()),
+        }
+    }
+
+    /// How many lines of Envoy's log (level warn and above) contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("envoy.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     fn logs(&self) -> String {
@@ -182,75 +201,4 @@ fn summary(file: &Path) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("summary:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// One HTTP/1.1 connection kept alive across requests, so that the counted window holds
-/// requests only, not connection set-ups.
-pub struct KeepAlive {
-    reader: BufReader<TcpStream>,
-}
-
-impl KeepAlive {
-    pub fn connect(addr: &str) -> Result<KeepAlive> {
-        let stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(KeepAlive {
-            reader: BufReader::new(stream),
-        })
-    }
-
-    /// Sends `GET /` and reads the whole answer; returns its status.
-    pub fn get(&mut self) -> Result<u16> {
-        self.reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let (status, length, chunked) = self.read_head()?;
-        if chunked {
-            school_system::client::read_chunked(&mut self.reader).map_err(|e| e.to_string())?;
-        } else {
-            let mut body = vec![0; length];
-            self.reader
-                .read_exact(&mut body)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(status)
-    }
-
-    /// The status line and headers: status, content length, whether the body is chunked.
-    fn read_head(&mut self) -> Result<(u16, usize, bool)> {
-        let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {line:?}"))?;
-        let (mut length, mut chunked) = (0, false);
-        loop {
-            line.clear();
-            if self
-                .reader
-                .read_line(&mut line)
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("connection closed in the headers".into());
-            }
-            let Some((name, value)) = line.trim_end().split_once(':') else {
-                return Ok((status, length, chunked));
-            };
-            let value = value.trim();
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.parse().map_err(|_| "bad content-length")?,
-                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                _ => {}
-            }
-        }
-    }
 }

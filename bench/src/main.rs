@@ -9,7 +9,9 @@
 //! exact instruction counts under callgrind (`instructions.rs`), where the closed-path and
 //! open-path targets are judged. `--only a,b` runs only the variants with those keys;
 //! `--breaker <path>` measures another build of the filter; `--cpu` or `--instructions`
-//! runs one of the two modes alone.
+//! runs one of the two modes alone. `--only closed,fleet` adds the breaker with a fleet
+//! block connected to a real etcd (started for the run), next to the same breaker without
+//! one: what fleet mode adds to a closed, succeeding request (`make bench-fleet`).
 
 mod callgrind;
 mod core_bench;
@@ -34,8 +36,15 @@ fn main() {
 fn run_modes() -> Result<()> {
     let flag = |name: &str| std::env::args().any(|a| a == name);
     let only = only_keys();
+    // The fleet variant's etcd lives as long as both modes; nothing starts it unless the
+    // variant is asked for.
+    let etcd = match &only {
+        Some(keys) if keys.iter().any(|k| k == "fleet") => Some(ecb_bench::fleet::start_etcd()?),
+        _ => None,
+    };
+    let etcd_port = etcd.as_ref().map(|e| e.members[0].client_port);
     if !flag("--instructions") {
-        run(only.clone())?;
+        run(only.clone(), etcd_port)?;
     }
     if !flag("--cpu") {
         let (breaker, empty, limit, probe) = (
@@ -52,6 +61,7 @@ fn run_modes() -> Result<()> {
             probe: &probe,
             only: only.as_deref(),
             runs: option("--runs", 2) as usize,
+            etcd_port,
         })?;
     }
     Ok(())
@@ -115,6 +125,34 @@ enum Proxy<'a> {
     Filter(&'static str, &'a Path, &'a str),
     /// No upstream at all: Envoy answers every request itself.
     Direct,
+    /// The breaker with this plugin JSON plus a `fleet` block, linked to the run's etcd.
+    Fleet(&'a Path, &'a str),
+}
+
+/// The plugin JSON of the closed variants: no rule trips at the bench's load.
+const CLOSED: &str = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20}}"#;
+
+/// An Envoy config for `proxy`, whose gateway listens on `port`, in front of `up`.
+fn proxy_config(proxy: Proxy, port: u16, up: u16, etcd_port: Option<u16>) -> Result<String> {
+    Ok(match proxy {
+        Proxy::Plain => proxy_yaml(port, up, ""),
+        Proxy::Filter(id, path, json) => proxy_yaml(port, up, &wasm_filter(id, path, json)),
+        Proxy::Direct => upstream_yaml(port),
+        Proxy::Fleet(path, json) => {
+            let etcd = etcd_port.ok_or("the fleet variant needs the run's etcd")?;
+            let object = json
+                .trim_end()
+                .strip_suffix('}')
+                .ok_or("plugin JSON not an object")?;
+            let json = format!("{object}, {}}}", ecb_bench::fleet::fleet_block());
+            let filter = wasm_filter("circuit_breaker", path, &json);
+            format!(
+                "node: {{ id: bench-fleet }}\n{}{}",
+                proxy_yaml(port, up, &filter),
+                ecb_bench::fleet::etcd_cluster(etcd)
+            )
+        }
+    })
 }
 
 struct Variant {
@@ -134,7 +172,7 @@ struct Round {
 }
 
 /// The CPU-time rounds under `wrk`.
-fn run(only: Option<Vec<String>>) -> Result<()> {
+fn run(only: Option<Vec<String>>, etcd_port: Option<u16>) -> Result<()> {
     let opts = Options {
         rounds: option("--rounds", 5) as usize,
         seconds: option("--seconds", 4),
@@ -166,7 +204,7 @@ fn run(only: Option<Vec<String>>) -> Result<()> {
 
     let upstream = Envoy::start(&upstream_yaml(free_port().map_err(|e| e.to_string())?), 1)?;
     let up = port_of(&upstream.gateway);
-    let closed = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20}}"#;
+    let closed = CLOSED;
     let open = r#"{"default": {"mode": "forced_open"}}"#;
     let breaker_at = |json| Proxy::Filter("circuit_breaker", breaker.as_path(), json);
     let c = opts.connections;
@@ -285,6 +323,14 @@ fn run(only: Option<Vec<String>>) -> Result<()> {
             c,
         ),
         (
+            "fleet",
+            "breaker, closed, fleet block + etcd link",
+            Proxy::Fleet(&breaker, closed),
+            1,
+            Load::Plain,
+            c,
+        ),
+        (
             "none×2",
             "no wasm filter, 2 workers",
             Proxy::Plain,
@@ -310,22 +356,22 @@ fn run(only: Option<Vec<String>>) -> Result<()> {
         ),
     ];
     let mut variants = Vec::new();
+    // The fleet variant needs etcd: only when `--only` names it.
     let wanted = |key: &str| {
         opts.only
             .as_ref()
-            .is_none_or(|keys| keys.iter().any(|k| k == key))
+            .map_or(key != "fleet", |keys| keys.iter().any(|k| k == key))
     };
     for (key, what, proxy, workers, load, connections) in specs {
         if !wanted(key) {
             continue;
         }
         let port = free_port().map_err(|e| e.to_string())?;
-        let yaml = match proxy {
-            Proxy::Plain => proxy_yaml(port, up, ""),
-            Proxy::Filter(id, path, json) => proxy_yaml(port, up, &wasm_filter(id, path, json)),
-            Proxy::Direct => upstream_yaml(port),
-        };
+        let yaml = proxy_config(proxy, port, up, etcd_port)?;
         let envoy = Envoy::start(&yaml, workers)?;
+        if key == "fleet" {
+            ecb_bench::fleet::wait_connected(&envoy.admin, std::time::Duration::from_secs(15))?;
+        }
         variants.push(Variant {
             key,
             what,
@@ -376,11 +422,33 @@ fn run(only: Option<Vec<String>>) -> Result<()> {
         println!("the failure mix tripped its breaker: its rounds do not count");
         results.insert("mix", vec![None; opts.rounds]);
     }
+    fleet_link_held(&variants)?;
     let rss: BTreeMap<&str, f64> = variants
         .iter()
         .map(|v| (v.key, rss_mib(v.envoy.pid())))
         .collect();
     report(&variants, &results, &rss, &core, &breaker);
+    Ok(())
+}
+
+/// The fleet variant counts only if its link to etcd was up all along: still connected at
+/// the end, never disconnected meanwhile, and (one Envoy alone in its fleet) nothing
+/// published or adopted, since no request failed.
+fn fleet_link_held(variants: &[Variant]) -> Result<()> {
+    let Some(v) = variants.iter().find(|v| v.key == "fleet") else {
+        return Ok(());
+    };
+    let stats = ecb_bench::fleet::FleetStats::read(&v.envoy.admin)?;
+    let drops = v.envoy.log_lines("fleet: etcd unreachable").len();
+    println!(
+        "fleet variant: link connected {} at the end, {drops} disconnection(s) logged, {} published, {} adopted",
+        stats.connected, stats.published, stats.adopted
+    );
+    if stats.connected != 1.0 || drops > 0 {
+        return Err(
+            "the fleet variant's link to etcd did not hold: its rounds mean nothing".into(),
+        );
+    }
     Ok(())
 }
 
@@ -494,6 +562,7 @@ fn report(
         "\nratios (median of the per-round ratios; each round measures every variant back to back)"
     );
     for (a, b) in [
+        ("fleet", "closed"),
         ("closed", "none"),
         ("closed", "empty"),
         ("empty", "none"),
