@@ -158,6 +158,23 @@ fn protection(s: State) -> u8 {
     }
 }
 
+/// How long an Envoy waits before publishing its own move from open to half-open when
+/// another member published the trip: that member's timer makes the same move at about the
+/// same moment and the watch brings it within milliseconds, so waiting lets the fleet spend
+/// one write on the move instead of one per Envoy (every losing compare-and-swap is a Raft
+/// proposal too). If that member is gone, the others publish after this, spread by jitter.
+pub const HALF_OPEN_DEFER_MS: u64 = 200;
+
+/// Whether a claim should wait [`HALF_OPEN_DEFER_MS`] before it is published: a move to
+/// half-open by time, over a trip another member published.
+pub fn defers(claim: &FleetRecord, shadow: &Shadow, member: &str) -> bool {
+    claim.cause == FleetCause::OpenElapsed
+        && shadow
+            .seen
+            .as_ref()
+            .is_some_and(|(r, _)| r.state == State::Open && r.member != member)
+}
+
 /// The generation the next claim is published as: one past the last stored record seen,
 /// however many local transitions were made meanwhile (a time cut off from etcd counts as
 /// one step), or 1 for a breaker never seen in etcd.
@@ -280,6 +297,31 @@ mod tests {
             probe_successes: successes,
             ..open_record(generation, "h")
         }
+    }
+
+    #[test]
+    fn only_a_move_to_half_open_over_another_members_trip_waits() {
+        let elapsed = |member: &str| FleetRecord {
+            state: State::HalfOpen,
+            cause: FleetCause::OpenElapsed,
+            ..open_record(6, member)
+        };
+        let over = |r: FleetRecord| Shadow {
+            seen: Some((r, 10)),
+            claim: None,
+            progress: None,
+        };
+        assert!(defers(&elapsed("b"), &over(open_record(5, "a")), "b"));
+        assert!(
+            !defers(&elapsed("a"), &over(open_record(5, "a")), "a"),
+            "the member that tripped moves first"
+        );
+        assert!(
+            !defers(&open_record(6, "b"), &over(open_record(5, "a")), "b"),
+            "a trip"
+        );
+        assert!(!defers(&elapsed("b"), &over(closed(5, "a")), "b"));
+        assert!(!defers(&elapsed("b"), &Shadow::default(), "b"));
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl Holder {
 }
 
 /// Jitter for the reconnect backoff, uniform in [0, 1).
-fn jitter(now_ms: u64) -> f64 {
+pub(super) fn jitter(now_ms: u64) -> f64 {
     let r = std::collections::hash_map::RandomState::new().hash_one(now_ms);
     (r % 1_000) as f64 / 1_000.0
 }

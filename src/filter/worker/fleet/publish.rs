@@ -4,7 +4,7 @@
 
 use crate::core::fleet::etcd::{self, method, Delete, Expect, TxnOutcome};
 use crate::core::fleet::keys;
-use crate::core::fleet::merge;
+use crate::core::fleet::merge::{self, HALF_OPEN_DEFER_MS};
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, Record, State};
 
@@ -102,14 +102,31 @@ impl Worker {
             return;
         };
         let name = slot.name.clone();
+        let member = fleet.member.clone();
         let claimed = update_shadow(host, &name, |s| {
-            s.claim = Some(record(merge::claim_generation(s)));
+            let claim = record(merge::claim_generation(s));
+            let defers = merge::defers(&claim, s, &member);
+            s.claim = Some(claim);
+            defers
         });
-        if claimed.is_some() {
-            fleet.owed.insert(name.clone(), Owed::default());
-            // An HTTP context cannot wait for the answer (its stream may end first): the
-            // worker's root context publishes, woken by a notice to itself.
-            self.wake_self(host, &name);
+        match claimed {
+            Some(false) => {
+                fleet.owed.insert(name.clone(), Owed::default());
+                // An HTTP context cannot wait for the answer (its stream may end first):
+                // the worker's root context publishes, woken by a notice to itself.
+                self.wake_self(host, &name);
+            }
+            Some(true) => {
+                let spread =
+                    (super::holder::jitter(self.clock_ms) * HALF_OPEN_DEFER_MS as f64) as u64;
+                let due_ms = self
+                    .clock_ms
+                    .saturating_add(HALF_OPEN_DEFER_MS)
+                    .saturating_add(spread);
+                // The tick publishes it then, unless the watch brings the same move first.
+                fleet.owed.insert(name, Owed { due_ms, rounds: 0 });
+            }
+            None => {}
         }
     }
 

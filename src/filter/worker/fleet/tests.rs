@@ -579,3 +579,86 @@ fn a_lost_progress_write_is_sent_again_on_the_fresh_count() {
         .map(|r| r.probe_successes);
     assert_eq!(count, Some(2), "the other Envoy's success and this one");
 }
+
+#[test]
+fn a_move_to_half_open_over_another_members_trip_waits_for_that_members_own() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    Conn::update(&host, |c| c.link = Link::Connected);
+    super::conn::note_read(&host);
+    super::conn::note_read_breaker(&host, "school");
+    let tripped = open_by("gateway-2", 4, host.clock_ms.get());
+    w.borrow_mut().fleet_stored(
+        &host,
+        keys::decision("/p", "school").as_bytes(),
+        &tripped.encode(),
+        11,
+        host.clock_ms.get(),
+    );
+    assert_eq!(request(&host, &w, 200), Action::Pause, "open, adopted");
+    host.take_journal();
+    host.advance(30_100);
+    w.borrow_mut().tick(&host, host.clock_ms.get());
+    assert_eq!(
+        local_record(&host).state,
+        State::HalfOpen,
+        "the timer moved it"
+    );
+    assert!(load_shadow(&host, "school").claim.is_some());
+    let txns = |host: &FakeHost| {
+        grpc_calls(&host.take_journal())
+            .iter()
+            .filter(|m| *m == "Txn")
+            .count()
+    };
+    assert_eq!(txns(&host), 0, "gateway-2's timer goes first");
+    // It does: the watch brings its half-open record, which settles this Envoy's claim.
+    let moved = half_open_by("gateway-2", 5, 0, host.clock_ms.get());
+    w.borrow_mut().fleet_stored(
+        &host,
+        keys::decision("/p", "school").as_bytes(),
+        &moved.encode(),
+        12,
+        host.clock_ms.get(),
+    );
+    assert_eq!(load_shadow(&host, "school").claim, None);
+    for _ in 0..6 {
+        host.advance(100);
+        w.borrow_mut().tick(&host, host.clock_ms.get());
+    }
+    assert_eq!(
+        txns(&host),
+        0,
+        "one write for the fleet's move, not one per Envoy"
+    );
+}
+
+#[test]
+fn a_move_to_half_open_is_published_later_if_the_tripping_member_stays_silent() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    Conn::update(&host, |c| c.link = Link::Connected);
+    super::conn::note_read(&host);
+    super::conn::note_read_breaker(&host, "school");
+    let tripped = open_by("gateway-2", 4, host.clock_ms.get());
+    w.borrow_mut().fleet_stored(
+        &host,
+        keys::decision("/p", "school").as_bytes(),
+        &tripped.encode(),
+        11,
+        host.clock_ms.get(),
+    );
+    host.advance(30_100);
+    w.borrow_mut().tick(&host, host.clock_ms.get());
+    host.take_journal();
+    let mut waited = 0;
+    while waited < 1_000 && !grpc_calls(&host.take_journal()).contains(&"Txn".to_string()) {
+        host.advance(100);
+        waited += 100;
+        w.borrow_mut().tick(&host, host.clock_ms.get());
+    }
+    assert!(
+        (200..=500).contains(&waited),
+        "published {waited} ms after the move"
+    );
+}
