@@ -52,11 +52,23 @@ struct Options {
     poll_gap: Duration,
 }
 
+const USAGE: &str =
+    "usage: fleet [--sizes 3,20] [--trips 100] [--idle 20] [--storm 30] [--poll-gap-us 500]";
+
 fn options() -> Result<Options> {
-    let num = |name: &str, default: u64| {
-        school_system::arg(name)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
+    let known = ["--sizes", "--trips", "--idle", "--storm", "--poll-gap-us"];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        match pair {
+            [name, _] if known.contains(&name.as_str()) => {}
+            _ => return Err(format!("unexpected {:?}\n{USAGE}", pair.join(" "))),
+        }
+    }
+    let num = |name: &str, default: u64| -> Result<u64> {
+        match school_system::arg(name) {
+            Some(v) => v.parse().map_err(|e| format!("{name} {v:?}: {e}\n{USAGE}")),
+            None => Ok(default),
+        }
     };
     let sizes = school_system::arg("--sizes")
         .unwrap_or_else(|| "3,20".into())
@@ -72,10 +84,10 @@ fn options() -> Result<Options> {
     }
     Ok(Options {
         sizes,
-        trips: num("--trips", 100) as usize,
-        idle: Duration::from_secs(num("--idle", 20)),
-        storm: Duration::from_secs(num("--storm", 30)),
-        poll_gap: Duration::from_micros(num("--poll-gap-us", 500)),
+        trips: num("--trips", 100)? as usize,
+        idle: Duration::from_secs(num("--idle", 20)?),
+        storm: Duration::from_secs(num("--storm", 30)?),
+        poll_gap: Duration::from_micros(num("--poll-gap-us", 500)?),
     })
 }
 
