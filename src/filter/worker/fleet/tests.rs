@@ -129,17 +129,14 @@ fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
     );
 }
 
-#[test]
-fn the_first_request_to_a_breaker_etcd_was_read_without_reads_its_decision() {
-    let host = FakeHost::at(1_000_000);
-    let w = worker(&host, FLEET);
-    Conn::update(&host, |c| c.link = Link::Connected);
-    super::conn::note_read(&host);
+/// A first request to the school breaker, which reads its decision from etcd and waits;
+/// etcd answers that gateway-2 opened it. Returns the host calls after the answer.
+fn first_request_reads_an_open_decision(host: &FakeHost, w: &Rc<RefCell<Worker>>) -> Vec<Call> {
     host.new_stream();
     host.set_property("xds.cluster_name", b"school");
     let mut first = Stream::new(Some(w.clone()));
     host.take_journal();
-    assert_eq!(first.request_headers(&host, true), Action::Pause);
+    assert_eq!(first.request_headers(host, true), Action::Pause);
     assert_eq!(grpc_calls(&host.take_journal()), ["Range"]);
     *host.grpc_answer.borrow_mut() = RangeResponse {
         kvs: vec![KeyValue {
@@ -151,8 +148,18 @@ fn the_first_request_to_a_breaker_etcd_was_read_without_reads_its_decision() {
         ..RangeResponse::default()
     }
     .encode_to_vec();
-    first.grpc_answered(&host, last_token(&host), 0, 100);
-    assert!(host.take_journal().contains(&Call::LocalReply(503)));
+    first.grpc_answered(host, last_token(host), 0, 100);
+    host.take_journal()
+}
+
+#[test]
+fn the_first_request_to_a_breaker_etcd_was_read_without_reads_its_decision() {
+    let host = FakeHost::at(1_000_000);
+    let w = worker(&host, FLEET);
+    Conn::update(&host, |c| c.link = Link::Connected);
+    super::conn::note_read(&host);
+    let journal = first_request_reads_an_open_decision(&host, &w);
+    assert!(journal.contains(&Call::LocalReply(503)), "{journal:?}");
     // Settled: the next requests neither read etcd nor any fleet key.
     assert_eq!(request(&host, &w, 200), Action::Pause);
     let journal = host.take_journal();
@@ -346,24 +353,7 @@ fn range_op(key: String, mod_revision: i64, value: Vec<u8>) -> ResponseOp {
 fn before_the_first_read_of_etcd_a_request_waits_for_its_breakers_decision() {
     let host = FakeHost::at(1_000_000);
     let w = worker(&host, FLEET);
-    host.new_stream();
-    host.set_property("xds.cluster_name", b"school");
-    let mut first = Stream::new(Some(w.clone()));
-    host.take_journal();
-    assert_eq!(first.request_headers(&host, true), Action::Pause);
-    assert_eq!(grpc_calls(&host.take_journal()), ["Range"]);
-    *host.grpc_answer.borrow_mut() = RangeResponse {
-        kvs: vec![KeyValue {
-            key: keys::decision("/p", "school").into_bytes(),
-            mod_revision: 9,
-            value: open_by("gateway-2", 2, 999_990).encode(),
-            ..KeyValue::default()
-        }],
-        ..RangeResponse::default()
-    }
-    .encode_to_vec();
-    first.grpc_answered(&host, last_token(&host), 0, 100);
-    let journal = host.take_journal();
+    let journal = first_request_reads_an_open_decision(&host, &w);
     assert!(
         journal.contains(&Call::LocalReply(503)),
         "refused: {journal:?}"
