@@ -433,6 +433,26 @@ fn half_open_by(member: &str, generation: u32, successes: u32, at_ms: u64) -> Fl
     }
 }
 
+/// A fleet worker linked to etcd, which has read it, the school breaker's decision too.
+fn connected_worker(host: &FakeHost) -> Rc<RefCell<Worker>> {
+    let w = worker(host, FLEET);
+    Conn::update(host, |c| c.link = Link::Connected);
+    super::conn::note_read(host);
+    super::conn::note_read_breaker(host, "school");
+    w
+}
+
+/// The school breaker's `record`, read from etcd at `revision`.
+fn stored(host: &FakeHost, w: &Rc<RefCell<Worker>>, record: &FleetRecord, revision: i64) {
+    w.borrow_mut().fleet_stored(
+        host,
+        keys::decision("/p", "school").as_bytes(),
+        &record.encode(),
+        revision,
+        host.clock_ms.get(),
+    );
+}
+
 fn wake(host: &FakeHost, w: &Rc<RefCell<Worker>>) {
     let token = w.borrow().queue().expect("a queue");
     w.borrow_mut().notified(host, token, host.clock_ms.get());
@@ -504,13 +524,7 @@ fn a_success_here_and_one_stored_elsewhere_close_the_fleets_breaker() {
     // Before this Envoy's success is stored, another Envoy's is: the count here follows
     // etcd's (one), and this Envoy's own success is still owed.
     let other = half_open_by("gateway-3", 3, 1, host.clock_ms.get());
-    w.borrow_mut().fleet_stored(
-        &host,
-        keys::decision("/p", "school").as_bytes(),
-        &other.encode(),
-        22,
-        host.clock_ms.get(),
-    );
+    stored(&host, &w, &other, 22);
     assert_eq!(
         (
             local_record(&host).state,
@@ -573,18 +587,9 @@ fn a_lost_progress_write_is_sent_again_on_the_fresh_count() {
 #[test]
 fn a_move_to_half_open_over_another_members_trip_waits_for_that_members_own() {
     let host = FakeHost::at(1_000_000);
-    let w = worker(&host, FLEET);
-    Conn::update(&host, |c| c.link = Link::Connected);
-    super::conn::note_read(&host);
-    super::conn::note_read_breaker(&host, "school");
+    let w = connected_worker(&host);
     let tripped = open_by("gateway-2", 4, host.clock_ms.get());
-    w.borrow_mut().fleet_stored(
-        &host,
-        keys::decision("/p", "school").as_bytes(),
-        &tripped.encode(),
-        11,
-        host.clock_ms.get(),
-    );
+    stored(&host, &w, &tripped, 11);
     assert_eq!(request(&host, &w, 200), Action::Pause, "open, adopted");
     host.take_journal();
     host.advance(30_100);
@@ -604,13 +609,7 @@ fn a_move_to_half_open_over_another_members_trip_waits_for_that_members_own() {
     assert_eq!(txns(&host), 0, "gateway-2's timer goes first");
     // It does: the watch brings its half-open record, which settles this Envoy's claim.
     let moved = half_open_by("gateway-2", 5, 0, host.clock_ms.get());
-    w.borrow_mut().fleet_stored(
-        &host,
-        keys::decision("/p", "school").as_bytes(),
-        &moved.encode(),
-        12,
-        host.clock_ms.get(),
-    );
+    stored(&host, &w, &moved, 12);
     assert_eq!(load_shadow(&host, "school").claim, None);
     for _ in 0..6 {
         host.advance(100);
@@ -626,18 +625,9 @@ fn a_move_to_half_open_over_another_members_trip_waits_for_that_members_own() {
 #[test]
 fn a_move_to_half_open_is_published_later_if_the_tripping_member_stays_silent() {
     let host = FakeHost::at(1_000_000);
-    let w = worker(&host, FLEET);
-    Conn::update(&host, |c| c.link = Link::Connected);
-    super::conn::note_read(&host);
-    super::conn::note_read_breaker(&host, "school");
+    let w = connected_worker(&host);
     let tripped = open_by("gateway-2", 4, host.clock_ms.get());
-    w.borrow_mut().fleet_stored(
-        &host,
-        keys::decision("/p", "school").as_bytes(),
-        &tripped.encode(),
-        11,
-        host.clock_ms.get(),
-    );
+    stored(&host, &w, &tripped, 11);
     host.advance(30_100);
     w.borrow_mut().tick(&host, host.clock_ms.get());
     host.take_journal();
