@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ecb_bench::HCM;
 use school_system::stack::{free_port, root, rss_kib, scratch_dir, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
@@ -822,39 +823,6 @@ fn port_of(addr: &str) -> u16 {
         .unwrap_or(0)
 }
 
-const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-
-fn upstream_yaml(port: u16) -> String {
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM}
-          stat_prefix: upstream
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/fail" }}
-                direct_response: {{ status: 500, body: {{ inline_string: "fail" }} }}
-              - match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
-}
-
 fn wasm_filter(id: &str, path: &Path, json: &str) -> String {
     format!(
         r#"          - name: envoy.filters.http.wasm
@@ -910,4 +878,10 @@ static_resources:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
 "#
     )
+}
+
+/// The upstream: a 500 for paths starting `/fail`, else `ok` (also the `direct` variant's
+/// proxy, so its routes stay prefix matches).
+fn upstream_yaml(port: u16) -> String {
+    ecb_bench::upstream_yaml(port, r#"prefix: "/fail""#)
 }

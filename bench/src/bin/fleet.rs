@@ -15,6 +15,7 @@ use ecb_bench::fleet::{
     fleet_block, start_etcd, unlabelled, wait_connected, FleetStats,
 };
 use ecb_bench::keep_alive::KeepAlive;
+use ecb_bench::HCM;
 use school_system::client;
 use school_system::stack::{free_port, rss_kib, Envoy};
 
@@ -703,39 +704,10 @@ impl EtcdLoad {
     }
 }
 
-const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-
 /// The upstream every cluster points at: Envoy answering `ok`, or a 500 for any path
 /// ending in `/fail`.
 fn upstream_yaml(port: u16) -> String {
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM}
-          stat_prefix: upstream
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ safe_regex: {{ regex: ".*/fail" }} }}
-                direct_response: {{ status: 500, body: {{ inline_string: "fail" }} }}
-              - match: {{ prefix: "/" }}
-                direct_response: {{ status: 200, body: {{ inline_string: "ok" }} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-    )
+    ecb_bench::upstream_yaml(port, r#"safe_regex: { regex: ".*/fail" }"#)
 }
 
 /// Fleet member `i`: the breaker (with a fleet block) on a gateway routing `/p/` to the
