@@ -114,7 +114,8 @@ impl StatusSet {
         let text = text.trim();
         if let Some(class) = text.strip_suffix("xx") {
             let c: u16 = class.parse().ok()?;
-            return (1..=5).contains(&c).then_some((c * 100, c * 100 + 99));
+            // `then`, not `then_some`: `c * 100` overflows for a class such as "5444".
+            return (1..=5).contains(&c).then(|| (c * 100, c * 100 + 99));
         }
         let (low, high) = match text.split_once('-') {
             Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
@@ -402,7 +403,9 @@ mod tests {
         assert_eq!(StatusSet::parse_item("4xx"), Some((400, 499)));
         assert_eq!(StatusSet::parse_item("502-504"), Some((502, 504)));
         assert_eq!(StatusSet::parse_item("429"), Some((429, 429)));
-        for bad in ["6xx", "0xx", "504-502", "99", "600", "abc", "5x", "-1", ""] {
+        for bad in [
+            "6xx", "0xx", "5444xx", "65535xx", "504-502", "99", "600", "abc", "5x", "-1", "",
+        ] {
             assert_eq!(StatusSet::parse_item(bad), None, "{bad}");
         }
     }
