@@ -5,6 +5,7 @@
 //! shared-data write.
 
 use super::codec::Glance;
+use super::hosts::{Address, Confined, Rule, SAMPLE_EVERY};
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
@@ -93,6 +94,15 @@ impl<T> Step<T> {
             value,
             dirty: dirty || transition.is_some(),
             transition,
+        }
+    }
+
+    /// The same step with its value replaced.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
+        Step {
+            value: f(self.value),
+            dirty: self.dirty,
+            transition: self.transition,
         }
     }
 }
@@ -358,17 +368,28 @@ pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
         return Step::new((), false, None);
     }
     let transition = follow_mode(record, settings, mode, now_ms)
-        .or_else(|| follow_time(record, settings, now_ms))
-        .or_else(|| {
-            let closed = record.state == State::Closed;
-            let reason = trip_reason(record, settings, now_ms).filter(|_| closed)?;
-            Some(record.transition(Cause::Tripped(reason), settings, now_ms))
-        });
+        .or_else(|| follow_time(record, settings, now_ms));
+    let mut dirty = false;
+    let transition = match transition {
+        Some(t) => Some(t),
+        None if record.state == State::Closed => match verdict(record, settings, now_ms) {
+            Verdict::Trip(reason) => {
+                Some(record.transition(Cause::Tripped(reason), settings, now_ms))
+            }
+            // Only a recorded call starts an episode, so that its log line is written.
+            Verdict::Held(_) => None,
+            Verdict::Quiet => {
+                dirty = end_episode(record, settings, now_ms);
+                None
+            }
+        },
+        None => None,
+    };
     let ramp_over = record.ramping && ramp_share(record, settings, now_ms).is_none();
     if ramp_over {
         record.ramping = false;
     }
-    Step::new((), ramp_over, transition)
+    Step::new((), ramp_over || dirty, transition)
 }
 
 /// An operator's reset: closed, counts and backoff forgotten, from whatever state. A
@@ -397,7 +418,8 @@ pub fn set_mode(
     Step::new((), true, t)
 }
 
-/// Records how a request admitted with `ticket` ended.
+/// Records how a request admitted with `ticket` ended, when which host answered is not
+/// known: as a call with no host, which trips as it always did.
 pub fn record(
     record: &mut Record,
     settings: &Settings,
@@ -405,17 +427,31 @@ pub fn record(
     call: Call,
     now_ms: u64,
 ) -> Step<()> {
+    record_from(record, settings, ticket, call, None, now_ms).map(|_| ())
+}
+
+/// Records how a request admitted with `ticket` ended, and which host answered it
+/// (`None`: Envoy had none). The value says whether a trip rule was held back because
+/// the failures behind it came from too few hosts.
+pub fn record_from(
+    record: &mut Record,
+    settings: &Settings,
+    ticket: Ticket,
+    call: Call,
+    host: Option<Address>,
+    now_ms: u64,
+) -> Step<Option<Confined>> {
     if ticket.generation != record.generation {
-        return Step::new((), false, None);
+        return Step::new(None, false, None);
     }
     let asked = call.retry_after_ms.filter(|_| settings.honor_retry_after);
     match (record.state, ticket.probe) {
         (State::Closed, false) => {
             if let Some(wait_ms) = asked {
                 let t = record.transition(Cause::UpstreamAsked { wait_ms }, settings, now_ms);
-                return Step::new((), true, Some(t));
+                return Step::new(None, true, Some(t));
             }
-            record_closed(record, settings, call, now_ms)
+            record_closed(record, settings, call, host, now_ms)
         }
         (State::HalfOpen, true) => {
             record.probes_in_flight = record.probes_in_flight.saturating_sub(1);
@@ -434,9 +470,9 @@ pub fn record(
                 (Outcome::Ignored, None) => None,
             };
             let t = cause.map(|c| record.transition(c, settings, now_ms));
-            Step::new((), true, t)
+            Step::new(None, true, t)
         }
-        _ => Step::new((), false, None),
+        _ => Step::new(None, false, None),
     }
 }
 
@@ -458,50 +494,128 @@ pub fn fleet_successes(
     Step::new((), true, t)
 }
 
-fn record_closed(record: &mut Record, s: &Settings, call: Call, now_ms: u64) -> Step<()> {
+fn record_closed(
+    record: &mut Record,
+    s: &Settings,
+    call: Call,
+    host: Option<Address>,
+    now_ms: u64,
+) -> Step<Option<Confined>> {
     let slow = s.is_slow(call.elapsed_ms);
-    match call.outcome {
-        Outcome::Ignored => return Step::new((), false, None),
+    let failed = match call.outcome {
+        Outcome::Ignored => return Step::new(None, false, None),
         Outcome::Success => {
-            record.window.add_call(false, slow, now_ms, s.window);
             record.consecutive_failures = 0;
+            record.hosts.end_streak();
+            false
         }
         Outcome::Failure(_) => {
-            record.window.add_call(true, slow, now_ms, s.window);
             record.consecutive_failures = record.consecutive_failures.saturating_add(1);
+            true
+        }
+    };
+    record.window.add_call(failed, slow, now_ms, s.window);
+    record.hosts.record(host, failed, slow, now_ms, s.window);
+    match verdict(record, s, now_ms) {
+        Verdict::Trip(reason) => {
+            let t = record.transition(Cause::Tripped(reason), s, now_ms);
+            Step::new(None, true, Some(t))
+        }
+        Verdict::Held(mut confined) => {
+            confined.started = !record.hosts.confined;
+            confined.counted = failed || slow;
+            record.hosts.confined = true;
+            Step::new(Some(confined), true, None)
+        }
+        Verdict::Quiet => {
+            end_episode(record, s, now_ms);
+            Step::new(None, true, None)
         }
     }
-    let t = trip_reason(record, s, now_ms)
-        .map(|reason| record.transition(Cause::Tripped(reason), s, now_ms));
-    Step::new((), true, t)
 }
 
-/// Which closed-state rule, if any, says the breaker must open now.
-fn trip_reason(record: &Record, s: &Settings, now_ms: u64) -> Option<TripReason> {
-    if s.failure_threshold > 0 && record.consecutive_failures >= s.failure_threshold {
-        return Some(TripReason::ConsecutiveFailures);
+/// What the closed-state rules say now.
+enum Verdict {
+    /// Nothing would trip.
+    Quiet,
+    Trip(TripReason),
+    /// A rule would trip, but the calls behind it came from too few hosts.
+    Held(Confined),
+}
+
+/// Which closed-state rule, if any, says the breaker must open now: the first that fires
+/// on calls spread over enough hosts. A rule that fires on calls confined to too few hosts
+/// is held back, and said so.
+fn verdict(record: &Record, s: &Settings, now_ms: u64) -> Verdict {
+    let mut held = None;
+    for (reason, rule) in firing(record, s, now_ms).into_iter().flatten() {
+        if s.trip_min_hosts <= 1 {
+            return Verdict::Trip(reason);
+        }
+        match record
+            .hosts
+            .spread(rule, s.trip_min_hosts, now_ms, s.window)
+        {
+            Ok(()) => return Verdict::Trip(reason),
+            Err((hosts, known)) => {
+                held = held.or(Some(Confined {
+                    reason,
+                    hosts,
+                    known,
+                    started: false,
+                    counted: false,
+                }))
+            }
+        }
     }
+    held.map_or(Verdict::Quiet, Verdict::Held)
+}
+
+/// The closed-state rules whose thresholds are met, in the order they are reported, with
+/// the calls each stands on.
+fn firing(record: &Record, s: &Settings, now_ms: u64) -> [Option<(TripReason, Rule)>; 3] {
+    let streak = (s.failure_threshold > 0 && record.consecutive_failures >= s.failure_threshold)
+        .then_some((TripReason::ConsecutiveFailures, Rule::Streak));
     let counts = record.counts(s, now_ms);
     if counts.calls < s.minimum_requests {
-        return None;
+        return [streak, None, None];
     }
-    if s.failure_rate_threshold > 0.0 && counts.failure_rate() >= s.failure_rate_threshold {
-        return Some(TripReason::FailureRate);
+    let rate = (s.failure_rate_threshold > 0.0
+        && counts.failure_rate() >= s.failure_rate_threshold)
+        .then_some((TripReason::FailureRate, Rule::Failures));
+    let slow = (s.slow_call_rate_threshold > 0.0
+        && counts.slow_rate() >= s.slow_call_rate_threshold)
+        .then_some((TripReason::SlowCallRate, Rule::Slow));
+    [streak, rate, slow]
+}
+
+/// Ends an episode of held-back trips once the failures behind it are gone (nothing in
+/// the window, no streak), not as soon as a rate dips under its threshold, so a rate
+/// hovering at the threshold does not log a line each time it crosses. Reports whether
+/// the record changed.
+fn end_episode(record: &mut Record, s: &Settings, now_ms: u64) -> bool {
+    let counts = record.counts(s, now_ms);
+    let over = counts.failures == 0 && counts.slow == 0 && record.consecutive_failures == 0;
+    let ends = record.hosts.confined && over;
+    if ends {
+        record.hosts.confined = false;
     }
-    if s.slow_call_rate_threshold > 0.0 && counts.slow_rate() >= s.slow_call_rate_threshold {
-        return Some(TripReason::SlowCallRate);
-    }
-    None
+    ends
 }
 
 /// Successes a worker has seen but not yet written to the shared record. A closed breaker
 /// with no failure streak gains nothing from hearing about each fast success at once, so
 /// they are batched and folded in on the next write, keeping shared-data writes off the
-/// success path.
+/// success path. One of them in [`SAMPLE_EVERY`] has its host read, which is how the
+/// breaker learns a healthy cluster's hosts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
     generation: u32,
     successes: u32,
+    /// The host of a sampled success, folded in with the successes.
+    sampled: Option<Address>,
+    /// Successes until the next one is sampled; 0: this one. Kept across folds.
+    until_sample: u32,
 }
 
 impl Tally {
@@ -522,10 +636,39 @@ impl Tally {
         if self.generation != generation {
             *self = Tally {
                 generation,
-                successes: 0,
+                until_sample: self.until_sample,
+                ..Tally::default()
             };
         }
         self.successes = self.successes.saturating_add(1);
+        self.until_sample = self.until_sample.saturating_sub(1);
+    }
+
+    /// Whether the success just deferred is the one whose host should be read.
+    pub fn wants_host(&self) -> bool {
+        self.until_sample == 0
+    }
+
+    /// The host the sampled success had (`None` if Envoy said none); the next sample
+    /// comes [`SAMPLE_EVERY`] successes later whatever the read gave, so a cluster whose
+    /// hosts cannot be read costs no more than one whose hosts can.
+    pub fn sample(&mut self, host: Option<Address>) {
+        self.sampled = host.or(self.sampled);
+        self.until_sample = SAMPLE_EVERY;
+    }
+
+    /// Takes the successes (and the sample) out to be written, leaving the sampling pace.
+    pub fn take(&mut self) -> Tally {
+        let taken = Tally {
+            until_sample: 0,
+            ..*self
+        };
+        *self = Tally {
+            generation: self.generation,
+            until_sample: self.until_sample,
+            ..Tally::default()
+        };
+        taken
     }
 
     pub fn is_empty(&self) -> bool {
@@ -537,6 +680,7 @@ impl Tally {
         if self.is_empty() || self.generation == other.generation {
             self.generation = other.generation;
             self.successes = self.successes.saturating_add(other.successes);
+            self.sampled = self.sampled.or(other.sampled);
         }
     }
 
@@ -551,9 +695,15 @@ impl Tally {
         record
             .window
             .add_successes(self.successes, now_ms, settings.window);
+        record
+            .hosts
+            .successes(self.successes, self.sampled, now_ms, settings.window);
         true
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod host_tests;

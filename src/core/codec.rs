@@ -1,16 +1,27 @@
 //! The byte form of a [`Record`] in shared data: little-endian, with a magic byte and a
 //! version so that bytes from another build, or damaged bytes, are recognised and replaced
 //! by a fresh closed breaker instead of being misread. Every field is checked on the way in.
+//! Version 3 appends the hosts after the window; a version 2 record (an older build's,
+//! met during an upgrade) still reads, with no hosts.
 
 use std::fmt;
 
+use super::hosts::{Address, Host, Hosts, MAX_HOSTS};
 use super::settings::Mode;
 use super::state::{Record, State, TripReason};
 use super::window::{cells_bytes, Bucket, CountWindow, TimeWindow, Window, BUCKETS, MAX_CALLS};
 
 const MAGIC: u8 = 0xCB;
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// The version before the hosts, still read.
+const VERSION_NO_HOSTS: u8 = 2;
 const HEADER_LEN: usize = 53;
+/// Flags, count, answers and calls.
+const HOSTS_FIXED_LEN: usize = 18;
+/// A host's fixed fields: address length, heard, failed, slow, flags.
+const HOST_FIXED_LEN: usize = 26;
+/// Stands for "never" in a host's failed and slow fields.
+const NEVER: u64 = u64::MAX;
 const TIME_LEN: usize = 16 + BUCKETS * 12;
 const COUNT_FIXED_LEN: usize = 24;
 
@@ -74,7 +85,25 @@ pub fn encode(r: &Record) -> Vec<u8> {
             out.extend_from_slice(&w.cells);
         }
     }
+    put_hosts(&mut out, &r.hosts);
     out
+}
+
+fn put_hosts(out: &mut Vec<u8>, h: &Hosts) {
+    out.push(u8::from(h.confined) | u8::from(h.by_calls) << 1);
+    out.push(h.hosts.len() as u8);
+    out.extend_from_slice(&h.answers.to_le_bytes());
+    out.extend_from_slice(&h.calls.to_le_bytes());
+    for host in &h.hosts {
+        let address = host.address.as_ref().map_or(&[][..], Address::as_bytes);
+        out.push(address.len() as u8);
+        out.extend_from_slice(address);
+        out.extend_from_slice(&host.heard.to_le_bytes());
+        for mark in [host.failed, host.slow] {
+            out.extend_from_slice(&mark.unwrap_or(NEVER).to_le_bytes());
+        }
+        out.push(u8::from(host.in_streak));
+    }
 }
 
 fn put_bucket(out: &mut Vec<u8>, b: &Bucket) {
@@ -115,7 +144,7 @@ impl Glance {
 pub fn glance(bytes: &[u8]) -> Option<Glance> {
     if bytes.len() < HEADER_LEN + 1
         || bytes[0] != MAGIC
-        || bytes[1] != VERSION
+        || !(VERSION_NO_HOSTS..=VERSION).contains(&bytes[1])
         || bytes[5] > 1
         || bytes[6..8] != [0, 0]
     {
@@ -151,7 +180,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         return Err(DecodeError::Magic(magic));
     }
     let version = rd.u8();
-    if version != VERSION {
+    if !(VERSION_NO_HOSTS..=VERSION).contains(&version) {
         return Err(DecodeError::Version(version));
     }
     let code = rd.u8();
@@ -184,10 +213,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         probe_successes: rd.u32(),
         trips_in_row: rd.u32(),
         window: Window::default(),
+        hosts: Hosts::default(),
     };
     r.window = match rd.u8() {
         0 => {
-            if bytes.len() != HEADER_LEN + TIME_LEN {
+            if bytes.len() < HEADER_LEN + TIME_LEN {
                 return Err(DecodeError::Length(bytes.len()));
             }
             let mut w = TimeWindow {
@@ -203,7 +233,76 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         1 => decode_count(bytes, &mut rd)?,
         tag => return Err(DecodeError::Field("window", tag.into())),
     };
+    if version == VERSION {
+        r.hosts = decode_hosts(bytes, &mut rd)?;
+    }
+    if rd.at != bytes.len() {
+        return Err(DecodeError::Length(bytes.len()));
+    }
     Ok(r)
+}
+
+fn decode_hosts(bytes: &[u8], rd: &mut Reader) -> Result<Hosts, DecodeError> {
+    if bytes.len() < rd.at + HOSTS_FIXED_LEN {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    let flags = rd.u8();
+    if flags > 3 {
+        return Err(DecodeError::Field("hosts.flags", flags.into()));
+    }
+    let n = usize::from(rd.u8());
+    if n > MAX_HOSTS + 1 {
+        return Err(DecodeError::Field("hosts.count", n as u64));
+    }
+    let mut h = Hosts {
+        hosts: Vec::with_capacity(n),
+        answers: rd.u64(),
+        calls: rd.u64(),
+        by_calls: flags & 2 != 0,
+        confined: flags & 1 != 0,
+    };
+    for _ in 0..n {
+        let host = decode_host(bytes, rd, h.answers)?;
+        if h.hosts.iter().any(|o| o.address == host.address) {
+            return Err(DecodeError::Field("hosts.address", h.hosts.len() as u64));
+        }
+        h.hosts.push(host);
+    }
+    if h.hosts.iter().filter(|o| o.address.is_some()).count() > MAX_HOSTS {
+        return Err(DecodeError::Field("hosts.count", n as u64));
+    }
+    Ok(h)
+}
+
+fn decode_host(bytes: &[u8], rd: &mut Reader, answers: u64) -> Result<Host, DecodeError> {
+    let len = usize::from(bytes.get(rd.at).copied().unwrap_or(0));
+    if bytes.len() < rd.at + len + HOST_FIXED_LEN {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    rd.at += 1;
+    let raw = &bytes[rd.at..rd.at + len];
+    rd.at += len;
+    let address = match len {
+        0 => None,
+        _ => Some(Address::stored(raw).ok_or(DecodeError::Field("hosts.address", len as u64))?),
+    };
+    let heard = rd.u64();
+    if heard > answers || (address.is_none() && heard != 0) {
+        return Err(DecodeError::Field("hosts.heard", heard));
+    }
+    let mark = |v: u64| (v != NEVER).then_some(v);
+    let (failed, slow) = (mark(rd.u64()), mark(rd.u64()));
+    let streak = rd.u8();
+    if streak > 1 {
+        return Err(DecodeError::Field("hosts.streak", streak.into()));
+    }
+    Ok(Host {
+        address,
+        heard,
+        failed,
+        slow,
+        in_streak: streak == 1,
+    })
 }
 
 fn decode_count(bytes: &[u8], rd: &mut Reader) -> Result<Window, DecodeError> {
@@ -218,16 +317,18 @@ fn decode_count(bytes: &[u8], rd: &mut Reader) -> Result<Window, DecodeError> {
         return Err(DecodeError::Field("window.len", len.into()));
     }
     let totals = rd.bucket();
-    if bytes.len() != HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size) {
+    let end = HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size);
+    if bytes.len() < end {
         return Err(DecodeError::Length(bytes.len()));
     }
     let w = CountWindow {
         size,
         len,
         next,
-        cells: bytes[rd.at..].to_vec(),
+        cells: bytes[rd.at..end].to_vec(),
         totals,
     };
+    rd.at = end;
     if w.recount() != totals {
         return Err(DecodeError::Field("window.totals", totals.calls().into()));
     }
@@ -325,16 +426,59 @@ mod tests {
         prop_oneof![time, count]
     }
 
+    fn hosts() -> impl Strategy<Value = Hosts> {
+        let mark = proptest::option::of(0u64..u64::MAX);
+        let host = (
+            proptest::option::of("[!-~]{1,80}"),
+            any::<u64>(),
+            mark.clone(),
+            mark,
+            any::<bool>(),
+        );
+        (
+            proptest::collection::vec(host, 0..=MAX_HOSTS + 4),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(|(raw, confined, by_calls, calls)| {
+                let mut h = Hosts {
+                    confined,
+                    by_calls,
+                    calls,
+                    answers: raw.iter().map(|r| r.1).max().unwrap_or(0),
+                    hosts: Vec::new(),
+                };
+                for (text, heard, failed, slow, in_streak) in raw {
+                    let address = text.and_then(|t| Address::new(t.as_bytes()));
+                    let unseen = !h.hosts.iter().any(|o: &Host| o.address == address);
+                    let room = address.is_none()
+                        || h.hosts.iter().filter(|o| o.address.is_some()).count() < MAX_HOSTS;
+                    if unseen && room {
+                        let heard = if address.is_some() { heard } else { 0 };
+                        h.hosts.push(Host {
+                            address,
+                            heard,
+                            failed,
+                            slow,
+                            in_streak,
+                        });
+                    }
+                }
+                h
+            })
+    }
+
     prop_compose! {
         fn any_record()(
             state in state(), reason in reason(), mode_override in mode(), ramping: bool,
             generation: u32, changed_at_ms: u64, open_until_ms: u64, probing_since_ms: u64,
             consecutive_failures: u32, probes_in_flight: u32, probe_successes: u32,
-            trips_in_row: u32, window in window(),
+            trips_in_row: u32, window in window(), hosts in hosts(),
         ) -> Record {
             Record { state, reason, mode_override, ramping, generation, changed_at_ms,
                 open_until_ms, probing_since_ms, consecutive_failures, probes_in_flight, probe_successes,
-                trips_in_row, window }
+                trips_in_row, window, hosts }
         }
     }
 
@@ -373,6 +517,75 @@ mod tests {
             bytes[i] ^= 1 << bit;
             let _ = decode(&bytes);
         }
+    }
+
+    /// A version 2 record, as the build before the hosts wrote it: the same bytes
+    /// without the hosts section.
+    fn version_2(r: &Record) -> Vec<u8> {
+        let mut bytes = encode(&Record {
+            hosts: Hosts::default(),
+            ..r.clone()
+        });
+        bytes[1] = 2;
+        bytes.truncate(bytes.len() - HOSTS_FIXED_LEN);
+        bytes
+    }
+
+    proptest! {
+        #[test]
+        fn a_record_from_the_build_before_the_hosts_still_reads(r in any_record()) {
+            let old = version_2(&r);
+            let expected = Record { hosts: Hosts::default(), ..r.clone() };
+            prop_assert_eq!(decode(&old), Ok(expected));
+            prop_assert_eq!(glance(&old), Some(Glance::of(&r)));
+        }
+    }
+
+    #[test]
+    fn a_record_with_three_hosts_stays_small() {
+        let mut r = Record::default();
+        let spec = WindowSpec::Time { window_ms: 10_000 };
+        for host in ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"] {
+            r.hosts
+                .record(Address::new(host.as_bytes()), true, false, 1, spec);
+        }
+        assert_eq!(
+            encode(&r).len(),
+            HEADER_LEN + TIME_LEN + HOSTS_FIXED_LEN + 3 * (HOST_FIXED_LEN + 15)
+        );
+        assert!(encode(&r).len() < 350, "{}", encode(&r).len());
+    }
+
+    #[test]
+    fn impossible_hosts_are_refused_by_name() {
+        let mut r = Record::default();
+        let spec = WindowSpec::Time { window_ms: 10_000 };
+        r.hosts.record(Address::new(b"a:1"), true, false, 1, spec);
+        let good = encode(&r);
+        let hosts_at = HEADER_LEN + TIME_LEN;
+        let with = |i: usize, v: u8| {
+            let mut b = good.clone();
+            b[i] = v;
+            decode(&b)
+        };
+        assert_eq!(with(hosts_at, 9), Err(DecodeError::Field("hosts.flags", 9)));
+        assert_eq!(
+            with(hosts_at + 1, 99),
+            Err(DecodeError::Field("hosts.count", 99))
+        );
+        let address_at = hosts_at + HOSTS_FIXED_LEN + 1;
+        assert_eq!(
+            with(address_at, b' '),
+            Err(DecodeError::Field("hosts.address", 3))
+        );
+        let streak_at = good.len() - 1;
+        assert_eq!(
+            with(streak_at, 2),
+            Err(DecodeError::Field("hosts.streak", 2))
+        );
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err(DecodeError::Length(longer.len())));
     }
 
     #[test]

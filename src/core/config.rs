@@ -105,6 +105,13 @@ settings_doc! {
     /// Calls the window must hold before either rate counts. 1 to 1000000, default 20.
     #[schemars(range(min = l::MINIMUM_REQUESTS.min, max = l::MINIMUM_REQUESTS.max))]
     minimum_requests: u32,
+    /// Distinct hosts of the cluster the failures (or slow calls) behind a trip must come
+    /// from, within the window: fewer do not trip, since a bad host is outlier
+    /// detection's to eject. A cluster whose hosts all failed, or that has one host,
+    /// trips as with 1, and so do failures with no host. 1 to 1000, default 2; 1 trips
+    /// on any host's failures.
+    #[schemars(range(min = l::TRIP_MIN_HOSTS.min, max = l::TRIP_MIN_HOSTS.max))]
+    trip_min_hosts: u32,
     /// `time` (a sliding window of `window`, 10 buckets) or `count` (the last `window_size`
     /// calls). Default `time`.
     window_type: WindowTypeDoc,
@@ -414,6 +421,7 @@ fn compile_block(d: &SettingsDoc, at: &dyn Fn(&str) -> String) -> Result<Setting
             d.minimum_requests,
             l::MINIMUM_REQUESTS,
         )?,
+        trip_min_hosts: check.within("trip_min_hosts", d.trip_min_hosts, l::TRIP_MIN_HOSTS)?,
         window,
         open_duration_ms,
         backoff_multiplier: check.within(
