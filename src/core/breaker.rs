@@ -5,10 +5,16 @@
 //! shared-data write.
 
 use super::codec::Glance;
-use super::hosts::{Address, Confined, Rule, SAMPLE_EVERY};
+use super::hosts::{Address, Confined};
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
+
+mod rules;
+mod tally;
+
+use rules::{end_episode, verdict, Verdict};
+pub use tally::Tally;
 
 /// What a request was granted, carried until its outcome is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -531,174 +537,6 @@ fn record_closed(
             end_episode(record, s, now_ms);
             Step::new(None, true, None)
         }
-    }
-}
-
-/// What the closed-state rules say now.
-enum Verdict {
-    /// Nothing would trip.
-    Quiet,
-    Trip(TripReason),
-    /// A rule would trip, but the calls behind it came from too few hosts.
-    Held(Confined),
-}
-
-/// Which closed-state rule, if any, says the breaker must open now: the first that fires
-/// on calls spread over enough hosts. A rule that fires on calls confined to too few hosts
-/// is held back, and said so.
-fn verdict(record: &Record, s: &Settings, now_ms: u64) -> Verdict {
-    let mut held = None;
-    for (reason, rule) in firing(record, s, now_ms).into_iter().flatten() {
-        if s.trip_min_hosts <= 1 {
-            return Verdict::Trip(reason);
-        }
-        match record
-            .hosts
-            .spread(rule, s.trip_min_hosts, now_ms, s.window)
-        {
-            Ok(()) => return Verdict::Trip(reason),
-            Err((hosts, known)) => {
-                held = held.or(Some(Confined {
-                    reason,
-                    hosts,
-                    known,
-                    started: false,
-                    counted: false,
-                }))
-            }
-        }
-    }
-    held.map_or(Verdict::Quiet, Verdict::Held)
-}
-
-/// The closed-state rules whose thresholds are met, in the order they are reported, with
-/// the calls each stands on.
-fn firing(record: &Record, s: &Settings, now_ms: u64) -> [Option<(TripReason, Rule)>; 3] {
-    let streak = (s.failure_threshold > 0 && record.consecutive_failures >= s.failure_threshold)
-        .then_some((TripReason::ConsecutiveFailures, Rule::Streak));
-    let counts = record.counts(s, now_ms);
-    if counts.calls < s.minimum_requests {
-        return [streak, None, None];
-    }
-    let rate = (s.failure_rate_threshold > 0.0
-        && counts.failure_rate() >= s.failure_rate_threshold)
-        .then_some((TripReason::FailureRate, Rule::Failures));
-    let slow = (s.slow_call_rate_threshold > 0.0
-        && counts.slow_rate() >= s.slow_call_rate_threshold)
-        .then_some((TripReason::SlowCallRate, Rule::Slow));
-    [streak, rate, slow]
-}
-
-/// Ends an episode of held-back trips once the failures behind it are gone (nothing in
-/// the window, no streak), not as soon as a rate dips under its threshold, so a rate
-/// hovering at the threshold does not log a line each time it crosses. Reports whether
-/// the record changed.
-fn end_episode(record: &mut Record, s: &Settings, now_ms: u64) -> bool {
-    let counts = record.counts(s, now_ms);
-    let over = counts.failures == 0 && counts.slow == 0 && record.consecutive_failures == 0;
-    let ends = record.hosts.confined && over;
-    if ends {
-        record.hosts.confined = false;
-    }
-    ends
-}
-
-/// Successes a worker has seen but not yet written to the shared record. A closed breaker
-/// with no failure streak gains nothing from hearing about each fast success at once, so
-/// they are batched and folded in on the next write, keeping shared-data writes off the
-/// success path. One of them in [`SAMPLE_EVERY`] has its host read, which is how the
-/// breaker learns a healthy cluster's hosts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    generation: u32,
-    successes: u32,
-    /// The host of a sampled success, folded in with the successes.
-    sampled: Option<Address>,
-    /// Successes until the next one is sampled; 0: this one. Kept across folds.
-    until_sample: u32,
-}
-
-impl Tally {
-    /// Whether the call may wait in the tally instead of being written now, judged against
-    /// the freshest record this worker has seen.
-    pub fn can_defer(last_seen: &Glance, settings: &Settings, ticket: Ticket, call: &Call) -> bool {
-        call.outcome == Outcome::Success
-            && !ticket.probe
-            && !settings.is_slow(call.elapsed_ms)
-            && (call.retry_after_ms.is_none() || !settings.honor_retry_after)
-            && last_seen.state == State::Closed
-            && last_seen.generation == ticket.generation
-            && last_seen.consecutive_failures == 0
-    }
-
-    /// Adds one success from `generation`; successes from an older generation are dropped.
-    pub fn defer(&mut self, generation: u32) {
-        if self.generation != generation {
-            *self = Tally {
-                generation,
-                until_sample: self.until_sample,
-                ..Tally::default()
-            };
-        }
-        self.successes = self.successes.saturating_add(1);
-        self.until_sample = self.until_sample.saturating_sub(1);
-    }
-
-    /// Whether the success just deferred is the one whose host should be read.
-    pub fn wants_host(&self) -> bool {
-        self.until_sample == 0
-    }
-
-    /// The host the sampled success had (`None` if Envoy said none); the next sample
-    /// comes [`SAMPLE_EVERY`] successes later whatever the read gave, so a cluster whose
-    /// hosts cannot be read costs no more than one whose hosts can.
-    pub fn sample(&mut self, host: Option<Address>) {
-        self.sampled = host.or(self.sampled);
-        self.until_sample = SAMPLE_EVERY;
-    }
-
-    /// Takes the successes (and the sample) out to be written, leaving the sampling pace.
-    pub fn take(&mut self) -> Tally {
-        let taken = Tally {
-            until_sample: 0,
-            ..*self
-        };
-        *self = Tally {
-            generation: self.generation,
-            until_sample: self.until_sample,
-            ..Tally::default()
-        };
-        taken
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.successes == 0
-    }
-
-    /// Puts back successes a failed write could not fold in.
-    pub fn restore(&mut self, other: Tally) {
-        if self.is_empty() || self.generation == other.generation {
-            self.generation = other.generation;
-            self.successes = self.successes.saturating_add(other.successes);
-            self.sampled = self.sampled.or(other.sampled);
-        }
-    }
-
-    /// Folds the tally into `record`; reports whether the record changed.
-    pub fn fold_into(self, record: &mut Record, settings: &Settings, now_ms: u64) -> bool {
-        if self.successes == 0
-            || self.generation != record.generation
-            || record.state != State::Closed
-        {
-            return false;
-        }
-        record
-            .window
-            .add_successes(self.successes, now_ms, settings.window);
-        record
-            .hosts
-            .successes(self.successes, self.sampled, now_ms, settings.window);
-        true
     }
 }
 

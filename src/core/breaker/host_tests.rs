@@ -3,7 +3,7 @@
 //! cluster's trip as before, and `trip_min_hosts: 1` is the breaker as it was.
 
 use super::*;
-use crate::core::hosts::Hosts;
+use crate::core::hosts::{Hosts, Rule, SAMPLE_EVERY};
 use crate::core::outcome::Failure;
 use crate::core::window::WindowSpec;
 use proptest::prelude::*;

@@ -1,0 +1,75 @@
+//! The closed-state trip rules, and the hosts behind them: which rule says the breaker
+//! must open now, and which is held back because its calls came from too few hosts.
+
+use crate::core::hosts::{Confined, Rule};
+use crate::core::settings::Settings;
+use crate::core::state::{Record, TripReason};
+
+/// What the closed-state rules say now.
+pub(super) enum Verdict {
+    /// Nothing would trip.
+    Quiet,
+    Trip(TripReason),
+    /// A rule would trip, but the calls behind it came from too few hosts.
+    Held(Confined),
+}
+
+/// Which closed-state rule, if any, says the breaker must open now: the first that fires
+/// on calls spread over enough hosts. A rule that fires on calls confined to too few hosts
+/// is held back, and said so.
+pub(super) fn verdict(record: &Record, s: &Settings, now_ms: u64) -> Verdict {
+    let mut held = None;
+    for (reason, rule) in firing(record, s, now_ms).into_iter().flatten() {
+        if s.trip_min_hosts <= 1 {
+            return Verdict::Trip(reason);
+        }
+        match record
+            .hosts
+            .spread(rule, s.trip_min_hosts, now_ms, s.window)
+        {
+            Ok(()) => return Verdict::Trip(reason),
+            Err((hosts, known)) => {
+                held = held.or(Some(Confined {
+                    reason,
+                    hosts,
+                    known,
+                    started: false,
+                    counted: false,
+                }))
+            }
+        }
+    }
+    held.map_or(Verdict::Quiet, Verdict::Held)
+}
+
+/// The closed-state rules whose thresholds are met, in the order they are reported, with
+/// the calls each stands on.
+fn firing(record: &Record, s: &Settings, now_ms: u64) -> [Option<(TripReason, Rule)>; 3] {
+    let streak = (s.failure_threshold > 0 && record.consecutive_failures >= s.failure_threshold)
+        .then_some((TripReason::ConsecutiveFailures, Rule::Streak));
+    let counts = record.counts(s, now_ms);
+    if counts.calls < s.minimum_requests {
+        return [streak, None, None];
+    }
+    let rate = (s.failure_rate_threshold > 0.0
+        && counts.failure_rate() >= s.failure_rate_threshold)
+        .then_some((TripReason::FailureRate, Rule::Failures));
+    let slow = (s.slow_call_rate_threshold > 0.0
+        && counts.slow_rate() >= s.slow_call_rate_threshold)
+        .then_some((TripReason::SlowCallRate, Rule::Slow));
+    [streak, rate, slow]
+}
+
+/// Ends an episode of held-back trips once the failures behind it are gone (nothing in
+/// the window, no streak), not as soon as a rate dips under its threshold, so a rate
+/// hovering at the threshold does not log a line each time it crosses. Reports whether
+/// the record changed.
+pub(super) fn end_episode(record: &mut Record, s: &Settings, now_ms: u64) -> bool {
+    let counts = record.counts(s, now_ms);
+    let over = counts.failures == 0 && counts.slow == 0 && record.consecutive_failures == 0;
+    let ends = record.hosts.confined && over;
+    if ends {
+        record.hosts.confined = false;
+    }
+    ends
+}
