@@ -5,6 +5,7 @@
 use crate::core::breaker::{self, Admission, Call, Now, Tally, Ticket};
 use crate::core::cache::Entry;
 use crate::core::codec;
+use crate::core::hosts::{Address, Confined};
 use crate::core::outcome::{Outcome, StreamEnd};
 use crate::core::reply::{Answer, RejectReply};
 use crate::core::retry_after;
@@ -20,6 +21,7 @@ use super::Worker;
 /// Property paths, NUL-separated as the ABI wants them.
 const RESPONSE_CODE: &[u8] = b"response\0code";
 const RESPONSE_FLAGS: &[u8] = b"response\0flags";
+const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
 
 /// What to do with a request.
 pub enum Decision {
@@ -141,6 +143,9 @@ impl Worker {
         }
         if Tally::can_defer(&slot.glance, &slot.settings, ticket, &call) {
             slot.tally.defer(ticket.generation);
+            if slot.tally.wants_host() {
+                slot.tally.sample(answered_by(host));
+            }
             return;
         }
         if outcome == Outcome::Ignored && !ticket.probe {
@@ -148,7 +153,18 @@ impl Worker {
         }
         let now = now_ms.unwrap_or_else(|| host.now_ms());
         self.clock_ms = now;
-        let _ = slot.write(host, now, |r, s| breaker::record(r, s, ticket, call, now));
+        // Only the closed state's rules ask which host answered; a probe's host is not read.
+        let answered = if ticket.probe {
+            None
+        } else {
+            answered_by(host)
+        };
+        let held = slot.write_with(host, now, |r, s| {
+            breaker::record_from(r, s, ticket, call, answered, now)
+        });
+        if let Some(confined) = held.flatten() {
+            slot.held_back(&confined);
+        }
         if let Some(held) = fleet_slot {
             self.fleet_probe_ended(host, i, held, ticket, outcome);
         }
@@ -267,6 +283,17 @@ impl Slot {
             })
     }
 
+    /// A trip held back because the failures behind it came from too few hosts: counted,
+    /// and logged once per episode, by the worker whose write started it.
+    fn held_back(&mut self, confined: &Confined) {
+        if confined.counted {
+            self.metrics.count(Counted::Confined);
+        }
+        if confined.started {
+            log::info!("{}", confined.log_line(&self.name));
+        }
+    }
+
     /// Keeps a captured answer for the cache, if the call succeeded.
     fn keep(&mut self, captured: Captured, outcome: Outcome, now_ms: u64) {
         if let (Some(cache), Outcome::Success) = (&mut self.cache, outcome) {
@@ -279,4 +306,11 @@ impl Slot {
             cache.put(&captured.key, entry);
         }
     }
+}
+
+/// The host that answered the stream (`upstream.address`); `None` when Envoy chose none,
+/// or cannot say, which the breaker takes as a failure of the whole cluster.
+fn answered_by(host: &impl Host) -> Option<Address> {
+    let bytes = host.property(UPSTREAM_ADDRESS).ok().flatten()?;
+    Address::new(&bytes)
 }

@@ -102,7 +102,17 @@ impl Slot {
         now_ms: u64,
         decide: impl Fn(&mut Record, &Settings) -> Step<()>,
     ) -> bool {
-        let pending = std::mem::take(&mut self.tally);
+        self.write_with(host, now_ms, decide).is_some()
+    }
+
+    /// [`Slot::write`], giving back the decision's value; `None` if the store gave up.
+    pub fn write_with<T>(
+        &mut self,
+        host: &impl Host,
+        now_ms: u64,
+        decide: impl Fn(&mut Record, &Settings) -> Step<T>,
+    ) -> Option<T> {
+        let pending = self.tally.take();
         let settings = &self.settings;
         let result = store::update(&SharedData(host), &self.key, CAS_ATTEMPTS, |r| {
             let folded = pending.fold_into(r, settings, now_ms);
@@ -111,14 +121,11 @@ impl Slot {
             step
         });
         match result {
-            Ok(updated) => {
-                self.absorb(host, updated, now_ms);
-                true
-            }
+            Ok(updated) => Some(self.absorb(host, updated, now_ms)),
             Err(_) => {
                 self.tally.restore(pending);
                 self.metrics.store_give_up(host);
-                false
+                None
             }
         }
     }
@@ -134,8 +141,8 @@ impl Slot {
     }
 
     /// Takes in what a store call returned at `now_ms`: the freshest record, and any
-    /// transition.
-    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>, now_ms: u64) {
+    /// transition; gives back the decision's value.
+    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>, now_ms: u64) -> T {
         if let Some(damage) = &updated.damaged {
             log::warn!(
                 "[CIRCUIT_BREAKER] {} state in shared data was unreadable ({damage}); starting again from closed",
@@ -160,6 +167,7 @@ impl Slot {
         self.glance = Glance::of(&updated.record);
         self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
+        updated.value
     }
 
     /// Everything that hangs off a transition: the log line, stats, the stored history and
