@@ -75,6 +75,15 @@ pub enum Admission {
     },
 }
 
+/// Who answered a call, as far as the shell can tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// The host (`upstream.address`); `None` when Envoy had none.
+    pub by: Option<Address>,
+    /// This worker had other calls to the same breaker out, whose hosts it cannot know yet.
+    pub others_out: bool,
+}
+
 /// How a finished call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {
@@ -378,7 +387,7 @@ pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
     let mut dirty = false;
     let transition = match transition {
         Some(t) => Some(t),
-        None if record.state == State::Closed => match verdict(record, settings, now_ms) {
+        None if record.state == State::Closed => match verdict(record, settings, now_ms, false) {
             Verdict::Trip(reason) => {
                 Some(record.transition(Cause::Tripped(reason), settings, now_ms))
             }
@@ -433,18 +442,19 @@ pub fn record(
     call: Call,
     now_ms: u64,
 ) -> Step<()> {
-    record_from(record, settings, ticket, call, None, now_ms).map(|_| ())
+    let unknown = Answered::default();
+    record_from(record, settings, ticket, call, unknown, now_ms).map(|_| ())
 }
 
-/// Records how a request admitted with `ticket` ended, and which host answered it
-/// (`None`: Envoy had none). The value says whether a trip rule was held back because
-/// the failures behind it came from too few hosts.
+/// Records how a request admitted with `ticket` ended, and who answered it. The value
+/// says whether a trip rule was held back because the failures behind it came from too
+/// few hosts.
 pub fn record_from(
     record: &mut Record,
     settings: &Settings,
     ticket: Ticket,
     call: Call,
-    host: Option<Address>,
+    answered: Answered,
     now_ms: u64,
 ) -> Step<Option<Confined>> {
     if ticket.generation != record.generation {
@@ -457,7 +467,7 @@ pub fn record_from(
                 let t = record.transition(Cause::UpstreamAsked { wait_ms }, settings, now_ms);
                 return Step::new(None, true, Some(t));
             }
-            record_closed(record, settings, call, host, now_ms)
+            record_closed(record, settings, call, answered, now_ms)
         }
         (State::HalfOpen, true) => {
             record.probes_in_flight = record.probes_in_flight.saturating_sub(1);
@@ -504,7 +514,7 @@ fn record_closed(
     record: &mut Record,
     s: &Settings,
     call: Call,
-    host: Option<Address>,
+    answered: Answered,
     now_ms: u64,
 ) -> Step<Option<Confined>> {
     let slow = s.is_slow(call.elapsed_ms);
@@ -521,8 +531,10 @@ fn record_closed(
         }
     };
     record.window.add_call(failed, slow, now_ms, s.window);
-    record.hosts.record(host, failed, slow, now_ms, s.window);
-    match verdict(record, s, now_ms) {
+    record
+        .hosts
+        .record(answered.by, failed, slow, now_ms, s.window);
+    match verdict(record, s, now_ms, answered.others_out) {
         Verdict::Trip(reason) => {
             let t = record.transition(Cause::Tripped(reason), s, now_ms);
             Step::new(None, true, Some(t))

@@ -16,8 +16,8 @@ const VERSION: u8 = 3;
 /// The version before the hosts, still read.
 const VERSION_NO_HOSTS: u8 = 2;
 const HEADER_LEN: usize = 53;
-/// Flags, count, answers and calls.
-const HOSTS_FIXED_LEN: usize = 18;
+/// Flags, count, answers, calls and the time the first host was heard.
+const HOSTS_FIXED_LEN: usize = 26;
 /// A host's fixed fields: address length, heard, failed, slow, flags.
 const HOST_FIXED_LEN: usize = 26;
 /// Stands for "never" in a host's failed and slow fields.
@@ -94,6 +94,7 @@ fn put_hosts(out: &mut Vec<u8>, h: &Hosts) {
     out.push(h.hosts.len() as u8);
     out.extend_from_slice(&h.answers.to_le_bytes());
     out.extend_from_slice(&h.calls.to_le_bytes());
+    out.extend_from_slice(&h.since_ms.to_le_bytes());
     for host in &h.hosts {
         let address = host.address.as_ref().map_or(&[][..], Address::as_bytes);
         out.push(address.len() as u8);
@@ -258,6 +259,7 @@ fn decode_hosts(bytes: &[u8], rd: &mut Reader) -> Result<Hosts, DecodeError> {
         hosts: Vec::with_capacity(n),
         answers: rd.u64(),
         calls: rd.u64(),
+        since_ms: rd.u64(),
         by_calls: flags & 2 != 0,
         confined: flags & 1 != 0,
     };
@@ -440,12 +442,14 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             any::<u64>(),
+            any::<u64>(),
         )
-            .prop_map(|(raw, confined, by_calls, calls)| {
+            .prop_map(|(raw, confined, by_calls, calls, since_ms)| {
                 let mut h = Hosts {
                     confined,
                     by_calls,
                     calls,
+                    since_ms,
                     answers: raw.iter().map(|r| r.1).max().unwrap_or(0),
                     hosts: Vec::new(),
                 };

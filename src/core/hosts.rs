@@ -23,6 +23,10 @@ pub const HOST_MEMORY: u64 = 128;
 /// One success in this many that a worker does not write at once has its host read, so
 /// the breaker learns a healthy cluster's hosts without a host call on every success.
 pub const SAMPLE_EVERY: u32 = 32;
+/// For this long after it first hears a host, a breaker's picture of its cluster is young:
+/// right after Envoy starts, the first answers can all come from one failing host that
+/// answers fastest while the healthy ones are still working on theirs.
+pub const CENSUS_MS: u64 = 1_000;
 /// Addresses named in a log line; the rest are counted.
 const SHOWN: usize = 4;
 
@@ -125,6 +129,21 @@ pub struct Hosts {
     /// A trip rule is being held back because its calls came from too few hosts: an
     /// episode, logged once when it starts.
     pub confined: bool,
+    /// When the first host was heard from; 0 before that.
+    pub since_ms: u64,
+}
+
+/// Whether a rule's calls are spread over enough hosts to trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spread {
+    /// Over `trip_min_hosts` hosts, or some with no host, or calls the hosts say nothing
+    /// about (recorded before they were tracked).
+    Enough,
+    /// Only because every host known failed, and fewer than `trip_min_hosts` are known:
+    /// a one-host cluster, or one whose other hosts have not answered yet.
+    EveryKnownHost,
+    /// Too few hosts: these, of so many known.
+    Confined(Vec<Address>, usize),
 }
 
 /// The calls a trip rule stands on.
@@ -196,6 +215,7 @@ impl Hosts {
     ) {
         self.fit(spec);
         self.calls = self.calls.saturating_add(1);
+        self.first_heard(address, now_ms);
         let now = self.now(now_ms, spec);
         if failed || slow || address.is_some() {
             if let Some(h) = self.slot(address, failed || slow, now, spec) {
@@ -215,6 +235,7 @@ impl Hosts {
     pub fn successes(&mut self, n: u32, sampled: Option<Address>, now_ms: u64, spec: WindowSpec) {
         self.fit(spec);
         self.calls = self.calls.saturating_add(u64::from(n));
+        self.first_heard(sampled, now_ms);
         let now = self.now(now_ms, spec);
         if sampled.is_some() {
             self.slot(sampled, false, now, spec);
@@ -270,25 +291,29 @@ impl Hosts {
 
     /// Whether `rule`'s calls are spread over enough hosts to trip: at least `min_hosts`
     /// of them, or every host known, or some with no host. Calls the hosts say nothing
-    /// about (recorded before they were tracked) trip as they always did. `Err` holds the
-    /// hosts behind the rule and how many are known.
-    pub fn spread(
-        &self,
-        rule: Rule,
-        min_hosts: u32,
-        now_ms: u64,
-        spec: WindowSpec,
-    ) -> Result<(), (Vec<Address>, usize)> {
+    /// about (recorded before they were tracked) trip as they always did.
+    pub fn spread(&self, rule: Rule, min_hosts: u32, now_ms: u64, spec: WindowSpec) -> Spread {
         let (hosts, hostless) = self.behind(rule, now_ms, spec);
-        if hostless || hosts.is_empty() {
-            return Ok(());
+        let min_hosts = usize::try_from(min_hosts).unwrap_or(usize::MAX);
+        if hostless || hosts.is_empty() || hosts.len() >= min_hosts {
+            return Spread::Enough;
         }
         let known = self.known(now_ms, spec).max(hosts.len());
-        let need = usize::try_from(min_hosts).unwrap_or(usize::MAX).min(known);
-        if hosts.len() >= need {
-            Ok(())
+        if hosts.len() >= known {
+            Spread::EveryKnownHost
         } else {
-            Err((hosts, known))
+            Spread::Confined(hosts, known)
+        }
+    }
+
+    /// Whether the breaker first heard a host less than [`CENSUS_MS`] ago, or never.
+    pub fn young(&self, now_ms: u64) -> bool {
+        self.since_ms == 0 || now_ms.saturating_sub(self.since_ms) < CENSUS_MS
+    }
+
+    fn first_heard(&mut self, address: Option<Address>, now_ms: u64) {
+        if address.is_some() && self.since_ms == 0 {
+            self.since_ms = now_ms.max(1);
         }
     }
 

@@ -3,7 +3,7 @@
 //! cluster's trip as before, and `trip_min_hosts: 1` is the breaker as it was.
 
 use super::*;
-use crate::core::hosts::{Hosts, Rule, SAMPLE_EVERY};
+use crate::core::hosts::{Hosts, Rule, CENSUS_MS, SAMPLE_EVERY};
 use crate::core::outcome::Failure;
 use crate::core::window::WindowSpec;
 use proptest::prelude::*;
@@ -45,7 +45,11 @@ fn answer(
     let Admission::Admitted(ticket) = admit(r, s, now, 0).value else {
         panic!("refused at {now}: {:?}", r.state);
     };
-    record_from(r, s, ticket, call(outcome, 1), from.and_then(host), now)
+    let answered = Answered {
+        by: from.and_then(host),
+        others_out: false,
+    };
+    record_from(r, s, ticket, call(outcome, 1), answered, now)
 }
 
 /// A cluster of `a:1`, `b:1`, `c:1` that has answered one success each.
@@ -126,6 +130,74 @@ fn a_one_host_cluster_trips_as_before() {
         .is_some());
 }
 
+/// One admitted failure answered by `from` while this worker has other calls out.
+fn failure_with_others_out(
+    r: &mut Record,
+    s: &Settings,
+    from: &str,
+    now: u64,
+) -> Step<Option<Confined>> {
+    let Admission::Admitted(ticket) = admit(r, s, now, 0).value else {
+        panic!("refused at {now}");
+    };
+    let answered = Answered {
+        by: host(from),
+        others_out: true,
+    };
+    record_from(r, s, ticket, call(FAIL, 1), answered, now)
+}
+
+#[test]
+fn right_after_start_a_trip_on_the_only_host_heard_waits_for_the_calls_still_out() {
+    let s = settings();
+    let mut r = Record::default();
+    for i in 0..8 {
+        let step = failure_with_others_out(&mut r, &s, "fast:1", 10 + i);
+        assert_eq!(
+            step.transition, None,
+            "failure {i}: the others may be other hosts"
+        );
+        assert_eq!(step.value, None, "waiting is not holding back");
+    }
+    answer(&mut r, &s, OK, Some("slow:1"), 30);
+    for i in 0..8 {
+        let step = failure_with_others_out(&mut r, &s, "fast:1", 40 + i);
+        assert_eq!(step.transition, None);
+    }
+    assert!(
+        r.hosts.confined,
+        "now one of two hosts: held back, and said so"
+    );
+}
+
+#[test]
+fn the_timer_settles_a_trip_that_waited() {
+    let s = settings();
+    let mut r = Record::default();
+    for i in 0..5 {
+        failure_with_others_out(&mut r, &s, "only:1", 10 + i);
+    }
+    assert_eq!(r.state, State::Closed);
+    let t = tick(&mut r, &s, 100).transition;
+    assert_eq!(
+        t.map(|t| t.cause),
+        Some(Cause::Tripped(TripReason::ConsecutiveFailures)),
+        "no call is out on the timer: one host it is"
+    );
+}
+
+#[test]
+fn once_the_picture_is_old_a_one_host_cluster_trips_at_once_whatever_is_out() {
+    let s = settings();
+    let mut r = Record::default();
+    answer(&mut r, &s, OK, Some("only:1"), 1);
+    for i in 0..4 {
+        failure_with_others_out(&mut r, &s, "only:1", CENSUS_MS + i);
+    }
+    let t = failure_with_others_out(&mut r, &s, "only:1", CENSUS_MS + 5).transition;
+    assert!(t.is_some());
+}
+
 #[test]
 fn failures_with_no_host_trip_as_before() {
     let s = settings();
@@ -177,7 +249,11 @@ fn slow_calls_from_one_host_do_not_trip() {
         let Admission::Admitted(ticket) = admit(r, &s, now, 0).value else {
             panic!("refused");
         };
-        record_from(r, &s, ticket, call(OK, 500), host(from), now)
+        let answered = Answered {
+            by: host(from),
+            others_out: false,
+        };
+        record_from(r, &s, ticket, call(OK, 500), answered, now)
     };
     let mut held = None;
     for i in 0..12 {
@@ -360,7 +436,8 @@ proptest! {
                 let _ = admit(r, &s, now, 0);
             }
             let ticket = Ticket { generation: with.generation, probe: with.state == State::HalfOpen };
-            let a = record_from(&mut with, &s, ticket, call(outcome, 1), from.as_deref().and_then(host), now);
+            let answered = Answered { by: from.as_deref().and_then(host), others_out: failed };
+            let a = record_from(&mut with, &s, ticket, call(outcome, 1), answered, now);
             let b = record(&mut without, &s, ticket, call(outcome, 1), now);
             prop_assert_eq!(a.transition, b.transition);
             prop_assert_eq!(a.value, None);

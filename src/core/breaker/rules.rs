@@ -1,7 +1,7 @@
 //! The closed-state trip rules, and the hosts behind them: which rule says the breaker
 //! must open now, and which is held back because its calls came from too few hosts.
 
-use crate::core::hosts::{Confined, Rule};
+use crate::core::hosts::{Confined, Rule, Spread};
 use crate::core::settings::Settings;
 use crate::core::state::{Record, TripReason};
 
@@ -16,8 +16,11 @@ pub(super) enum Verdict {
 
 /// Which closed-state rule, if any, says the breaker must open now: the first that fires
 /// on calls spread over enough hosts. A rule that fires on calls confined to too few hosts
-/// is held back, and said so.
-pub(super) fn verdict(record: &Record, s: &Settings, now_ms: u64) -> Verdict {
+/// is held back, and said so. One that fires only because every host known failed waits,
+/// while the breaker's picture of the cluster is young and this worker has other calls
+/// out (`others_out`): their hosts may be the ones not heard from yet. The timer, which
+/// has no call out, settles it within a period.
+pub(super) fn verdict(record: &Record, s: &Settings, now_ms: u64, others_out: bool) -> Verdict {
     let mut held = None;
     for (reason, rule) in firing(record, s, now_ms).into_iter().flatten() {
         if s.trip_min_hosts <= 1 {
@@ -27,8 +30,10 @@ pub(super) fn verdict(record: &Record, s: &Settings, now_ms: u64) -> Verdict {
             .hosts
             .spread(rule, s.trip_min_hosts, now_ms, s.window)
         {
-            Ok(()) => return Verdict::Trip(reason),
-            Err((hosts, known)) => {
+            Spread::Enough => return Verdict::Trip(reason),
+            Spread::EveryKnownHost if others_out && record.hosts.young(now_ms) => {}
+            Spread::EveryKnownHost => return Verdict::Trip(reason),
+            Spread::Confined(hosts, known) => {
                 held = held.or(Some(Confined {
                     reason,
                     hosts,

@@ -49,12 +49,15 @@ fn stored_addresses_are_only_what_new_makes() {
 fn failures_from_one_host_of_three_are_confined() {
     let h = heard(&["a:1", "b:1", "c:1"], &["a:1", "a:1", "a:1"], 1_000);
     assert_eq!(h.known(1_000, TIME), 3);
-    let held = h.spread(Rule::Failures, 2, 1_000, TIME).unwrap_err();
-    assert_eq!(held, (vec![a("a:1").unwrap()], 3));
-    assert!(h.spread(Rule::Streak, 2, 1_000, TIME).is_err());
+    let held = h.spread(Rule::Failures, 2, 1_000, TIME);
+    assert_eq!(held, Spread::Confined(vec![a("a:1").unwrap()], 3));
+    assert!(matches!(
+        h.spread(Rule::Streak, 2, 1_000, TIME),
+        Spread::Confined(..)
+    ));
     assert_eq!(
         h.spread(Rule::Failures, 1, 1_000, TIME),
-        Ok(()),
+        Spread::Enough,
         "1: any host"
     );
 }
@@ -62,30 +65,37 @@ fn failures_from_one_host_of_three_are_confined() {
 #[test]
 fn failures_from_enough_hosts_are_spread() {
     let h = heard(&["a:1", "b:1", "c:1"], &["a:1", "b:1"], 1_000);
-    assert_eq!(h.spread(Rule::Failures, 2, 1_000, TIME), Ok(()));
-    assert!(h.spread(Rule::Failures, 3, 1_000, TIME).is_err());
+    assert_eq!(h.spread(Rule::Failures, 2, 1_000, TIME), Spread::Enough);
+    assert!(matches!(
+        h.spread(Rule::Failures, 3, 1_000, TIME),
+        Spread::Confined(..)
+    ));
 }
 
 #[test]
 fn a_cluster_whose_known_hosts_all_failed_is_spread() {
     let h = heard(&["a:1", "b:1"], &["a:1", "b:1"], 0);
-    assert_eq!(h.spread(Rule::Failures, 5, 0, TIME), Ok(()));
+    assert_eq!(h.spread(Rule::Failures, 5, 0, TIME), Spread::EveryKnownHost);
     let one = heard(&["a:1"], &["a:1"], 0);
-    assert_eq!(one.spread(Rule::Failures, 2, 0, TIME), Ok(()), "one host");
+    assert_eq!(
+        one.spread(Rule::Failures, 2, 0, TIME),
+        Spread::EveryKnownHost,
+        "one host"
+    );
 }
 
 #[test]
 fn failures_with_no_host_speak_for_the_whole_cluster() {
     let mut h = heard(&["a:1", "b:1", "c:1"], &["a:1"], 0);
     h.record(None, true, false, 0, TIME);
-    assert_eq!(h.spread(Rule::Failures, 2, 0, TIME), Ok(()));
+    assert_eq!(h.spread(Rule::Failures, 2, 0, TIME), Spread::Enough);
     assert_eq!(h.known(0, TIME), 3, "no host is not a host");
 }
 
 #[test]
 fn calls_the_hosts_say_nothing_about_trip_as_before() {
     let h = heard(&["a:1", "b:1"], &[], 0);
-    assert_eq!(h.spread(Rule::Failures, 2, 0, TIME), Ok(()));
+    assert_eq!(h.spread(Rule::Failures, 2, 0, TIME), Spread::Enough);
 }
 
 #[test]
@@ -141,7 +151,10 @@ fn slow_calls_mark_their_own_rule() {
     h.record(a("a:1"), false, true, 0, TIME);
     assert_eq!(h.behind(Rule::Slow, 0, TIME).0.len(), 1);
     assert!(h.behind(Rule::Failures, 0, TIME).0.is_empty());
-    assert!(h.spread(Rule::Slow, 2, 0, TIME).is_err());
+    assert!(matches!(
+        h.spread(Rule::Slow, 2, 0, TIME),
+        Spread::Confined(..)
+    ));
 }
 
 #[test]
@@ -155,7 +168,11 @@ fn a_host_not_heard_from_again_is_forgotten() {
     assert_eq!(h.known(0, TIME), 1);
     assert_eq!(h.hosts.len(), 1, "and dropped from the record");
     h.record(a("a:1"), true, false, 0, TIME);
-    assert_eq!(h.spread(Rule::Failures, 2, 0, TIME), Ok(()), "now one host");
+    assert_eq!(
+        h.spread(Rule::Failures, 2, 0, TIME),
+        Spread::EveryKnownHost,
+        "now one host"
+    );
 }
 
 #[test]
@@ -246,8 +263,24 @@ proptest! {
         for (host, failed, slow, now) in events {
             h.record(a(&format!("{host}:1")), failed, slow, now, TIME);
             for rule in [Rule::Streak, Rule::Failures, Rule::Slow] {
-                prop_assert_eq!(h.spread(rule, 1, now, TIME), Ok(()));
+                prop_assert_eq!(h.spread(rule, 1, now, TIME), Spread::Enough);
             }
         }
     }
+}
+
+#[test]
+fn the_picture_is_young_for_a_while_after_the_first_host() {
+    let mut h = Hosts::default();
+    assert!(h.young(5_000));
+    h.record(None, true, false, 5_000, TIME);
+    assert!(h.young(60_000), "a call with no host is no host heard");
+    h.record(a("a:1"), true, false, 6_000, TIME);
+    assert!(h.young(6_000 + CENSUS_MS - 1));
+    assert!(!h.young(6_000 + CENSUS_MS));
+    h.clear_marks();
+    assert!(
+        !h.young(6_000 + CENSUS_MS),
+        "a reset does not make it young again"
+    );
 }

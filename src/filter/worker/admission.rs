@@ -2,7 +2,7 @@
 //! ended ([`Worker::record`]). The core decides both; this side makes the host calls a
 //! decision needs, and no more.
 
-use crate::core::breaker::{self, Admission, Call, Now, Tally, Ticket};
+use crate::core::breaker::{self, Admission, Answered, Call, Now, Tally, Ticket};
 use crate::core::cache::Entry;
 use crate::core::codec;
 use crate::core::hosts::{Address, Confined};
@@ -125,6 +125,9 @@ impl Worker {
         let Some(slot) = self.slots.get_mut(i) else {
             return;
         };
+        if !ticket.probe {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+        }
         let outcome = slot.outcome(host, seen);
         let needs_clock = slot.settings.slow_call_rate_threshold > 0.0
             || retry_after.is_some()
@@ -153,11 +156,14 @@ impl Worker {
         }
         let now = now_ms.unwrap_or_else(|| host.now_ms());
         self.clock_ms = now;
-        // Only the closed state's rules ask which host answered; a probe's host is not read.
-        let answered = if ticket.probe {
-            None
-        } else {
-            answered_by(host)
+        // Only the closed state's rules ask who answered; a probe's host is not read.
+        let answered = Answered {
+            by: if ticket.probe {
+                None
+            } else {
+                answered_by(host)
+            },
+            others_out: slot.in_flight > 0,
         };
         let held = slot.write_with(host, now, |r, s| {
             breaker::record_from(r, s, ticket, call, answered, now)
@@ -237,6 +243,8 @@ impl Slot {
             Admission::Admitted(ticket) => {
                 if ticket.probe {
                     self.metrics.count(Counted::Probe);
+                } else {
+                    self.in_flight = self.in_flight.saturating_add(1);
                 }
                 Decision::Admitted(ticket)
             }

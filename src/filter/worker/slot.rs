@@ -37,6 +37,8 @@ pub struct Slot {
     /// request (the process has it, or etcd is out of reach).
     pub fleet_settled: bool,
     pub tally: Tally,
+    /// Requests this worker admitted (not as probes) whose outcome is not recorded yet.
+    pub in_flight: u32,
     pub metrics: Metrics,
     pub reply: RejectReply,
     pub cache: Option<ResponseCache>,
@@ -82,6 +84,7 @@ impl Slot {
             settings,
             last_seen,
             tally: Tally::default(),
+            in_flight: 0,
             key,
             dry_run_unlogged: 0,
             dry_run_logged_at_ms: 0,
