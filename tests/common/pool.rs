@@ -67,7 +67,7 @@ pub fn route(cluster: &str, retry: &str) -> String {
 
 /// The sample YAML with `clusters` (name, lb policy, retry policy) over `pool`'s hosts.
 pub fn with_pool(yaml: &str, pool: &Pool, clusters: &[(&str, &str, &str)]) -> String {
-    let routes: String = clusters.iter().map(|(c, _, r)| route(c, *r)).collect();
+    let routes: String = clusters.iter().map(|(c, _, r)| route(c, r)).collect();
     let defs: String = clusters
         .iter()
         .map(|(c, lb, _)| pool.cluster(c, lb))
