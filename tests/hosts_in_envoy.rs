@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::pool::{load, with_pool, Pool, RETRIES};
+use common::pool::{load, route, with_pool, Pool, EJECT_AND_RETRY, RETRIES, RETRIES_ELSEWHERE};
 use common::*;
 
 /// Rules today's breaker trips on, whatever the balancer does with one host of three
@@ -69,7 +69,7 @@ fn one_bad_host_of_three(lb_policy: &str) {
     let bad = pool.address(0);
     for (cluster, .., hosts) in clusters {
         let got = load(&gw, &format!("/{cluster}"), REQUESTS, CALLERS);
-        eprintln!("{lb_policy} {cluster}: {got:?}");
+        eprintln!("hosts | {lb_policy} {cluster}: {got:?}");
         if hosts == 2 {
             assert_eq!(got.refused, 0, "{lb_policy} {cluster}: {got:?}");
         }
@@ -81,7 +81,7 @@ fn one_bad_host_of_three(lb_policy: &str) {
             counter(&stack.envoy, TRIPS, cluster),
         );
         let seen = outcomes(&stack.envoy, cluster);
-        eprintln!("{lb_policy} {cluster}: confined {confined}, trips {trips}, {seen:?}");
+        eprintln!("hosts | {lb_policy} {cluster}: confined {confined}, trips {trips}, {seen:?}");
         if hosts == 1 {
             assert!(
                 trips > 0,
@@ -131,6 +131,10 @@ fn one_fast_failing_host_trips_nothing_from_the_start() {
         with_pool(&y, &pool, &[("pool", "LEAST_REQUEST", "")])
     });
     let got = load(&stack.envoy.gateway, "/pool", REQUESTS, CALLERS);
+    eprintln!(
+        "hosts | from the start: {got:?}, confined {}",
+        counter(&stack.envoy, CONFINED, "pool")
+    );
     assert_eq!(got.refused, 0, "{got:?}");
     assert!(
         got.statuses.get(&503) > Some(&300),
@@ -230,4 +234,33 @@ fn a_host_that_recovers_and_another_that_fails_later_trip_nothing() {
         std::thread::sleep(Duration::from_millis(1_200));
     }
     assert_eq!(counter(&stack.envoy, TRIPS, "turns"), 0);
+}
+
+/// The composition the README recommends, with three real hosts and one answering 503:
+/// the retries send its share elsewhere, outlier detection ejects it, and the breaker,
+/// which sees almost nothing of it, stays closed.
+#[test]
+fn the_recommended_composition_keeps_a_bad_host_from_callers() {
+    let pool = Pool::start(3);
+    let stack = stack_with(Some("{}"), 2, |y| {
+        let y = add_routes(&y, &route("composed", RETRIES_ELSEWHERE));
+        add_clusters(
+            &y,
+            &pool.cluster_with("composed", "LEAST_REQUEST", EJECT_AND_RETRY),
+        )
+    });
+    let gw = stack.envoy.gateway.clone();
+    let warm = load(&gw, "/composed", 300, CALLERS);
+    assert_eq!(warm.statuses.get(&200), Some(&300));
+    pool.hosts[0].fail_everything();
+    let got = load(&gw, "/composed", REQUESTS, CALLERS);
+    eprintln!(
+        "hosts | composed: {got:?}, the bad host saw {}",
+        pool.hosts[0].hits()
+    );
+    assert_eq!(got.refused, 0, "{got:?}");
+    let failed = got.statuses.get(&503).copied().unwrap_or(0);
+    assert!(failed <= 30, "callers saw {failed} failures: {got:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter(&stack.envoy, TRIPS, "composed"), 0);
 }

@@ -29,6 +29,11 @@ impl Pool {
 
     /// A cluster `name` over every host, balanced by `lb_policy`.
     pub fn cluster(&self, name: &str, lb_policy: &str) -> String {
+        self.cluster_with(name, lb_policy, "")
+    }
+
+    /// [`Pool::cluster`] with more of the cluster's fields (YAML lines at its indentation).
+    pub fn cluster_with(&self, name: &str, lb_policy: &str, extra: &str) -> String {
         let endpoints: String = self
             .hosts
             .iter()
@@ -40,7 +45,7 @@ impl Pool {
             })
             .collect();
         format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {lb_policy}\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    lb_policy: {lb_policy}\n{extra}    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n{endpoints}"
         )
     }
 }
@@ -51,6 +56,10 @@ pub const RETRIES: &str = "retry_policy: { retry_on: \"5xx\", num_retries: 2 }";
 
 /// Retries as the sample recommends: twice more, on another host.
 pub const RETRIES_ELSEWHERE: &str = "retry_policy: { retry_on: \"5xx,reset,connect-failure\", num_retries: 2, retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }], host_selection_retry_max_attempts: 3 }";
+
+/// The recommended cluster fields for several hosts, as the README shows them: a host
+/// failing 5 times in a row ejected, and retries not held to 3 at once.
+pub const EJECT_AND_RETRY: &str = "    outlier_detection: { consecutive_5xx: 5, interval: 5s, base_ejection_time: 30s, max_ejection_percent: 50 }\n    circuit_breakers: { thresholds: [{ max_retries: 1000 }] }\n";
 
 /// A route from `/<cluster>` to the cluster's `/schools`, with `retry` (a route's
 /// `retry_policy`, or empty).
