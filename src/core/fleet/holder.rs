@@ -4,6 +4,8 @@
 //! over when the holder's VM dies. This decides from the stored bytes; the caller does
 //! the compare-and-swap with the stamp it read, and a lost swap means "not this tick".
 
+use crate::core::bytes::Reader;
+
 const MAGIC: u8 = 0xF2;
 const LEN: usize = 17;
 
@@ -40,17 +42,15 @@ impl Claim {
 
     /// `None` for anything else, which is then claimed over like a missing key.
     pub fn decode(bytes: &[u8]) -> Option<Claim> {
-        if bytes.len() != LEN || bytes[0] != MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != MAGIC {
             return None;
         }
-        let mut id = [0u8; 8];
-        let mut at = [0u8; 8];
-        id.copy_from_slice(&bytes[1..9]);
-        at.copy_from_slice(&bytes[9..17]);
-        Some(Claim {
-            id: u64::from_le_bytes(id),
-            heartbeat_ms: u64::from_le_bytes(at),
-        })
+        let claim = Claim {
+            id: r.u64()?,
+            heartbeat_ms: r.u64()?,
+        };
+        r.is_done().then_some(claim)
     }
 }
 
