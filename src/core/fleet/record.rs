@@ -5,16 +5,17 @@
 use std::fmt;
 
 use crate::core::bytes::Reader;
+use crate::core::limits::MAX_MEMBER_BYTES;
 use crate::core::settings::Mode;
 use crate::core::state::{Cause, Counts, State, Transition, TripReason};
 
 const MAGIC: u8 = 0xF1;
 const VERSION: u8 = 1;
 const FIXED_LEN: usize = 53;
-/// Longest member name: Envoy node ids are usually pod or host names, well under this.
-pub const MAX_MEMBER: usize = 64;
 /// Largest valid record; anything longer is refused before it is read.
 pub const MAX_RECORD_BYTES: usize = 128;
+// The longest member name fits.
+const _: () = assert!(FIXED_LEN + MAX_MEMBER_BYTES <= MAX_RECORD_BYTES);
 
 /// Why a record was made, so an adopting Envoy can say it in its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +126,9 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// Whether `name` may be a member name: 1 to [`MAX_MEMBER`] bytes, no control characters.
+/// Whether `name` may be a member name: 1 to [`MAX_MEMBER_BYTES`] bytes, no control characters.
 pub fn valid_member(name: &str) -> bool {
-    (1..=MAX_MEMBER).contains(&name.len()) && !name.chars().any(char::is_control)
+    (1..=MAX_MEMBER_BYTES).contains(&name.len()) && !name.chars().any(char::is_control)
 }
 
 impl FleetRecord {
@@ -248,7 +249,7 @@ impl FleetRecord {
         let mut record = numbers(&mut rd).ok_or_else(short)?;
         record.read_codes(codes)?;
         let n = usize::from(rd.u8().ok_or_else(short)?);
-        if n == 0 || n > MAX_MEMBER || bytes.len() != FIXED_LEN + n {
+        if n == 0 || n > MAX_MEMBER_BYTES || bytes.len() != FIXED_LEN + n {
             return Err(short());
         }
         record.member = std::str::from_utf8(rd.rest())
@@ -321,10 +322,10 @@ fn open_for(t: &Transition) -> u64 {
     }
 }
 
-/// The member name cut to [`MAX_MEMBER`] bytes on a character boundary; callers check
+/// The member name cut to [`MAX_MEMBER_BYTES`] bytes on a character boundary; callers check
 /// names at configuration, this only keeps a record from ever being unreadable.
 fn truncated(name: &str) -> &str {
-    let mut end = name.len().min(MAX_MEMBER);
+    let mut end = name.len().min(MAX_MEMBER_BYTES);
     while !name.is_char_boundary(end) {
         end -= 1;
     }

@@ -14,8 +14,8 @@ use crate::core::bytes::Reader;
 const SHADOW_MAGIC: u8 = 0xF3;
 const SLOTS_MAGIC: u8 = 0xF4;
 const VERSION: u8 = 2;
-/// Most slots one breaker can have (`half_open_max_requests` is at most 10,000).
-pub const MAX_SLOTS: u32 = 10_000;
+/// Most slots one breaker can have: one per probe `half_open_max_requests` allows.
+pub const MAX_SLOTS: u32 = crate::core::limits::HALF_OPEN_MAX_REQUESTS.max;
 
 /// Encodes a shadow: magic, version, then the seen record (revision and bytes) and the
 /// claim, each behind a presence byte and a length, then the progress behind a presence

@@ -4,6 +4,10 @@
 use prost::Message;
 
 use super::messages::*;
+use crate::core::limits::MAX_ETCD_CLUSTER_BYTES;
+
+// The outer length (the name's plus two) must stay a one-byte varint below 0x80.
+const _: () = assert!(MAX_ETCD_CLUSTER_BYTES + 2 < 0x80);
 
 /// gRPC service and method names for Envoy's `dispatch_grpc_call` and `open_grpc_stream`.
 pub mod method {
@@ -30,12 +34,13 @@ pub const TOKEN_METADATA: &str = "token";
 
 /// The serialized `envoy.config.core.v3.GrpcService` naming `cluster`, which is what
 /// Envoy's gRPC host calls want as their cluster argument (a bare name can parse as a
-/// broken proto and abort Envoy). `None` unless the name is 1 to 120 printable ASCII
-/// bytes: then every length fits one varint byte below 0x80 and the bytes are valid UTF-8,
-/// as the SDK's `&str` parameter needs.
+/// broken proto and abort Envoy). `None` unless the name is 1 to
+/// [`MAX_ETCD_CLUSTER_BYTES`] printable ASCII bytes: then every length fits one varint
+/// byte below 0x80 and the bytes are valid UTF-8, as the SDK's `&str` parameter needs.
 pub fn grpc_service(cluster: &str) -> Option<String> {
     let n = cluster.len();
-    if !(1..=120).contains(&n) || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+    if !(1..=MAX_ETCD_CLUSTER_BYTES).contains(&n) || !cluster.bytes().all(|b| b.is_ascii_graphic())
+    {
         return None;
     }
     // envoy_grpc (field 1, length-delimited) { cluster_name (field 1, length-delimited) }
