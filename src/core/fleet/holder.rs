@@ -9,8 +9,8 @@ use crate::core::bytes::Reader;
 const MAGIC: u8 = 0xF2;
 const LEN: usize = 17;
 
-/// After this long without a heartbeat, the holder is presumed dead. Ticks run every
-/// 250 ms in fleet mode, so four missed ticks.
+/// After this long without a heartbeat, the holder is presumed dead: ten missed ticks of
+/// the filter's 100 ms timer.
 pub const STALE_AFTER_MS: u64 = 1_000;
 
 /// The role this context has after a tick, and the bytes to write (with the read stamp)
