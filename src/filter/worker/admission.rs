@@ -2,7 +2,7 @@
 //! ended ([`Worker::record`]). The core decides both; this side makes the host calls a
 //! decision needs, and no more.
 
-use crate::core::breaker::{self, Admission, Call, Now, Tally, Ticket};
+use crate::core::breaker::{self, Admission, Call, Now, SuccessBatch, Ticket};
 use crate::core::cache::Entry;
 use crate::core::codec;
 use crate::core::outcome::{Outcome, StreamEnd};
@@ -139,7 +139,7 @@ impl Worker {
         if let (Some(c), Some(now)) = (capture, now_ms) {
             slot.keep(c, outcome, now);
         }
-        if Tally::can_defer(&slot.glance, &slot.settings, ticket, &call) {
+        if SuccessBatch::can_defer(&slot.glance, &slot.settings, ticket, &call) {
             slot.tally.defer(ticket.generation);
             return;
         }

@@ -2,9 +2,9 @@
 //! successes, stats and replies; and the one place a transition this worker made is
 //! announced (log line, stats, stored history, webhook event).
 
-use crate::core::breaker::{Step, Tally};
+use crate::core::breaker::{Step, SuccessBatch};
 use crate::core::cache::ResponseCache;
-use crate::core::codec::Glance;
+use crate::core::codec::RecordHeader;
 use crate::core::history::{self, Event};
 use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
@@ -28,7 +28,7 @@ pub struct Slot {
     pub last_seen: Record,
     /// This worker's copy of the record's header: refreshed by every read or write of the
     /// shared record, every timer tick and every notice from another worker.
-    pub glance: Glance,
+    pub glance: RecordHeader,
     /// When [`Slot::glance`] was last confirmed against the shared record (worker clock).
     pub confirmed_at_ms: u64,
     /// Set when this worker made a transition the other workers have not been told of.
@@ -36,7 +36,7 @@ pub struct Slot {
     /// Fleet mode: this worker need not read the breaker's decision from etcd before a
     /// request (the process has it, or etcd is out of reach).
     pub fleet_settled: bool,
-    pub tally: Tally,
+    pub tally: SuccessBatch,
     pub metrics: Metrics,
     pub reply: RejectReply,
     pub cache: Option<ResponseCache>,
@@ -71,7 +71,7 @@ impl Slot {
             .map(|l| l.record)
             .unwrap_or_default();
         let slot = Slot {
-            glance: Glance::of(&last_seen),
+            glance: RecordHeader::of(&last_seen),
             confirmed_at_ms: now_ms,
             moved: false,
             fleet_settled: false,
@@ -81,7 +81,7 @@ impl Slot {
             metrics: Metrics::define(host, name),
             settings,
             last_seen,
-            tally: Tally::default(),
+            tally: SuccessBatch::default(),
             key,
             dry_run_unlogged: 0,
             dry_run_logged_at_ms: 0,
@@ -126,7 +126,7 @@ impl Slot {
     /// Reads the shared record again into this worker's copy (another worker said it moved).
     pub fn refresh(&mut self, host: &impl Host, now_ms: u64) {
         if let Ok(loaded) = store::load(&SharedData(host), &self.key) {
-            self.glance = Glance::of(&loaded.record);
+            self.glance = RecordHeader::of(&loaded.record);
             self.last_seen = loaded.record;
             self.confirmed_at_ms = now_ms;
             self.metrics.state(host, self.last_seen.state);
@@ -157,7 +157,7 @@ impl Slot {
         if updated.record.consecutive_failures == 1 {
             self.moved = true;
         }
-        self.glance = Glance::of(&updated.record);
+        self.glance = RecordHeader::of(&updated.record);
         self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
     }
