@@ -4,6 +4,10 @@
 //! say whether it must be written back, so the common case (closed, success) can skip the
 //! shared-data write.
 
+mod timer;
+
+pub use timer::next_timer_ms;
+
 use super::codec::RecordHeader;
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings, StoreFailure};

@@ -1060,3 +1060,70 @@ fn the_fleets_successes_close_half_open_and_never_count_down() {
         Some((State::HalfOpen, State::Closed, Cause::Recovered))
     );
 }
+
+#[test]
+fn an_idle_closed_breaker_with_an_empty_window_needs_no_timer() {
+    let s = settings();
+    assert_eq!(next_timer_ms(&Record::default(), &s, 1_000), None);
+}
+
+#[test]
+fn a_closed_breaker_needs_the_timer_when_its_oldest_calls_leave_the_window() {
+    let s = settings();
+    let mut r = Record::default();
+    call_with(&mut r, &s, quick(OK), 2_500);
+    // Slices of 1 s in a 10 s window: the call of 2.5 s leaves at 12 s.
+    assert_eq!(next_timer_ms(&r, &s, 3_000), Some(12_000));
+    assert!(tick(&mut r, &s, 12_000).transition.is_none());
+    assert_eq!(next_timer_ms(&r, &s, 12_000), None);
+}
+
+#[test]
+fn an_open_breaker_needs_the_timer_when_its_open_time_runs_out() {
+    let s = settings();
+    let mut r = Record::default();
+    for _ in 0..3 {
+        call_with(&mut r, &s, quick(FAIL), 1_000);
+    }
+    assert_eq!(r.state, State::Open);
+    let until = r.open_until_ms;
+    // The failures leave the 10 s window at 11 s, before the open time ends.
+    assert_eq!(next_timer_ms(&r, &s, 1_000), Some(until.min(11_000)));
+    assert!(tick(&mut r, &s, until - 1).transition.is_none(), "not before");
+    let t = tick(&mut r, &s, until).transition;
+    assert_eq!(t.map(|t| t.to), Some(State::HalfOpen), "at its time");
+}
+
+#[test]
+fn a_half_open_breaker_needs_the_timer_only_while_probes_can_time_out() {
+    let s = Settings {
+        half_open_max_duration_ms: 5_000,
+        window: WindowSpec::Count { size: 10 },
+        ..settings()
+    };
+    let mut r = Record::default();
+    for _ in 0..3 {
+        call_with(&mut r, &s, quick(FAIL), 1_000);
+    }
+    let opened = r.open_until_ms;
+    assert!(tick(&mut r, &s, opened).transition.is_some());
+    assert_eq!(next_timer_ms(&r, &s, opened), None, "waiting for traffic");
+    admitted(admit(&mut r, &s, opened + 10, 0));
+    assert_eq!(next_timer_ms(&r, &s, opened + 10), Some(opened + 5_010));
+}
+
+#[test]
+fn a_forced_mode_not_yet_followed_needs_the_timer_at_once() {
+    let s = Settings {
+        mode: Mode::ForcedOpen,
+        ..settings()
+    };
+    let mut r = Record::default();
+    assert_eq!(next_timer_ms(&r, &s, 7), Some(7));
+    assert!(tick(&mut r, &s, 7).transition.is_some());
+    assert_eq!(
+        next_timer_ms(&r, &s, 7),
+        None,
+        "held open by its mode, not by time"
+    );
+}
