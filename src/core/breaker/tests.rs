@@ -1089,7 +1089,10 @@ fn an_open_breaker_needs_the_timer_when_its_open_time_runs_out() {
     let until = r.open_until_ms;
     // The failures leave the 10 s window at 11 s, before the open time ends.
     assert_eq!(next_timer_ms(&r, &s, 1_000), Some(until.min(11_000)));
-    assert!(tick(&mut r, &s, until - 1).transition.is_none(), "not before");
+    assert!(
+        tick(&mut r, &s, until - 1).transition.is_none(),
+        "not before"
+    );
     let t = tick(&mut r, &s, until).transition;
     assert_eq!(t.map(|t| t.to), Some(State::HalfOpen), "at its time");
 }
