@@ -30,7 +30,7 @@ pub fn record(data: &[u8]) {
     let glance = codec::glance(data);
     if let Ok(r) = codec::decode(data) {
         assert_eq!(codec::encode(&r), data, "round trip of {r:?}");
-        assert_eq!(glance, Some(codec::Glance::of(&r)));
+        assert_eq!(glance, Some(codec::RecordHeader::of(&r)));
     }
 }
 

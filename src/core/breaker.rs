@@ -4,7 +4,11 @@
 //! say whether it must be written back, so the common case (closed, success) can skip the
 //! shared-data write.
 
-use super::codec::Glance;
+mod timer;
+
+pub use timer::next_timer_ms;
+
+use super::codec::RecordHeader;
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
@@ -151,7 +155,7 @@ impl Now<fn() -> u64> {
     }
 }
 
-/// The decision for the common cases, made from a [`Glance`] with no write: a closed
+/// The decision for the common cases, made from a [`RecordHeader`] with no write: a closed
 /// breaker that is not ramping admits, a disabled one passes, and an open one whose open
 /// time ends well after the coarse time refuses. The coarse time is a clock the caller
 /// already has, so admitting needs no clock read; it can only be late by
@@ -159,7 +163,7 @@ impl Now<fn() -> u64> {
 /// caller the time left to the millisecond, so only it reads the exact clock.
 /// `None` means the full [`admit`] must decide.
 pub fn admit_at_a_glance(
-    g: &Glance,
+    g: &RecordHeader,
     settings: &Settings,
     now: &mut Now<impl FnMut() -> u64>,
 ) -> Option<Admission> {
@@ -213,7 +217,7 @@ pub const MAX_COPY_AGE_MS: u64 = 1_000;
 /// it was confirmed could have reached half-open already, whose probe limit must hold
 /// exactly; an open copy can only refuse; half-open is never decided from a copy.
 pub fn trusts_copy(
-    copy: &Glance,
+    copy: &RecordHeader,
     settings: &Settings,
     confirmed_at_ms: u64,
     coarse_now_ms: u64,
@@ -235,7 +239,7 @@ pub fn trusts_copy(
 /// What a request gets when the state store gave up (every compare-and-swap lost, or a host
 /// error): a breaker last seen closed passes it untracked or refuses it, as configured; one
 /// last seen open or half-open refuses it, so the probe limit holds whatever happens.
-pub fn when_store_fails(last_seen: &Glance, settings: &Settings) -> Admission {
+pub fn when_store_fails(last_seen: &RecordHeader, settings: &Settings) -> Admission {
     let refuse = |kind| {
         Admission::Rejected(Rejection {
             kind,
@@ -350,7 +354,7 @@ fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transit
 }
 
 /// The timer's step: mode and time move the breaker, a finished ramp is cleared, and the
-/// rate rules are checked again, since successes folded in from worker tallies can bring
+/// rate rules are checked again, since successes folded in from worker batches can bring
 /// the window up to `minimum_requests` without any new failure being written.
 pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
     let mode = record.mode(settings);
@@ -499,15 +503,20 @@ fn trip_reason(record: &Record, s: &Settings, now_ms: u64) -> Option<TripReason>
 /// they are batched and folded in on the next write, keeping shared-data writes off the
 /// success path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
+pub struct SuccessBatch {
     generation: u32,
     successes: u32,
 }
 
-impl Tally {
-    /// Whether the call may wait in the tally instead of being written now, judged against
+impl SuccessBatch {
+    /// Whether the call may wait in the batch instead of being written now, judged against
     /// the freshest record this worker has seen.
-    pub fn can_defer(last_seen: &Glance, settings: &Settings, ticket: Ticket, call: &Call) -> bool {
+    pub fn can_defer(
+        last_seen: &RecordHeader,
+        settings: &Settings,
+        ticket: Ticket,
+        call: &Call,
+    ) -> bool {
         call.outcome == Outcome::Success
             && !ticket.probe
             && !settings.is_slow(call.elapsed_ms)
@@ -520,7 +529,7 @@ impl Tally {
     /// Adds one success from `generation`; successes from an older generation are dropped.
     pub fn defer(&mut self, generation: u32) {
         if self.generation != generation {
-            *self = Tally {
+            *self = SuccessBatch {
                 generation,
                 successes: 0,
             };
@@ -533,14 +542,14 @@ impl Tally {
     }
 
     /// Puts back successes a failed write could not fold in.
-    pub fn restore(&mut self, other: Tally) {
+    pub fn restore(&mut self, other: SuccessBatch) {
         if self.is_empty() || self.generation == other.generation {
             self.generation = other.generation;
             self.successes = self.successes.saturating_add(other.successes);
         }
     }
 
-    /// Folds the tally into `record`; reports whether the record changed.
+    /// Folds the batch into `record`; reports whether the record changed.
     pub fn fold_into(self, record: &mut Record, settings: &Settings, now_ms: u64) -> bool {
         if self.successes == 0
             || self.generation != record.generation

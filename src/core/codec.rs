@@ -87,7 +87,7 @@ fn put_bucket(out: &mut Vec<u8>, b: &Bucket) {
 /// The fields the request path needs, read from the front of a record without decoding
 /// its window: admitting a request to a closed breaker looks at nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Glance {
+pub struct RecordHeader {
     pub state: State,
     pub generation: u32,
     pub consecutive_failures: u32,
@@ -97,9 +97,9 @@ pub struct Glance {
     pub open_until_ms: u64,
 }
 
-impl Glance {
-    pub fn of(r: &Record) -> Glance {
-        Glance {
+impl RecordHeader {
+    pub fn of(r: &Record) -> RecordHeader {
+        RecordHeader {
             state: r.state,
             generation: r.generation,
             consecutive_failures: r.consecutive_failures,
@@ -111,9 +111,9 @@ impl Glance {
     }
 }
 
-/// Reads the [`Glance`] of stored bytes; `None` for anything [`decode`] would refuse in the
+/// Reads the [`RecordHeader`] of stored bytes; `None` for anything [`decode`] would refuse in the
 /// header (the full decode on the write path deals with it).
-pub fn glance(bytes: &[u8]) -> Option<Glance> {
+pub fn glance(bytes: &[u8]) -> Option<RecordHeader> {
     if bytes.len() < HEADER_LEN + 1
         || bytes[0] != MAGIC
         || bytes[1] != VERSION
@@ -130,7 +130,7 @@ pub fn glance(bytes: &[u8]) -> Option<Glance> {
     let u64_at = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
     };
-    Some(Glance {
+    Some(RecordHeader {
         state,
         generation: u32_at(8)?,
         consecutive_failures: u32_at(36)?,
@@ -345,7 +345,7 @@ mod tests {
 
         #[test]
         fn a_glance_agrees_with_the_full_decode(r in any_record()) {
-            prop_assert_eq!(glance(&encode(&r)), Some(Glance::of(&r)));
+            prop_assert_eq!(glance(&encode(&r)), Some(RecordHeader::of(&r)));
         }
 
         #[test]
