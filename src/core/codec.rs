@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::bytes::Reader;
 use super::settings::Mode;
 use super::state::{Record, State, TripReason};
 use super::window::{cells_bytes, Bucket, CountWindow, TimeWindow, Window, BUCKETS, MAX_CALLS};
@@ -142,32 +143,30 @@ pub fn glance(bytes: &[u8]) -> Option<RecordHeader> {
 
 /// Reads a record back, refusing anything [`encode`] would not have written.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let short = || DecodeError::Length(bytes.len());
     if bytes.len() < HEADER_LEN + 1 {
-        return Err(DecodeError::Length(bytes.len()));
+        return Err(short());
     }
-    let mut rd = Reader { bytes, at: 0 };
-    let magic = rd.u8();
+    let mut rd = Reader::new(bytes);
+    let [magic, version, state, reason, mode, flags, pad_low, pad_high] =
+        rd.array().ok_or_else(short)?;
     if magic != MAGIC {
         return Err(DecodeError::Magic(magic));
     }
-    let version = rd.u8();
     if version != VERSION {
         return Err(DecodeError::Version(version));
     }
-    let code = rd.u8();
-    let state = State::from_code(code).ok_or(DecodeError::Field("state", code.into()))?;
-    let code = rd.u8();
-    let reason = TripReason::from_code(code).ok_or(DecodeError::Field("reason", code.into()))?;
-    let code = rd.u8();
-    let mode_override = Mode::from_code(code).ok_or(DecodeError::Field("mode", code.into()))?;
-    let flags = rd.u8();
+    let field = |name, v: u8| DecodeError::Field(name, v.into());
+    let state = State::from_code(state).ok_or(field("state", state))?;
+    let reason = TripReason::from_code(reason).ok_or(field("reason", reason))?;
+    let mode_override = Mode::from_code(mode).ok_or(field("mode", mode))?;
     if flags > 1 {
-        return Err(DecodeError::Field("flags", flags.into()));
+        return Err(field("flags", flags));
     }
-    if rd.take::<2>() != [0, 0] {
+    if [pad_low, pad_high] != [0, 0] {
         return Err(DecodeError::Field(
             "padding",
-            u64::from(bytes[6]) | u64::from(bytes[7]) << 8,
+            u64::from(pad_low) | u64::from(pad_high) << 8,
         ));
     }
     let mut r = Record {
@@ -175,57 +174,70 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         reason,
         mode_override,
         ramping: flags == 1,
-        generation: rd.u32(),
-        changed_at_ms: rd.u64(),
-        open_until_ms: rd.u64(),
-        probing_since_ms: rd.u64(),
-        consecutive_failures: rd.u32(),
-        probes_in_flight: rd.u32(),
-        probe_successes: rd.u32(),
-        trips_in_row: rd.u32(),
-        window: Window::default(),
+        ..counters(&mut rd).ok_or_else(short)?
     };
-    r.window = match rd.u8() {
-        0 => {
-            if bytes.len() != HEADER_LEN + TIME_LEN {
-                return Err(DecodeError::Length(bytes.len()));
-            }
-            let mut w = TimeWindow {
-                width_ms: rd.u64(),
-                head: rd.u64(),
-                ..TimeWindow::default()
-            };
-            for b in w.buckets.iter_mut() {
-                *b = rd.bucket();
-            }
-            Window::Time(w)
-        }
-        1 => decode_count(bytes, &mut rd)?,
+    r.window = match rd.u8().ok_or_else(short)? {
+        0 => decode_time(bytes.len(), &mut rd)?,
+        1 => decode_count(bytes.len(), &mut rd)?,
         tag => return Err(DecodeError::Field("window", tag.into())),
     };
     Ok(r)
 }
 
-fn decode_count(bytes: &[u8], rd: &mut Reader) -> Result<Window, DecodeError> {
-    if bytes.len() < HEADER_LEN + COUNT_FIXED_LEN {
-        return Err(DecodeError::Length(bytes.len()));
+/// The header's times and counters, in stored order, on a default record.
+fn counters(rd: &mut Reader) -> Option<Record> {
+    Some(Record {
+        generation: rd.u32()?,
+        changed_at_ms: rd.u64()?,
+        open_until_ms: rd.u64()?,
+        probing_since_ms: rd.u64()?,
+        consecutive_failures: rd.u32()?,
+        probes_in_flight: rd.u32()?,
+        probe_successes: rd.u32()?,
+        trips_in_row: rd.u32()?,
+        ..Record::default()
+    })
+}
+
+fn decode_time(total: usize, rd: &mut Reader) -> Result<Window, DecodeError> {
+    let short = || DecodeError::Length(total);
+    if total != HEADER_LEN + TIME_LEN {
+        return Err(short());
     }
-    let (size, len, next) = (rd.u32(), rd.u32(), rd.u32());
+    let mut w = TimeWindow {
+        width_ms: rd.u64().ok_or_else(short)?,
+        head: rd.u64().ok_or_else(short)?,
+        ..TimeWindow::default()
+    };
+    for b in w.buckets.iter_mut() {
+        *b = bucket(rd).ok_or_else(short)?;
+    }
+    Ok(Window::Time(w))
+}
+
+fn decode_count(total: usize, rd: &mut Reader) -> Result<Window, DecodeError> {
+    let short = || DecodeError::Length(total);
+    if total < HEADER_LEN + COUNT_FIXED_LEN {
+        return Err(short());
+    }
+    let size = rd.u32().ok_or_else(short)?;
+    let len = rd.u32().ok_or_else(short)?;
+    let next = rd.u32().ok_or_else(short)?;
+    let totals = bucket(rd).ok_or_else(short)?;
     if !(1..=MAX_CALLS).contains(&size) {
         return Err(DecodeError::Field("window.size", size.into()));
     }
     if len > size || next >= size {
         return Err(DecodeError::Field("window.len", len.into()));
     }
-    let totals = rd.bucket();
-    if bytes.len() != HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size) {
-        return Err(DecodeError::Length(bytes.len()));
+    if total != HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size) {
+        return Err(short());
     }
     let w = CountWindow {
         size,
         len,
         next,
-        cells: bytes[rd.at..].to_vec(),
+        cells: rd.rest().to_vec(),
         totals,
     };
     if w.recount() != totals {
@@ -234,37 +246,12 @@ fn decode_count(bytes: &[u8], rd: &mut Reader) -> Result<Window, DecodeError> {
     Ok(Window::Count(w))
 }
 
-/// Reads fixed-width fields; callers check lengths before reading past the header.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        if let Some(src) = self.bytes.get(self.at..self.at + N) {
-            out.copy_from_slice(src);
-        }
-        self.at += N;
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
-    }
-    fn bucket(&mut self) -> Bucket {
-        Bucket {
-            successes: self.u32(),
-            failures: self.u32(),
-            slow: self.u32(),
-        }
-    }
+fn bucket(rd: &mut Reader) -> Option<Bucket> {
+    Some(Bucket {
+        successes: rd.u32()?,
+        failures: rd.u32()?,
+        slow: rd.u32()?,
+    })
 }
 
 #[cfg(test)]
