@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools etcd-spike test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
 
 build: wasm services
 
@@ -43,12 +43,6 @@ test-tools:
 ## clusters and certificates (examples/school-system/src/etcd.rs).
 etcd-tools:
 	@tools/apt-install.sh etcd:etcd-server etcdctl:etcd-client openssl:openssl
-
-## etcd-spike: the wire proof of core::fleet's etcd messages through the real Envoy
-## (bench/etcd-spike, a throw-away filter; the wired fleet is tested by `make test`).
-etcd-spike: wasm-target envoy etcd-tools
-	cargo build --target wasm32-wasip1 --release -p etcd-spike
-	cargo test -p etcd-spike --test wire -- --ignored --nocapture --test-threads 1
 
 ## hooks-wasm: a build for the fault tests only, whose VM traps or damages its record on
 ## request (target/test-hooks/).

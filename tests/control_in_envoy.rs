@@ -9,12 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn trip_school(stack: &Stack) {
-    stack.school.fail_everything();
-    calls(&stack.envoy, "/schools", 5);
-    assert!(is_rejection(&stack.envoy.call("/schools")));
-}
-
 fn body(r: &Response) -> Value {
     r.json()
         .unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
@@ -379,21 +373,11 @@ fn promtool_accepts_envoys_prometheus_output() {
         let text = stack.envoy.metrics();
         text.contains(gauge).then_some(text)
     });
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (make test installs prometheus)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // promtool comes with `make test-tools`.
+    let out = run_with_input(
+        std::process::Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+    );
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use compose::{lines_of, Compose};
+use compose::Compose;
 use serde_json::{json, Value};
 
 /// A project name of its own, so cleaning up never touches anything else.
@@ -352,13 +352,8 @@ impl Traffic {
 #[test]
 #[ignore = "needs a Docker engine and the images: run `make test-docker`"]
 fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losing_nothing() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let token = format!("fleet-test-{nanos:x}");
-    let volumes_before = lines_of(&["volume", "ls", "--quiet"]);
-    let mut stack = Compose::up(PROJECT, FILE, &PORTS, &token, show_breaker_lines);
+    let mut stack = Compose::up(PROJECT, FILE, &PORTS, show_breaker_lines);
+    let token = stack.token().to_string();
     assert_eq!(stack.containers().len(), 9, "nine containers run");
 
     wait_for(
@@ -550,5 +545,5 @@ fn the_fleet_stack_survives_a_killed_leader_a_frozen_member_and_a_partition_losi
         Vec::<String>::new(),
         "no request failed because of etcd"
     );
-    stack.down(&volumes_before);
+    stack.down();
 }

@@ -11,7 +11,7 @@ mod compose;
 use std::time::{Duration, Instant};
 
 use common::*;
-use compose::{lines_of, Compose};
+use compose::Compose;
 use serde_json::{json, Value};
 
 /// A project name of its own, so cleaning up can never touch a user's `make demo-docker`.
@@ -98,13 +98,8 @@ fn login() -> Response {
 #[test]
 #[ignore = "needs a Docker engine and the images: run `make test-docker`"]
 fn the_shipped_compose_stack_passes_trips_refuses_cascades_recovers_and_alerts() {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let token = format!("docker-test-{nanos:x}");
-    let volumes_before = lines_of(&["volume", "ls", "--quiet"]);
-    let mut stack = Compose::up(PROJECT, FILE, &PORTS, &token, show_envoy_log);
+    let mut stack = Compose::up(PROJECT, FILE, &PORTS, show_envoy_log);
+    let token = stack.token().to_string();
     assert_eq!(stack.containers().len(), 5, "five containers run");
 
     wait_for(
@@ -291,5 +286,5 @@ fn the_shipped_compose_stack_passes_trips_refuses_cascades_recovers_and_alerts()
         || (sample(r#"circuit_breaker_state{cluster="school"}"#) == Some(0.0)).then_some(()),
     );
 
-    stack.down(&volumes_before);
+    stack.down();
 }

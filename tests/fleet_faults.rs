@@ -151,9 +151,7 @@ fn a_prober_killed_mid_probe_frees_its_slot_when_its_lease_expires() {
     trip_through(&f.stack.envoy, &f.stack);
     state_everywhere(&f, "open");
     // Healthy but slow, so the probe through gateway-2 is in flight when it dies.
-    f.stack
-        .school
-        .set_faults(serde_json::json!({"is_healthy": true, "response_time_ms": 4000}));
+    f.stack.school.heal_slowly(4000);
     state_everywhere(&f, "half_open");
     let before = f.stack.school.hits();
     let prober = f.others[0].gateway.clone();
@@ -170,14 +168,7 @@ fn a_prober_killed_mid_probe_frees_its_slot_when_its_lease_expires() {
     wait_for("the probe upstream", Duration::from_secs(5), || {
         (f.stack.school.hits() > before).then_some(())
     });
-    let slots = || {
-        f.etcd
-            .ctl(&["get", "--prefix", "--keys-only", &format!("{PREFIX}/p/")])
-            .unwrap()
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count()
-    };
+    let slots = || keys_under(&f.etcd, &format!("{PREFIX}/p/")).len();
     assert_eq!(slots(), 1, "the probe holds the fleet's one slot");
     for e in [&f.stack.envoy, &f.others[1]] {
         let r = e.call("/schools");
@@ -216,11 +207,11 @@ fn a_prober_killed_mid_probe_frees_its_slot_when_its_lease_expires() {
         });
     }
     assert_eq!(slots(), 0, "no slot left behind");
-    let members = f
-        .etcd
-        .ctl(&["get", "--prefix", "--keys-only", &format!("{PREFIX}/m/")])
-        .unwrap();
-    assert!(!members.contains("gateway-2"), "{members}");
+    let members = keys_under(&f.etcd, &format!("{PREFIX}/m/"));
+    assert!(
+        !members.iter().any(|m| m.ends_with("/gateway-2")),
+        "{members:?}"
+    );
 }
 
 /// Every Envoy's fleet generation of the school breaker, read over and over while a race

@@ -69,14 +69,11 @@ fn a_trip_through_one_envoy_is_refused_by_the_others_without_upstream_calls() {
         eprintln!("propagation to one other Envoy: {sum} ms (publisher's clock to adoption)");
         assert!(sum < 1_000.0, "{sum} ms");
     }
-    let stored = f
-        .etcd
-        .ctl(&["get", "--prefix", "--keys-only", PREFIX])
-        .unwrap();
-    assert!(stored.contains(&format!("{PREFIX}/b/school")), "{stored}");
+    let stored = keys_under(&f.etcd, PREFIX);
+    assert!(stored.contains(&format!("{PREFIX}/b/school")), "{stored:?}");
     assert!(
         !stored.contains(&format!("{PREFIX}/b/auth")),
-        "auth is kept local: {stored}"
+        "auth is kept local: {stored:?}"
     );
 }
 
@@ -194,9 +191,7 @@ fn half_open_admits_exactly_the_fleets_probes_across_envoys() {
         trip_through(envoys[cycle % 3], &f.stack);
         state_everywhere(&f, "open");
         // Healthy again but slow, so both probes are in flight while the burst lands.
-        f.stack
-            .school
-            .set_faults(serde_json::json!({"is_healthy": true, "response_time_ms": 1500}));
+        f.stack.school.heal_slowly(1500);
         state_everywhere(&f, "half_open");
         let before = f.stack.school.hits();
         let responses: Vec<Response> = std::thread::scope(|s| {

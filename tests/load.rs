@@ -104,9 +104,7 @@ fn cycle(stack: &Stack, burst_size: usize) -> u64 {
     while !is_rejection(&stack.envoy.call("/students")) {
         assert!(tripped.elapsed() < Duration::from_secs(5), "never tripped");
     }
-    stack
-        .student
-        .set_faults(json!({"is_healthy": true, "response_time_ms": 400}));
+    stack.student.heal_slowly(400);
     // Wait for half-open: the timer moves it there with no traffic.
     wait_for("half-open", Duration::from_secs(5), || {
         (view(&stack.envoy, "student")["state"] == "half_open").then_some(())

@@ -237,22 +237,15 @@ fn schema_errors(instance: &Value) -> Option<String> {
         schema=json.load(open(sys.argv[1]))\n\
         errors=[e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(json.load(sys.stdin))]\n\
         print('\\n'.join(errors)); sys.exit(1 if errors else 0)";
-    let mut child = Command::new(venv_python())
-        .args(["-c", script])
-        .arg(root().join("schema/plugin-config.schema.json"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(instance.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (!out.status.success()).then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = run_with_input(
+        Command::new(venv_python())
+            .args(["-c", script])
+            .arg(root().join("schema/plugin-config.schema.json")),
+        instance.to_string().as_bytes(),
+    );
+    (!out.status.success()).then(|| {
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    })
 }
 
 #[test]

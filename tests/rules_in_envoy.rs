@@ -154,9 +154,7 @@ fn a_half_open_whose_probe_never_finishes_opens_again() {
     );
     stack.school.fail_everything();
     calls(&stack.envoy, "/schools", 2);
-    stack
-        .school
-        .set_faults(json!({"is_healthy": true, "response_time_ms": 2500}));
+    stack.school.heal_slowly(2500);
     std::thread::sleep(Duration::from_millis(600));
     let gateway = stack.envoy.gateway.clone();
     let probe = std::thread::spawn(move || client::get(&gateway, "/schools").unwrap());

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use envoy_circuit_breaker::core::breaker::{self, Admission, Call, Tally};
+use envoy_circuit_breaker::core::breaker::{self, Admission, Call, SuccessBatch};
 use envoy_circuit_breaker::core::codec;
 use envoy_circuit_breaker::core::outcome::Outcome;
 use envoy_circuit_breaker::core::settings::Settings;
@@ -39,7 +39,7 @@ pub struct CoreFigures {
 pub fn run() -> CoreFigures {
     let settings = Settings::default();
     let bytes = codec::encode(&Record::default());
-    let mut tally = Tally::default();
+    let mut tally = SuccessBatch::default();
     let closed_success_ns = time_per_call(5_000_000, 7, |i| {
         let glance = match codec::glance(black_box(&bytes)) {
             Some(g) => g,
@@ -63,7 +63,7 @@ pub fn run() -> CoreFigures {
             elapsed_ms: 0,
             retry_after_ms: None,
         };
-        if Tally::can_defer(&glance, &settings, ticket, &call) {
+        if SuccessBatch::can_defer(&glance, &settings, ticket, &call) {
             tally.defer(ticket.generation);
             1
         } else {

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ecb_bench::HCM;
+use ecb_bench::envoy;
 use school_system::stack::{free_port, root, rss_kib, scratch_dir, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
@@ -136,8 +136,10 @@ const CLOSED: &str = r#"{"default": {"failure_threshold": 5, "failure_rate_thres
 /// An Envoy config for `proxy`, whose gateway listens on `port`, in front of `up`.
 fn proxy_config(proxy: Proxy, port: u16, up: u16, etcd_port: Option<u16>) -> Result<String> {
     Ok(match proxy {
-        Proxy::Plain => proxy_yaml(port, up, ""),
-        Proxy::Filter(id, path, json) => proxy_yaml(port, up, &wasm_filter(id, path, json)),
+        Proxy::Plain => proxy_yaml(None, port, up, "", ""),
+        Proxy::Filter(id, path, json) => {
+            proxy_yaml(None, port, up, &wasm_filter(id, path, json), "")
+        }
         Proxy::Direct => upstream_yaml(port),
         Proxy::Fleet(path, json) => {
             let etcd = etcd_port.ok_or("the fleet variant needs the run's etcd")?;
@@ -147,11 +149,8 @@ fn proxy_config(proxy: Proxy, port: u16, up: u16, etcd_port: Option<u16>) -> Res
                 .ok_or("plugin JSON not an object")?;
             let json = format!("{object}, {}}}", ecb_bench::fleet::fleet_block());
             let filter = wasm_filter("circuit_breaker", path, &json);
-            format!(
-                "node: {{ id: bench-fleet }}\n{}{}",
-                proxy_yaml(port, up, &filter),
-                ecb_bench::fleet::etcd_cluster(etcd)
-            )
+            let etcd = ecb_bench::fleet::etcd_cluster(etcd);
+            proxy_yaml(Some("bench-fleet"), port, up, &filter, &etcd)
         }
     })
 }
@@ -824,64 +823,33 @@ fn port_of(addr: &str) -> u16 {
 }
 
 fn wasm_filter(id: &str, path: &Path, json: &str) -> String {
-    format!(
-        r#"          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {id}
-                root_id: {id}
-                vm_config:
-                  vm_id: {id}
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: "{}" }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{json}'
-"#,
-        path.display()
-    )
+    envoy::wasm_filter(id, &path.display().to_string(), json, &[])
 }
 
-fn proxy_yaml(port: u16, upstream_port: u16, filter: &str) -> String {
-    format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM}
-          stat_prefix: bench
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: upstream }}
-          http_filters:
-{filter}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
-"#
+/// The bench's proxy: a gateway on `port` sending everything to the `upstream` cluster on
+/// `upstream_port`, through `filter` (none when empty); `clusters` are added after it.
+fn proxy_yaml(
+    node: Option<&str>,
+    port: u16,
+    upstream_port: u16,
+    filter: &str,
+    clusters: &str,
+) -> String {
+    envoy::bootstrap(
+        node,
+        &[envoy::Listener {
+            name: "gateway",
+            port,
+            stat_prefix: "bench",
+            routes: envoy::route(r#"prefix: "/""#, "upstream"),
+            filters: filter.to_string(),
+        }],
+        &(envoy::cluster("upstream", upstream_port) + clusters),
     )
 }
 
 /// The upstream: a 500 for paths starting `/fail`, else `ok` (also the `direct` variant's
 /// proxy, so its routes stay prefix matches).
 fn upstream_yaml(port: u16) -> String {
-    ecb_bench::upstream_yaml(port, r#"prefix: "/fail""#)
+    envoy::upstream_yaml(port, r#"prefix: "/fail""#)
 }

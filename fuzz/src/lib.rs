@@ -37,7 +37,7 @@ pub fn record(data: &[u8]) {
         } else {
             assert_eq!(codec::decode(&bytes).as_ref(), Ok(&r), "upgrade of {r:?}");
         }
-        assert_eq!(glance, Some(codec::Glance::of(&r)));
+        assert_eq!(glance, Some(codec::RecordHeader::of(&r)));
     }
 }
 

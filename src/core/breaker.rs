@@ -4,17 +4,21 @@
 //! say whether it must be written back, so the common case (closed, success) can skip the
 //! shared-data write.
 
-use super::codec::Glance;
-use super::hosts::{Address, Confined};
+mod rules;
+mod success_batch;
+mod timer;
+
+pub use rules::Confined;
+pub use success_batch::SuccessBatch;
+pub use timer::next_timer_ms;
+
+use super::codec::RecordHeader;
+use super::hosts::Address;
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
 
-mod rules;
-mod tally;
-
 use rules::{end_episode, verdict, Verdict};
-pub use tally::Tally;
 
 /// What a request was granted, carried until its outcome is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +180,7 @@ impl Now<fn() -> u64> {
     }
 }
 
-/// The decision for the common cases, made from a [`Glance`] with no write: a closed
+/// The decision for the common cases, made from a [`RecordHeader`] with no write: a closed
 /// breaker that is not ramping admits, a disabled one passes, and an open one whose open
 /// time ends well after the coarse time refuses. The coarse time is a clock the caller
 /// already has, so admitting needs no clock read; it can only be late by
@@ -184,7 +188,7 @@ impl Now<fn() -> u64> {
 /// caller the time left to the millisecond, so only it reads the exact clock.
 /// `None` means the full [`admit`] must decide.
 pub fn admit_at_a_glance(
-    g: &Glance,
+    g: &RecordHeader,
     settings: &Settings,
     now: &mut Now<impl FnMut() -> u64>,
 ) -> Option<Admission> {
@@ -238,7 +242,7 @@ pub const MAX_COPY_AGE_MS: u64 = 1_000;
 /// it was confirmed could have reached half-open already, whose probe limit must hold
 /// exactly; an open copy can only refuse; half-open is never decided from a copy.
 pub fn trusts_copy(
-    copy: &Glance,
+    copy: &RecordHeader,
     settings: &Settings,
     confirmed_at_ms: u64,
     coarse_now_ms: u64,
@@ -260,7 +264,7 @@ pub fn trusts_copy(
 /// What a request gets when the state store gave up (every compare-and-swap lost, or a host
 /// error): a breaker last seen closed passes it untracked or refuses it, as configured; one
 /// last seen open or half-open refuses it, so the probe limit holds whatever happens.
-pub fn when_store_fails(last_seen: &Glance, settings: &Settings) -> Admission {
+pub fn when_store_fails(last_seen: &RecordHeader, settings: &Settings) -> Admission {
     let refuse = |kind| {
         Admission::Rejected(Rejection {
             kind,
@@ -375,7 +379,7 @@ fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transit
 }
 
 /// The timer's step: mode and time move the breaker, a finished ramp is cleared, and the
-/// rate rules are checked again, since successes folded in from worker tallies can bring
+/// rate rules are checked again, since successes folded in from worker batches can bring
 /// the window up to `minimum_requests` without any new failure being written.
 pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
     let mode = record.mode(settings);

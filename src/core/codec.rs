@@ -4,9 +4,11 @@
 //! Version 3 appends the hosts after the window; a version 2 record (an older build's,
 //! met during an upgrade) still reads, with no hosts.
 
+mod hosts;
+
 use std::fmt;
 
-use super::hosts::{Address, Host, Hosts, MAX_HOSTS};
+use super::bytes::Reader;
 use super::settings::Mode;
 use super::state::{Record, State, TripReason};
 use super::window::{cells_bytes, Bucket, CountWindow, TimeWindow, Window, BUCKETS, MAX_CALLS};
@@ -16,12 +18,6 @@ const VERSION: u8 = 3;
 /// The version before the hosts, still read.
 const VERSION_NO_HOSTS: u8 = 2;
 const HEADER_LEN: usize = 53;
-/// Flags, count, answers, calls and the time the first host was heard.
-const HOSTS_FIXED_LEN: usize = 26;
-/// A host's fixed fields: address length, heard, failed, slow, flags.
-const HOST_FIXED_LEN: usize = 26;
-/// Stands for "never" in a host's failed and slow fields.
-const NEVER: u64 = u64::MAX;
 const TIME_LEN: usize = 16 + BUCKETS * 12;
 const COUNT_FIXED_LEN: usize = 24;
 
@@ -85,26 +81,8 @@ pub fn encode(r: &Record) -> Vec<u8> {
             out.extend_from_slice(&w.cells);
         }
     }
-    put_hosts(&mut out, &r.hosts);
+    hosts::put(&mut out, &r.hosts);
     out
-}
-
-fn put_hosts(out: &mut Vec<u8>, h: &Hosts) {
-    out.push(u8::from(h.confined) | u8::from(h.by_calls) << 1);
-    out.push(h.hosts.len() as u8);
-    out.extend_from_slice(&h.answers.to_le_bytes());
-    out.extend_from_slice(&h.calls.to_le_bytes());
-    out.extend_from_slice(&h.since_ms.to_le_bytes());
-    for host in &h.hosts {
-        let address = host.address.as_ref().map_or(&[][..], Address::as_bytes);
-        out.push(address.len() as u8);
-        out.extend_from_slice(address);
-        out.extend_from_slice(&host.heard.to_le_bytes());
-        for mark in [host.failed, host.slow] {
-            out.extend_from_slice(&mark.unwrap_or(NEVER).to_le_bytes());
-        }
-        out.push(u8::from(host.in_streak));
-    }
 }
 
 fn put_bucket(out: &mut Vec<u8>, b: &Bucket) {
@@ -116,7 +94,7 @@ fn put_bucket(out: &mut Vec<u8>, b: &Bucket) {
 /// The fields the request path needs, read from the front of a record without decoding
 /// its window: admitting a request to a closed breaker looks at nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Glance {
+pub struct RecordHeader {
     pub state: State,
     pub generation: u32,
     pub consecutive_failures: u32,
@@ -126,9 +104,9 @@ pub struct Glance {
     pub open_until_ms: u64,
 }
 
-impl Glance {
-    pub fn of(r: &Record) -> Glance {
-        Glance {
+impl RecordHeader {
+    pub fn of(r: &Record) -> RecordHeader {
+        RecordHeader {
             state: r.state,
             generation: r.generation,
             consecutive_failures: r.consecutive_failures,
@@ -140,9 +118,9 @@ impl Glance {
     }
 }
 
-/// Reads the [`Glance`] of stored bytes; `None` for anything [`decode`] would refuse in the
+/// Reads the [`RecordHeader`] of stored bytes; `None` for anything [`decode`] would refuse in the
 /// header (the full decode on the write path deals with it).
-pub fn glance(bytes: &[u8]) -> Option<Glance> {
+pub fn glance(bytes: &[u8]) -> Option<RecordHeader> {
     if bytes.len() < HEADER_LEN + 1
         || bytes[0] != MAGIC
         || !(VERSION_NO_HOSTS..=VERSION).contains(&bytes[1])
@@ -159,7 +137,7 @@ pub fn glance(bytes: &[u8]) -> Option<Glance> {
     let u64_at = |at: usize| -> Option<u64> {
         Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
     };
-    Some(Glance {
+    Some(RecordHeader {
         state,
         generation: u32_at(8)?,
         consecutive_failures: u32_at(36)?,
@@ -172,32 +150,30 @@ pub fn glance(bytes: &[u8]) -> Option<Glance> {
 
 /// Reads a record back, refusing anything [`encode`] would not have written.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let short = || DecodeError::Length(bytes.len());
     if bytes.len() < HEADER_LEN + 1 {
-        return Err(DecodeError::Length(bytes.len()));
+        return Err(short());
     }
-    let mut rd = Reader { bytes, at: 0 };
-    let magic = rd.u8();
+    let mut rd = Reader::new(bytes);
+    let [magic, version, state, reason, mode, flags, pad_low, pad_high] =
+        rd.array().ok_or_else(short)?;
     if magic != MAGIC {
         return Err(DecodeError::Magic(magic));
     }
-    let version = rd.u8();
     if !(VERSION_NO_HOSTS..=VERSION).contains(&version) {
         return Err(DecodeError::Version(version));
     }
-    let code = rd.u8();
-    let state = State::from_code(code).ok_or(DecodeError::Field("state", code.into()))?;
-    let code = rd.u8();
-    let reason = TripReason::from_code(code).ok_or(DecodeError::Field("reason", code.into()))?;
-    let code = rd.u8();
-    let mode_override = Mode::from_code(code).ok_or(DecodeError::Field("mode", code.into()))?;
-    let flags = rd.u8();
+    let field = |name, v: u8| DecodeError::Field(name, v.into());
+    let state = State::from_code(state).ok_or(field("state", state))?;
+    let reason = TripReason::from_code(reason).ok_or(field("reason", reason))?;
+    let mode_override = Mode::from_code(mode).ok_or(field("mode", mode))?;
     if flags > 1 {
-        return Err(DecodeError::Field("flags", flags.into()));
+        return Err(field("flags", flags));
     }
-    if rd.take::<2>() != [0, 0] {
+    if [pad_low, pad_high] != [0, 0] {
         return Err(DecodeError::Field(
             "padding",
-            u64::from(bytes[6]) | u64::from(bytes[7]) << 8,
+            u64::from(pad_low) | u64::from(pad_high) << 8,
         ));
     }
     let mut r = Record {
@@ -205,174 +181,94 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         reason,
         mode_override,
         ramping: flags == 1,
-        generation: rd.u32(),
-        changed_at_ms: rd.u64(),
-        open_until_ms: rd.u64(),
-        probing_since_ms: rd.u64(),
-        consecutive_failures: rd.u32(),
-        probes_in_flight: rd.u32(),
-        probe_successes: rd.u32(),
-        trips_in_row: rd.u32(),
-        window: Window::default(),
-        hosts: Hosts::default(),
+        ..counters(&mut rd).ok_or_else(short)?
     };
-    r.window = match rd.u8() {
-        0 => {
-            if bytes.len() < HEADER_LEN + TIME_LEN {
-                return Err(DecodeError::Length(bytes.len()));
-            }
-            let mut w = TimeWindow {
-                width_ms: rd.u64(),
-                head: rd.u64(),
-                ..TimeWindow::default()
-            };
-            for b in w.buckets.iter_mut() {
-                *b = rd.bucket();
-            }
-            Window::Time(w)
-        }
-        1 => decode_count(bytes, &mut rd)?,
+    r.window = match rd.u8().ok_or_else(short)? {
+        0 => decode_time(bytes.len(), &mut rd)?,
+        1 => decode_count(bytes.len(), &mut rd)?,
         tag => return Err(DecodeError::Field("window", tag.into())),
     };
     if version == VERSION {
-        r.hosts = decode_hosts(bytes, &mut rd)?;
+        r.hosts = hosts::decode(bytes.len(), &mut rd)?;
     }
-    if rd.at != bytes.len() {
-        return Err(DecodeError::Length(bytes.len()));
+    if !rd.is_done() {
+        return Err(short());
     }
     Ok(r)
 }
 
-fn decode_hosts(bytes: &[u8], rd: &mut Reader) -> Result<Hosts, DecodeError> {
-    if bytes.len() < rd.at + HOSTS_FIXED_LEN {
-        return Err(DecodeError::Length(bytes.len()));
-    }
-    let flags = rd.u8();
-    if flags > 3 {
-        return Err(DecodeError::Field("hosts.flags", flags.into()));
-    }
-    let n = usize::from(rd.u8());
-    if n > MAX_HOSTS + 1 {
-        return Err(DecodeError::Field("hosts.count", n as u64));
-    }
-    let mut h = Hosts {
-        hosts: Vec::with_capacity(n),
-        answers: rd.u64(),
-        calls: rd.u64(),
-        since_ms: rd.u64(),
-        by_calls: flags & 2 != 0,
-        confined: flags & 1 != 0,
-    };
-    for _ in 0..n {
-        let host = decode_host(bytes, rd, h.answers)?;
-        if h.hosts.iter().any(|o| o.address == host.address) {
-            return Err(DecodeError::Field("hosts.address", h.hosts.len() as u64));
-        }
-        h.hosts.push(host);
-    }
-    if h.hosts.iter().filter(|o| o.address.is_some()).count() > MAX_HOSTS {
-        return Err(DecodeError::Field("hosts.count", n as u64));
-    }
-    Ok(h)
-}
-
-fn decode_host(bytes: &[u8], rd: &mut Reader, answers: u64) -> Result<Host, DecodeError> {
-    let len = usize::from(bytes.get(rd.at).copied().unwrap_or(0));
-    if bytes.len() < rd.at + len + HOST_FIXED_LEN {
-        return Err(DecodeError::Length(bytes.len()));
-    }
-    rd.at += 1;
-    let raw = &bytes[rd.at..rd.at + len];
-    rd.at += len;
-    let address = match len {
-        0 => None,
-        _ => Some(Address::stored(raw).ok_or(DecodeError::Field("hosts.address", len as u64))?),
-    };
-    let heard = rd.u64();
-    if heard > answers || (address.is_none() && heard != 0) {
-        return Err(DecodeError::Field("hosts.heard", heard));
-    }
-    let mark = |v: u64| (v != NEVER).then_some(v);
-    let (failed, slow) = (mark(rd.u64()), mark(rd.u64()));
-    let streak = rd.u8();
-    if streak > 1 {
-        return Err(DecodeError::Field("hosts.streak", streak.into()));
-    }
-    Ok(Host {
-        address,
-        heard,
-        failed,
-        slow,
-        in_streak: streak == 1,
+/// The header's times and counters, in stored order, on a default record.
+fn counters(rd: &mut Reader) -> Option<Record> {
+    Some(Record {
+        generation: rd.u32()?,
+        changed_at_ms: rd.u64()?,
+        open_until_ms: rd.u64()?,
+        probing_since_ms: rd.u64()?,
+        consecutive_failures: rd.u32()?,
+        probes_in_flight: rd.u32()?,
+        probe_successes: rd.u32()?,
+        trips_in_row: rd.u32()?,
+        ..Record::default()
     })
 }
 
-fn decode_count(bytes: &[u8], rd: &mut Reader) -> Result<Window, DecodeError> {
-    if bytes.len() < HEADER_LEN + COUNT_FIXED_LEN {
-        return Err(DecodeError::Length(bytes.len()));
+fn decode_time(total: usize, rd: &mut Reader) -> Result<Window, DecodeError> {
+    let short = || DecodeError::Length(total);
+    if total < HEADER_LEN + TIME_LEN {
+        return Err(short());
     }
-    let (size, len, next) = (rd.u32(), rd.u32(), rd.u32());
+    let mut w = TimeWindow {
+        width_ms: rd.u64().ok_or_else(short)?,
+        head: rd.u64().ok_or_else(short)?,
+        ..TimeWindow::default()
+    };
+    for b in w.buckets.iter_mut() {
+        *b = bucket(rd).ok_or_else(short)?;
+    }
+    Ok(Window::Time(w))
+}
+
+fn decode_count(total: usize, rd: &mut Reader) -> Result<Window, DecodeError> {
+    let short = || DecodeError::Length(total);
+    if total < HEADER_LEN + COUNT_FIXED_LEN {
+        return Err(short());
+    }
+    let size = rd.u32().ok_or_else(short)?;
+    let len = rd.u32().ok_or_else(short)?;
+    let next = rd.u32().ok_or_else(short)?;
+    let totals = bucket(rd).ok_or_else(short)?;
     if !(1..=MAX_CALLS).contains(&size) {
         return Err(DecodeError::Field("window.size", size.into()));
     }
     if len > size || next >= size {
         return Err(DecodeError::Field("window.len", len.into()));
     }
-    let totals = rd.bucket();
-    let end = HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size);
-    if bytes.len() < end {
-        return Err(DecodeError::Length(bytes.len()));
-    }
     let w = CountWindow {
         size,
         len,
         next,
-        cells: bytes[rd.at..end].to_vec(),
+        cells: rd.take(cells_bytes(size)).ok_or_else(short)?.to_vec(),
         totals,
     };
-    rd.at = end;
     if w.recount() != totals {
         return Err(DecodeError::Field("window.totals", totals.calls().into()));
     }
     Ok(Window::Count(w))
 }
 
-/// Reads fixed-width fields; callers check lengths before reading past the header.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        if let Some(src) = self.bytes.get(self.at..self.at + N) {
-            out.copy_from_slice(src);
-        }
-        self.at += N;
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.take::<1>()[0]
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
-    }
-    fn bucket(&mut self) -> Bucket {
-        Bucket {
-            successes: self.u32(),
-            failures: self.u32(),
-            slow: self.u32(),
-        }
-    }
+fn bucket(rd: &mut Reader) -> Option<Bucket> {
+    Some(Bucket {
+        successes: rd.u32()?,
+        failures: rd.u32()?,
+        slow: rd.u32()?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::hosts::{HOSTS_FIXED_LEN, HOST_FIXED_LEN};
     use super::*;
+    use crate::core::hosts::{Address, Host, Hosts, MAX_HOSTS};
     use crate::core::window::WindowSpec;
     use proptest::prelude::*;
 
@@ -428,7 +324,7 @@ mod tests {
         prop_oneof![time, count]
     }
 
-    fn hosts() -> impl Strategy<Value = Hosts> {
+    fn any_hosts() -> impl Strategy<Value = Hosts> {
         let mark = proptest::option::of(0u64..u64::MAX);
         let host = (
             proptest::option::of("[!-~]{1,80}"),
@@ -478,7 +374,7 @@ mod tests {
             state in state(), reason in reason(), mode_override in mode(), ramping: bool,
             generation: u32, changed_at_ms: u64, open_until_ms: u64, probing_since_ms: u64,
             consecutive_failures: u32, probes_in_flight: u32, probe_successes: u32,
-            trips_in_row: u32, window in window(), hosts in hosts(),
+            trips_in_row: u32, window in window(), hosts in any_hosts(),
         ) -> Record {
             Record { state, reason, mode_override, ramping, generation, changed_at_ms,
                 open_until_ms, probing_since_ms, consecutive_failures, probes_in_flight, probe_successes,
@@ -506,7 +402,7 @@ mod tests {
 
         #[test]
         fn a_glance_agrees_with_the_full_decode(r in any_record()) {
-            prop_assert_eq!(glance(&encode(&r)), Some(Glance::of(&r)));
+            prop_assert_eq!(glance(&encode(&r)), Some(RecordHeader::of(&r)));
         }
 
         #[test]
@@ -541,7 +437,7 @@ mod tests {
             let old = version_2(&r);
             let expected = Record { hosts: Hosts::default(), ..r.clone() };
             prop_assert_eq!(decode(&old), Ok(expected));
-            prop_assert_eq!(glance(&old), Some(Glance::of(&r)));
+            prop_assert_eq!(glance(&old), Some(RecordHeader::of(&r)));
         }
     }
 

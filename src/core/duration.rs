@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::limits::DURATION_DIGITS;
+
 /// A parse failure, kept apart from the field name so the caller can say which field it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadDuration;
@@ -14,7 +16,7 @@ pub fn parse_millis(text: &str) -> Result<u64, BadDuration> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or(BadDuration)?;
     let (digits, unit) = text.split_at(split);
-    if digits.is_empty() || digits.len() > 12 {
+    if digits.is_empty() || digits.len() > DURATION_DIGITS {
         return Err(BadDuration);
     }
     let amount: u64 = digits.parse().map_err(|_| BadDuration)?;

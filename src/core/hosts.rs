@@ -8,7 +8,6 @@
 
 use std::fmt;
 
-use super::state::TripReason;
 use super::window::WindowSpec;
 
 /// Hosts remembered per breaker; a cluster with more is taken to have this many.
@@ -27,8 +26,6 @@ pub const SAMPLE_EVERY: u32 = 32;
 /// right after Envoy starts, the first answers can all come from one failing host that
 /// answers fastest while the healthy ones are still working on theirs.
 pub const CENSUS_MS: u64 = 1_000;
-/// Addresses named in a log line; the rest are counted.
-const SHOWN: usize = 4;
 
 /// A host's address as Envoy reports it (`upstream.address`), bounded and printable.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -157,51 +154,6 @@ pub enum Rule {
     Slow,
 }
 
-/// A trip rule held back because the calls behind it came from too few hosts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Confined {
-    /// The rule that would have tripped.
-    pub reason: TripReason,
-    /// The hosts behind it.
-    pub hosts: Vec<Address>,
-    /// Hosts the breaker knows of.
-    pub known: usize,
-    /// This decision started the episode: the one place its log line comes from.
-    pub started: bool,
-    /// The call being recorded was itself a failure or a slow call that was held back.
-    pub counted: bool,
-}
-
-impl Confined {
-    /// `[CIRCUIT_BREAKER] failures confined to 1 of 3 hosts (10.0.0.7:8080): not tripping
-    /// the school breaker; outlier detection ejects single hosts`.
-    pub fn log_line(&self, breaker: &str) -> String {
-        format!(
-            "[CIRCUIT_BREAKER] {}: not tripping the {breaker} breaker; outlier detection ejects single hosts",
-            self.summary()
-        )
-    }
-
-    /// `failures confined to 1 of 3 hosts (10.0.0.7:8080)`, as logs and views say it.
-    pub fn summary(&self) -> String {
-        let what = match self.reason {
-            TripReason::SlowCallRate => "slow calls",
-            _ => "failures",
-        };
-        let mut named: Vec<&str> = self.hosts.iter().take(SHOWN).map(Address::as_str).collect();
-        let more = format!("{} more", self.hosts.len().saturating_sub(SHOWN));
-        if self.hosts.len() > SHOWN {
-            named.push(&more);
-        }
-        format!(
-            "{what} confined to {} of {} hosts ({})",
-            self.hosts.len(),
-            self.known,
-            named.join(", ")
-        )
-    }
-}
-
 impl Hosts {
     /// One call counted into the window: which host answered (`None`: it had none) and
     /// how it went.
@@ -231,7 +183,7 @@ impl Hosts {
         self.forget(now, spec);
     }
 
-    /// `n` successes folded in from a worker's tally, and the host one of them had.
+    /// `n` successes folded in from a worker's batch, and the host one of them had.
     pub fn successes(&mut self, n: u32, sampled: Option<Address>, now_ms: u64, spec: WindowSpec) {
         self.fit(spec);
         self.calls = self.calls.saturating_add(u64::from(n));

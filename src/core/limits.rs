@@ -1,9 +1,12 @@
-//! Every bound and default of the plugin JSON, written once. The parser checks against
-//! these, the generated JSON Schema carries them, and [`Settings::default`] takes its
-//! values from them, so the three cannot drift apart; a test holds the doc comments to
-//! them as well.
+//! Every bound and default of the plugin JSON, written once: the breaker's settings, the
+//! `events` and `fleet` blocks and the names and paths they hold. The parser checks
+//! against these, the generated JSON Schema carries them, and [`Settings::default`] and
+//! [`Classifier::default`] take their values from them, so none can drift apart; tests
+//! hold the doc comments to them as well. The defaults of the enumerated fields (`mode`,
+//! `window_type`, `store_failure_mode`) are their types' `#[default]` variants.
 //!
 //! [`Settings::default`]: super::settings::Settings
+//! [`Classifier::default`]: super::outcome::Classifier
 
 use super::window::MAX_CALLS;
 
@@ -53,3 +56,53 @@ pub const EVENTS_TIMEOUT_MS: Limit<u64> = limit(1, MINUTE, 5 * SECOND);
 /// Whether a breaker joins the fleet when a `fleet` block exists (`"fleet": false` keeps
 /// it local).
 pub const FLEET_SHARED: bool = true;
+
+/// A duration is `<digits><unit>` with at most this many digits, so no amount overflows.
+pub const DURATION_DIGITS: usize = 12;
+/// The JSON Schema's pattern for every duration field ("250ms", "30s", "5m", "1h"); its
+/// digit count is [`DURATION_DIGITS`].
+pub const DURATION_PATTERN: &str = r"^[0-9]{1,12}(ms|s|m|h)$";
+/// Longest name of a cluster, as a `clusters` key or `events.cluster`.
+pub const MAX_CLUSTER_NAME_BYTES: usize = 200;
+/// Longest path: `events.path` and each of `exclude_paths`.
+pub const MAX_PATH_BYTES: usize = 200;
+
+/// `honor_retry_after` when unset.
+pub const HONOR_RETRY_AFTER: bool = false;
+/// `count_connect_failures` when unset.
+pub const COUNT_CONNECT_FAILURES: bool = true;
+/// `count_resets` when unset.
+pub const COUNT_RESETS: bool = true;
+/// `count_timeouts` when unset.
+pub const COUNT_TIMEOUTS: bool = true;
+/// `failure_status` when unset: the 5xx class.
+pub const FAILURE_STATUS: (u16, u16) = (500, 599);
+/// `grpc_failure_codes` when unset: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and
+/// UNAVAILABLE.
+pub const GRPC_FAILURE_CODES: [u32; 4] = [4, 8, 13, 14];
+
+/// `fleet.timeout`: every etcd call's; never zero, since a call without a timeout waits
+/// forever on a frozen etcd.
+pub const FLEET_TIMEOUT_MS: Limit<u64> = limit(1, MINUTE, 500);
+/// `fleet.lease_ttl`: etcd grants nothing under 2 s.
+pub const FLEET_LEASE_TTL_MS: Limit<u64> = limit(2 * SECOND, 5 * MINUTE, 6 * SECOND);
+/// Longest `fleet.etcd_cluster`: its serialized `GrpcService` must keep every length in
+/// one varint byte under 0x80 to be valid UTF-8 (see `fleet::etcd::grpc_service`).
+pub const MAX_ETCD_CLUSTER_BYTES: usize = 120;
+/// Longest `fleet.prefix`.
+pub const MAX_FLEET_PREFIX_BYTES: usize = 200;
+/// Longest `fleet.member` (and member name in a fleet record): Envoy node ids are usually
+/// pod or host names, well under this.
+pub const MAX_MEMBER_BYTES: usize = 64;
+/// Longest name of the environment variables `fleet.username_env` and `fleet.password_env`.
+pub const MAX_ENV_NAME_BYTES: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_duration_pattern_allows_as_many_digits_as_the_parser() {
+        assert!(DURATION_PATTERN.contains(&format!("{{1,{DURATION_DIGITS}}}")));
+    }
+}

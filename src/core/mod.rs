@@ -3,6 +3,7 @@
 //! here imports proxy-wasm or reads a clock; time is always an argument.
 
 pub mod breaker;
+pub mod bytes;
 pub mod cache;
 pub mod codec;
 pub mod config;

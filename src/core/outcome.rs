@@ -4,6 +4,8 @@
 //! upstream's health (the client hung up, Envoy's own overflow, no route, ignored codes)
 //! are neutral so they can neither trip nor heal the breaker.
 
+use super::limits as l;
+
 /// Envoy's response flag bits (`StreamInfo::CoreResponseFlag`), as read from the
 /// `response.flags` property.
 pub mod flags {
@@ -145,12 +147,14 @@ pub struct Classifier {
 impl Default for Classifier {
     fn default() -> Self {
         Classifier {
-            failure_status: StatusSet::empty().with_range(500, 599),
+            failure_status: StatusSet::empty().with_range(l::FAILURE_STATUS.0, l::FAILURE_STATUS.1),
             ignore_status: StatusSet::empty(),
-            connect_failures: true,
-            resets: true,
-            timeouts: true,
-            grpc_failure_codes: (1 << 4) | (1 << 8) | (1 << 13) | (1 << 14),
+            connect_failures: l::COUNT_CONNECT_FAILURES,
+            resets: l::COUNT_RESETS,
+            timeouts: l::COUNT_TIMEOUTS,
+            grpc_failure_codes: l::GRPC_FAILURE_CODES
+                .iter()
+                .fold(0, |bits, code| bits | 1 << code),
         }
     }
 }

@@ -143,14 +143,14 @@ impl Default for Settings {
             success_threshold: l::SUCCESS_THRESHOLD.default,
             half_open_max_duration_ms: l::HALF_OPEN_MAX_DURATION_MS.default,
             recovery_duration_ms: l::RECOVERY_DURATION_MS.default,
-            honor_retry_after: false,
+            honor_retry_after: l::HONOR_RETRY_AFTER,
             classifier: Classifier::default(),
-            mode: Mode::Enforce,
+            mode: Mode::default(),
             exclude_paths: Vec::new(),
             max_route_breakers: None,
             fallback: None,
             cache: None,
-            store_failure: StoreFailure::Pass,
+            store_failure: StoreFailure::default(),
             fleet: l::FLEET_SHARED,
         }
     }

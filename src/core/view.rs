@@ -4,9 +4,10 @@
 
 use serde_json::{json, Value};
 
+use super::breaker::Confined;
 use super::duration::{rfc3339, Millis};
 use super::history::Event;
-use super::hosts::{Address, Confined, Rule};
+use super::hosts::{Address, Rule};
 use super::settings::{Mode, Settings};
 use super::state::{Record, State, TripReason};
 use super::window::WindowSpec;

@@ -124,6 +124,18 @@ impl Window {
         }
     }
 
+    /// When the calls counted at `now_ms` next change by time alone: the oldest slice
+    /// that still holds calls leaves a time window then. `None` for an empty window, and
+    /// for a count window, which time never changes.
+    pub fn next_change_ms(&self, now_ms: u64, spec: WindowSpec) -> Option<u64> {
+        match (self, spec) {
+            (Window::Time(w), WindowSpec::Time { window_ms }) => {
+                w.next_change_ms(now_ms, window_ms)
+            }
+            _ => None,
+        }
+    }
+
     /// Forgets every call.
     pub fn clear(&mut self) {
         match self {
@@ -184,6 +196,20 @@ impl TimeWindow {
             }
         }
         sum
+    }
+
+    fn next_change_ms(&self, now_ms: u64, window_ms: u64) -> Option<u64> {
+        let width = bucket_width(window_ms);
+        if self.width_ms != width {
+            return None;
+        }
+        let now_index = now_ms / width;
+        (0..BUCKETS as u64)
+            .rev()
+            .filter_map(|age| self.head.checked_sub(age))
+            .filter(|index| now_index.saturating_sub(*index) < BUCKETS as u64)
+            .find(|index| self.buckets[(index % BUCKETS as u64) as usize].calls() > 0)
+            .map(|oldest| (oldest + BUCKETS as u64).saturating_mul(width))
     }
 
     fn roll(&mut self, now_ms: u64, window_ms: u64) {
@@ -308,6 +334,29 @@ mod tests {
         assert_eq!(w.totals(9_999, TIME).failures, 2);
         assert_eq!(w.totals(10_000, TIME).failures, 1, "the first slice left");
         assert_eq!(w.totals(11_000, TIME).failures, 0);
+    }
+
+    #[test]
+    fn the_window_next_changes_when_its_oldest_calls_leave() {
+        let spec = WindowSpec::Time { window_ms: 10_000 };
+        let mut w = Window::default();
+        assert_eq!(w.next_change_ms(0, spec), None, "empty");
+        w.add_call(true, false, 2_500, spec);
+        w.add_call(false, false, 7_200, spec);
+        // Slices of 1 s: the call of 2.5 s leaves at 12 s, the one of 7.2 s at 17 s.
+        assert_eq!(w.next_change_ms(8_000, spec), Some(12_000));
+        assert_eq!(w.totals(11_999, spec).calls(), 2);
+        assert_eq!(w.totals(12_000, spec).calls(), 1);
+        assert_eq!(w.next_change_ms(12_000, spec), Some(17_000));
+        assert_eq!(w.next_change_ms(17_000, spec), None, "empty again");
+        let count = WindowSpec::Count { size: 5 };
+        let mut c = Window::default();
+        c.add_call(true, false, 0, count);
+        assert_eq!(
+            c.next_change_ms(0, count),
+            None,
+            "time never changes a count window"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::core::reply::Answer;
 
 use super::host::wasm::Wasm;
 use super::host::{header_u32, Buffer, Host, Map};
-use super::worker::fleet::{Probe, SlotClaim};
+use super::worker::fleet::probe::{Probe, ProbeSlotClaim};
 use super::worker::{Admitted, Captured, Decision, Seen, Worker};
 
 mod control_api;
@@ -33,7 +33,7 @@ pub struct Stream {
     /// A control API command waiting for its request body.
     control: Option<Command>,
     /// A fleet probe slot being claimed while the request waits.
-    claiming: Option<SlotClaim>,
+    claiming: Option<ProbeSlotClaim>,
     /// The first read of etcd this request waits for, and the cluster it asked for.
     first_read: Option<(u32, Vec<u8>)>,
 }
@@ -71,14 +71,14 @@ impl Stream {
 
     fn admit(&mut self, host: &impl Host, worker: &mut Worker, cluster: &[u8]) -> Action {
         worker.listen(host);
-        let Some(slot) = worker.slot_for(host, cluster) else {
+        let Some(breaker) = worker.breaker_for(host, cluster) else {
             return Action::Continue;
         };
-        if let Some(token) = worker.fleet_first_read(host, slot) {
+        if let Some(token) = worker.first_read(host, breaker) {
             self.first_read = Some((token, cluster.to_vec()));
             return Action::Pause;
         }
-        let Some(asks) = Asks::read(host, worker, slot) else {
+        let Some(wants) = Wants::read(host, worker, breaker) else {
             return Action::Continue;
         };
         // Only a refusal needs to know whether the caller speaks gRPC; the header is read
@@ -87,13 +87,13 @@ impl Stream {
             request_header(host, "content-type")
                 .is_some_and(|ct| ct.starts_with(b"application/grpc"))
         };
-        match worker.admit(host, asks.slot, grpc, asks.cache_key.as_deref()) {
+        match worker.admit(host, wants.breaker, grpc, wants.cache_key.as_deref()) {
             Decision::Admitted(ticket) => {
-                let needs_clock = asks.measures || asks.cache_key.is_some();
+                let needs_clock = wants.measures || wants.cache_key.is_some();
                 let started_ms = if needs_clock { host.now_ms() } else { 0 };
-                let capture = asks
+                let capture = wants
                     .cache_key
-                    .filter(|k| worker.wants_capture(asks.slot, k, started_ms))
+                    .filter(|k| worker.wants_capture(wants.breaker, k, started_ms))
                     .map(|key| Captured {
                         key,
                         status: 0,
@@ -101,19 +101,19 @@ impl Stream {
                         body: Vec::new(),
                     });
                 self.admitted = Some(Admitted {
-                    slot: asks.slot,
+                    breaker: wants.breaker,
                     ticket,
                     started_ms,
-                    watch_retry_after: asks.watch_retry_after,
+                    watch_retry_after: wants.watch_retry_after,
                     seen: Seen::default(),
                     retry_after: None,
                     capture,
-                    fleet_slot: None,
+                    probe_slot: None,
                 });
                 if !ticket.probe {
                     return Action::Continue;
                 }
-                let probe = worker.fleet_probe(host, asks.slot);
+                let probe = worker.probe(host, wants.breaker);
                 self.probe(host, worker, probe)
             }
             Decision::Pass => Action::Continue,
@@ -126,7 +126,7 @@ impl Stream {
         match probe {
             Probe::Go(held) => {
                 if let Some(a) = &mut self.admitted {
-                    a.fleet_slot = held;
+                    a.probe_slot = held;
                 }
                 Action::Continue
             }
@@ -138,8 +138,7 @@ impl Stream {
                 let Some(a) = self.admitted.take() else {
                     return Action::Continue;
                 };
-                worker.give_back(host, a.slot, a.ticket);
-                match worker.half_open_refusal(a.slot, is_grpc(host)) {
+                match worker.refuse_probe(host, a.breaker, a.ticket, is_grpc(host)) {
                     Some(reply) => answer(host, &reply, REFUSAL_DETAILS),
                     None => Action::Continue,
                 }
@@ -163,7 +162,7 @@ impl Stream {
             let _ = host.resume_request();
             return;
         };
-        let next = worker.fleet_probe_answered(host, claim, status, size);
+        let next = worker.probe_answered(host, claim, status, size);
         if self.probe(host, &mut worker, next) == Action::Continue {
             let _ = host.resume_request();
         }
@@ -178,7 +177,7 @@ impl Stream {
             let _ = host.resume_request();
             return;
         };
-        worker.fleet_first_read_answered(host, cluster, status, size);
+        worker.first_read_answered(host, cluster, status, size);
         if self.admit(host, &mut worker, cluster) == Action::Continue {
             let _ = host.resume_request();
         }
@@ -247,18 +246,18 @@ impl Stream {
         };
         if self.claiming.take().is_some() {
             // The client left while its probe waited for a slot: it never went upstream.
-            worker.give_back(host, a.slot, a.ticket);
+            worker.give_back(host, a.breaker, a.ticket);
         } else {
             worker.record(host, a);
         }
     }
 }
 
-/// What a request asks of its breaker, read from the host only as far as the cluster's
-/// settings need it.
-struct Asks {
-    /// The breaker's slot: the cluster's, or a route's inside it.
-    slot: usize,
+/// What the filter needs to know and keep of one request for its breaker, read from the
+/// host only as far as the cluster's settings need it.
+struct Wants {
+    /// The breaker: the cluster's, or a route's inside it.
+    breaker: usize,
     /// The path of a GET a cached answer may serve.
     cache_key: Option<String>,
     /// Whether the cluster's slow-call rule needs the request's start time.
@@ -266,10 +265,10 @@ struct Asks {
     watch_retry_after: bool,
 }
 
-impl Asks {
+impl Wants {
     /// `None` when the request's path is excluded from the breaker.
-    fn read(host: &impl Host, worker: &mut Worker, slot: usize) -> Option<Asks> {
-        let settings = worker.settings(slot)?;
+    fn read(host: &impl Host, worker: &mut Worker, breaker: usize) -> Option<Wants> {
+        let settings = worker.settings(breaker)?;
         let wants_path = !settings.exclude_paths.is_empty() || settings.cache.is_some();
         let path = wants_path.then(|| request_header(host, ":path")).flatten();
         if path.as_deref().is_some_and(|p| settings.excludes(p)) {
@@ -281,18 +280,18 @@ impl Asks {
             }
             _ => None,
         };
-        let mut asks = Asks {
-            slot,
+        let mut wants = Wants {
+            breaker,
             cache_key,
             measures: settings.slow_call_rate_threshold > 0.0,
             watch_retry_after: settings.honor_retry_after,
         };
         if settings.max_route_breakers.is_some() {
             if let Ok(Some(route)) = host.property(ROUTE_NAME) {
-                asks.slot = worker.route_slot(host, slot, &route);
+                wants.breaker = worker.route_breaker(host, breaker, &route);
             }
         }
-        Some(asks)
+        Some(wants)
     }
 }
 

@@ -43,13 +43,7 @@ impl Root {
                 return false;
             }
         };
-        let worker = Rc::new(RefCell::new(Worker::new(host, config)));
-        // In fleet mode each context reads etcd once from here, so a starting Envoy
-        // learns the fleet's decisions in its first milliseconds.
-        if let Ok(mut w) = worker.try_borrow_mut() {
-            w.fleet_start(host);
-        }
-        self.worker = Some(worker);
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(host, config))));
         if let Err(e) = host.set_tick_period_ms(TICK_MS) {
             log::error!("[CIRCUIT_BREAKER] cannot start the timer (host status {}); open breakers will only move on traffic", e.0);
         }
@@ -98,7 +92,7 @@ impl Root {
 impl Context for Root {
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let host = Wasm;
-        self.with_worker(|w| w.fleet_answered(&host, token, status, size, host.now_ms()));
+        self.with_worker(|w| w.grpc_answered(&host, token, status, size, host.now_ms()));
     }
 
     fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
@@ -106,12 +100,12 @@ impl Context for Root {
         let body = host
             .buffer(super::host::Buffer::GrpcReceive, size)
             .unwrap_or_default();
-        self.with_worker(|w| w.fleet_message(&host, token, &body, host.now_ms()));
+        self.with_worker(|w| w.grpc_message(&host, token, &body, host.now_ms()));
     }
 
     fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
         let host = Wasm;
-        self.with_worker(|w| w.fleet_closed(&host, token, status, host.now_ms()));
+        self.with_worker(|w| w.grpc_closed(&host, token, status, host.now_ms()));
     }
 
     fn on_http_call_response(

@@ -7,6 +7,10 @@ use super::host::{Host, Saved};
 
 /// Prefix of every key this filter writes, versioned with the record format.
 pub const KEY_PREFIX: &str = "circuit_breaker/v1/";
+/// Compare-and-swap attempts before a write gives up; contention between a handful of
+/// workers settles in two or three.
+pub const CAS_ATTEMPTS: u32 = 16;
+
 /// Key of the list of breakers.
 pub const REGISTRY_KEY: &str = "circuit_breaker/v1/.breakers";
 
@@ -23,6 +27,11 @@ pub fn record_key(cluster: &str) -> String {
 /// The shared-data key of one breaker's recent transitions.
 pub fn history_key(cluster: &str) -> String {
     format!("{KEY_PREFIX}history/{cluster}")
+}
+
+/// The shared-data key of one piece of fleet state (`fleet/<name>`).
+pub fn fleet_key(name: &str) -> String {
+    format!("{KEY_PREFIX}fleet/{name}")
 }
 
 /// The host's shared data.

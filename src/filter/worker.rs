@@ -1,222 +1,291 @@
-//! One thread's view of the breakers: the configured settings and a [`Slot`] per breaker
-//! it has met, registration in the process-wide list, and the timer that moves every
-//! breaker on. Admission and recording, the control API and event delivery are the
-//! submodules' jobs; each callback reads the host once and hands the decision to the core.
+//! One thread's filter: its breakers, the webhook deliveries, fleet mode when configured,
+//! and the control API's token. Each callback of the root and HTTP contexts lands here,
+//! reads the host once and hands the decision to the part whose job it is; a move of a
+//! breaker made here is told to the other workers and claimed for the fleet in one place,
+//! [`Worker::tell_others`].
 
 mod admission;
+mod breaker;
+mod breakers;
 mod control_api;
 mod events;
 pub mod fleet;
 mod notices;
-pub(crate) mod slot;
 
-use std::collections::HashMap;
-
-use crate::core::breaker;
+use crate::core::breaker::{Now, Ticket};
 use crate::core::config::PluginConfig;
-use crate::core::control;
-use crate::core::registry;
+use crate::core::control::{self, ApiError, Command};
+use crate::core::reply::Answer;
 use crate::core::settings::Settings;
-use crate::core::store;
 
 use super::host::Host;
-use super::shared::{SharedData, REGISTRY_KEY};
 
 pub use admission::{Admitted, Captured, Decision, Seen};
-use events::Delivery;
+pub use control_api::ApiAnswer;
+
+use admission::{Recorded, Rng};
+use breakers::Breakers;
+use events::Deliveries;
+use fleet::probe::{Probe, ProbeSlotClaim};
 use fleet::Fleet;
-use notices::Notices;
-use slot::{Slot, CAS_ATTEMPTS};
 
 pub struct Worker {
-    pub(crate) config: PluginConfig,
-    pub(crate) index: HashMap<Vec<u8>, usize>,
-    pub(crate) slots: Vec<Slot>,
-    /// Whether this worker has already said that the breaker list is full.
-    warned_full: bool,
-    rng: u64,
+    breakers: Breakers,
+    deliveries: Deliveries,
+    /// Fleet mode's state in this VM, when the configuration has a `fleet` block.
+    fleet: Option<Fleet>,
+    rng: Rng,
     /// The bearer token for control API changes, from the host environment.
     token: Option<String>,
-    /// The latest clock reading this worker made (at least every timer tick): good enough
-    /// to refuse at a glance while a breaker is well inside its open time.
-    pub(crate) clock_ms: u64,
-    deliveries: HashMap<u32, Delivery>,
-    notices: Notices,
-    /// Fleet mode's state in this VM, when the configuration has a `fleet` block.
-    pub(crate) fleet: Option<Fleet>,
-    /// Whether a request of this worker already waited for a first read of etcd.
-    pub(crate) first_read_done: bool,
 }
 
 impl Worker {
+    /// The thread's filter for `config`, with the configured breakers loaded; in fleet
+    /// mode each context reads etcd once from here, so a starting Envoy learns the fleet's
+    /// decisions in its first milliseconds.
     pub fn new(host: &impl Host, config: PluginConfig) -> Worker {
         let now_ms = host.now_ms();
+        let deliveries = Deliveries::new(config.events.clone());
+        let fleet = config.fleet.clone().map(|s| Fleet::new(host, s));
         let mut worker = Worker {
-            config,
-            index: HashMap::new(),
-            slots: Vec::new(),
-            warned_full: false,
-            rng: now_ms | 1,
+            breakers: Breakers::new(host, config, now_ms),
+            deliveries,
+            fleet,
+            rng: Rng::new(now_ms),
             token: std::env::var(control::TOKEN_ENV)
                 .ok()
                 .filter(|t| !t.is_empty()),
-            deliveries: HashMap::new(),
-            clock_ms: now_ms,
-            notices: Notices::default(),
-            fleet: None,
-            first_read_done: false,
         };
-        worker.fleet = worker
-            .config
-            .fleet
-            .clone()
-            .map(|settings| Fleet::new(host, settings));
-        let mut named: Vec<String> = worker.config.clusters.keys().cloned().collect();
-        named.sort();
-        for name in named {
-            worker.slot_for(host, name.as_bytes());
+        if let Some(fleet) = &mut worker.fleet {
+            fleet.start(host);
         }
         worker
     }
 
-    pub fn settings(&self, slot: usize) -> Option<&Settings> {
-        self.slots.get(slot).map(|s| &s.settings)
+    pub fn settings(&self, breaker: usize) -> Option<&Settings> {
+        self.breakers.get(breaker).map(|b| &b.settings)
     }
 
-    /// The slot of the breaker named `name`, created (and registered process-wide) on
-    /// first sight.
-    pub fn slot_for(&mut self, host: &impl Host, name: &[u8]) -> Option<usize> {
-        if let Some(i) = self.index.get(name) {
-            return Some(*i);
-        }
-        let text = std::str::from_utf8(name).ok()?;
-        let settings = self.settings_for_breaker(text).clone();
-        if !self.register(host, text, "", usize::MAX) {
-            return None;
-        }
-        Some(self.add_slot(host, text, settings))
+    /// The breaker named `name`, created (and registered process-wide) on first sight.
+    pub fn breaker_for(&mut self, host: &impl Host, name: &[u8]) -> Option<usize> {
+        self.breakers.named(host, name)
     }
 
-    /// The slot of the breaker for `route` inside the cluster of slot `cluster`; the
-    /// cluster's own breaker when the route has no name or the cluster's cap is reached.
-    pub fn route_slot(&mut self, host: &impl Host, cluster: usize, route: &[u8]) -> usize {
-        let Some(parent) = self.slots.get(cluster) else {
-            return cluster;
-        };
-        let (Ok(route), Some(limit)) = (
-            std::str::from_utf8(route),
-            parent.settings.max_route_breakers,
-        ) else {
-            return cluster;
-        };
-        if route.is_empty() {
-            return cluster;
-        }
-        let name = format!("{}/{route}", parent.name);
-        if let Some(i) = self.index.get(name.as_bytes()) {
-            return *i;
-        }
-        let prefix = format!("{}/", parent.name);
-        let settings = parent.settings.clone();
-        if !self.register(host, &name, &prefix, limit as usize) {
-            return cluster;
-        }
-        self.add_slot(host, &name, settings)
+    /// The breaker for `route` inside the cluster of breaker `cluster`; the cluster's own
+    /// breaker when the route has no name or the cluster's cap is reached.
+    pub fn route_breaker(&mut self, host: &impl Host, cluster: usize, route: &[u8]) -> usize {
+        self.breakers.route(host, cluster, route)
     }
 
-    /// Settings of a breaker by name: a configured cluster, else the cluster a route
-    /// breaker belongs to, else the default.
-    fn settings_for_breaker(&self, name: &str) -> &Settings {
-        if let Some(s) = self.config.clusters.get(name) {
-            return s;
-        }
-        for (at, _) in name.match_indices('/') {
-            let s = self.config.settings_for(&name[..at]);
-            if s.max_route_breakers.is_some() {
-                return s;
-            }
-        }
-        &self.config.default
+    /// Registers this worker's queue, once, from its first request.
+    pub fn listen(&mut self, host: &impl Host) {
+        self.breakers.listen(host);
     }
 
-    fn add_slot(&mut self, host: &impl Host, name: &str, settings: Settings) -> usize {
-        let events_on = self.config.events.is_some();
-        let slot = Slot::load(host, name, settings, events_on, self.clock_ms);
-        self.slots.push(slot);
-        let i = self.slots.len() - 1;
-        self.index.insert(name.as_bytes().to_vec(), i);
-        i
+    /// The token of this worker's queue, once registered.
+    pub fn queue(&self) -> Option<u32> {
+        self.breakers.queue()
     }
 
-    /// Adds `name` to the process-wide list; false if it cannot be tracked.
-    pub(crate) fn register(
+    /// Decides whether a request to breaker `i` goes upstream. `grpc` says whether the
+    /// caller speaks gRPC (asked only to shape a refusal); `cache_key` is the path of a
+    /// GET that a cached answer may serve.
+    pub fn admit(
         &mut self,
         host: &impl Host,
-        name: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> bool {
-        let result =
-            store::compare_and_swap(&SharedData(host), REGISTRY_KEY, b"", CAS_ATTEMPTS, |b| {
-                match registry::with_limited(b, name, prefix, limit) {
-                    Ok(write) => (Ok(()), write),
-                    Err(refused) => (Err(refused), None),
-                }
-            });
-        match result {
-            Ok(Ok(())) => true,
-            Ok(Err(registry::Refused::Full)) if prefix.is_empty() => {
-                if !self.warned_full {
-                    self.warned_full = true;
-                    log::warn!(
-                        "[CIRCUIT_BREAKER] {} breakers exist already; {name} passes through unprotected",
-                        registry::MAX_BREAKERS
-                    );
-                }
-                false
-            }
-            Ok(Err(_)) => false,
-            // The list only serves timers and views; the breaker itself still works.
-            Err(_) => true,
-        }
+        i: usize,
+        grpc: impl FnOnce() -> bool,
+        cache_key: Option<&str>,
+    ) -> Decision {
+        let roll = self.rng.roll();
+        let mut now = Now::new(self.breakers.clock_ms, || host.now_ms());
+        // Until this worker's queue is listed, nobody can tell it of a transition.
+        let listening = self.breakers.is_listening();
+        let Some(breaker) = self.breakers.get_mut(i) else {
+            return Decision::Pass;
+        };
+        let decision = admission::admit(breaker, host, listening, &mut now, roll, grpc, cache_key);
+        self.breakers.clock_ms = now.latest();
+        self.tell_others(host, i);
+        decision
     }
 
-    /// The names in the process-wide list, as stored.
-    pub(crate) fn listed(host: &impl Host) -> Vec<String> {
-        match host.shared_data(REGISTRY_KEY) {
-            Ok(Some((bytes, _))) => registry::names(&bytes),
-            _ => Vec::new(),
-        }
+    /// Whether the response to a GET of `key` should be captured for the cache.
+    pub fn wants_capture(&self, i: usize, key: &str, now_ms: u64) -> bool {
+        self.breakers
+            .get(i)
+            .is_some_and(|b| admission::wants_capture(b, key, now_ms))
     }
 
-    /// The timer: publishes stats, writes batched successes and lets time and modes move
-    /// every breaker in the process, including ones this worker has not served.
+    /// Records how an admitted request ended.
+    pub fn record(&mut self, host: &impl Host, admitted: Admitted) {
+        let (i, ticket, probe_slot) = (admitted.breaker, admitted.ticket, admitted.probe_slot);
+        let Some(breaker) = self.breakers.get_mut(i) else {
+            return;
+        };
+        let Recorded::Written { now_ms, outcome } = admission::record(breaker, host, admitted)
+        else {
+            return;
+        };
+        self.breakers.clock_ms = now_ms;
+        if let (Some(held), Some(fleet)) = (probe_slot, &mut self.fleet) {
+            fleet.probe_ended(host, &self.breakers, i, held, ticket, outcome);
+        }
+        self.tell_others(host, i);
+    }
+
+    /// Tells every other worker that breaker `i` moved, if this worker moved it, and in
+    /// fleet mode makes the move a claim owed to etcd.
+    fn tell_others(&mut self, host: &impl Host, i: usize) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.claim(host, &mut self.breakers, i);
+        }
+        self.breakers.tell_others(host, i);
+    }
+
+    /// The timer: moves the breakers on, sends the webhook's events and does the fleet's
+    /// duties.
     pub fn tick(&mut self, host: &impl Host, now_ms: u64) {
-        self.clock_ms = now_ms;
-        let listed = Worker::listed(host);
-        for name in &listed {
-            self.slot_for(host, name.as_bytes());
-        }
-        for i in 0..self.slots.len() {
-            let slot = &mut self.slots[i];
-            slot.metrics.flush(host);
-            let _ = slot.write(host, now_ms, |r, s| breaker::tick(r, s, now_ms));
-            slot.metrics.state(host, slot.last_seen.state);
-            slot.metrics
-                .rates(host, &slot.last_seen.counts(&slot.settings, now_ms));
-            slot.log_dry_run(now_ms);
+        for i in self.breakers.tick(host, now_ms) {
             self.tell_others(host, i);
         }
-        let unlisted: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|s| !listed.contains(&s.name))
-            .map(|s| s.name.clone())
-            .collect();
-        for name in unlisted {
-            self.register(host, &name, "", usize::MAX);
+        self.deliveries.deliver(host, &mut self.breakers);
+        if let Some(fleet) = &mut self.fleet {
+            fleet.tick(host, &mut self.breakers, now_ms);
         }
-        self.deliver_events(host);
-        self.fleet_tick(host, now_ms);
+    }
+
+    /// The host woke this worker: another worker moved a breaker (or this one has fleet
+    /// work its HTTP context could not do).
+    pub fn notified(&mut self, host: &impl Host, token: u32, now_ms: u64) {
+        self.breakers.drain(host, token, now_ms);
+        if let Some(fleet) = &mut self.fleet {
+            fleet.publish(host, &mut self.breakers, now_ms);
+        }
+    }
+
+    /// Runs a control API command against the shared state; the caller has checked the
+    /// token for commands that change anything.
+    pub fn control(
+        &mut self,
+        host: &impl Host,
+        command: &Command,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<ApiAnswer, ApiError> {
+        let names = control_api::registered(host);
+        control_api::check(command, &names)?;
+        let (changed, result) =
+            control_api::change(host, &mut self.breakers, command, body, &names, now_ms);
+        for i in changed {
+            self.tell_others(host, i);
+        }
+        result?;
+        let fleet = self.fleet.as_ref();
+        control_api::answer(host, &mut self.breakers, fleet, command, &names, now_ms)
+    }
+
+    /// Whether control API changes are allowed for a caller offering `authorization`.
+    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
+        control::authorize(self.token.as_deref(), authorization)
+    }
+
+    /// The webhook's answer to event delivery `token`.
+    pub fn delivered(&mut self, host: &impl Host, token: u32, status: Option<u32>) {
+        self.deliveries
+            .delivered(host, token, status, &self.breakers);
+    }
+
+    /// In fleet mode, the call to etcd a request to breaker `i` must wait for before it is
+    /// decided (see [`Fleet::first_read`]); `None`: decide now.
+    pub fn first_read(&mut self, host: &impl Host, i: usize) -> Option<u32> {
+        self.fleet.as_mut()?.first_read(host, &mut self.breakers, i)
+    }
+
+    /// The answer to [`Worker::first_read`] for breaker `name`.
+    pub fn first_read_answered(&mut self, host: &impl Host, name: &[u8], status: u32, size: usize) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.first_read_answered(host, &mut self.breakers, name, status, size);
+        }
+    }
+
+    /// Whether the probe admitted to breaker `i` may go, must wait for a fleet probe slot,
+    /// or is refused.
+    pub fn probe(&mut self, host: &impl Host, i: usize) -> Probe {
+        match &mut self.fleet {
+            Some(fleet) => fleet.probe(host, &self.breakers, i),
+            None => Probe::Go(None),
+        }
+    }
+
+    /// The answer to a fleet probe slot claim: go, wait for the next, or refuse.
+    pub fn probe_answered(
+        &mut self,
+        host: &impl Host,
+        claim: ProbeSlotClaim,
+        status: u32,
+        size: usize,
+    ) -> Probe {
+        match &mut self.fleet {
+            Some(fleet) => fleet.probe_answered(host, &self.breakers, claim, status, size),
+            None => Probe::Refuse,
+        }
+    }
+
+    /// Gives a local probe back without an outcome (its fleet slot claim failed, or the
+    /// client left while it waited), so the local gate admits another.
+    pub fn give_back(&mut self, host: &impl Host, i: usize, ticket: Ticket) {
+        if let Some(breaker) = self.breakers.get_mut(i) {
+            admission::give_back(breaker, host, ticket);
+        }
+        self.tell_others(host, i);
+    }
+
+    /// Gives the probe back and shapes the refusal of a request that found no fleet probe
+    /// slot.
+    pub fn refuse_probe(
+        &mut self,
+        host: &impl Host,
+        i: usize,
+        ticket: Ticket,
+        grpc: bool,
+    ) -> Option<Answer> {
+        self.give_back(host, i, ticket);
+        let breaker = self.breakers.get_mut(i)?;
+        Some(admission::half_open_refusal(breaker, grpc))
+    }
+
+    /// The answer to one of the fleet's unary calls made from this root context.
+    pub fn grpc_answered(
+        &mut self,
+        host: &impl Host,
+        token: u32,
+        status: u32,
+        size: usize,
+        now_ms: u64,
+    ) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.answered(host, &mut self.breakers, token, status, size, now_ms);
+        }
+    }
+
+    /// A message on one of the fleet's streams.
+    pub fn grpc_message(&mut self, host: &impl Host, token: u32, body: &[u8], now_ms: u64) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.message(host, &mut self.breakers, token, body, now_ms);
+        }
+    }
+
+    /// One of the fleet's streams closed.
+    pub fn grpc_closed(&mut self, host: &impl Host, token: u32, status: u32, now_ms: u64) {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.closed(host, token, status, now_ms);
+        }
+    }
+
+    /// Whether this context holds the fleet's watch (for the test-hooks build).
+    #[cfg(all(feature = "test-hooks", target_arch = "wasm32"))]
+    pub fn holds_fleet_watch(&self) -> bool {
+        self.fleet.as_ref().is_some_and(Fleet::holds)
     }
 }

@@ -15,7 +15,10 @@ pub struct Compose {
     /// A project name of its own, so cleaning up never touches anything else.
     project: &'static str,
     file: &'static str,
+    /// The control API's token, made up for this run.
     token: String,
+    /// Docker's volumes before the project came up: after, exactly these are left.
+    volumes_before: Vec<String>,
     down: bool,
     /// What to print before a failed test takes the project down.
     on_failure: fn(&Compose),
@@ -33,13 +36,12 @@ impl Compose {
             .expect("tools/docker/compose.sh")
     }
 
-    /// Builds and starts the project, after checking nothing listens on the loopback
-    /// `ports` it publishes.
+    /// Builds and starts the project with a control API token of its own, after checking
+    /// nothing listens on the loopback `ports` it publishes.
     pub fn up(
         project: &'static str,
         file: &'static str,
         ports: &[u16],
-        token: &str,
         on_failure: fn(&Compose),
     ) -> Compose {
         for port in ports {
@@ -48,10 +50,15 @@ impl Compose {
                 "127.0.0.1:{port} is taken; {file} publishes it. Stop what listens there."
             );
         }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let stack = Compose {
             project,
             file,
-            token: token.to_string(),
+            token: format!("{project}-{nanos:x}"),
+            volumes_before: lines_of(&["volume", "ls", "--quiet"]),
             down: false,
             on_failure,
         };
@@ -70,6 +77,11 @@ impl Compose {
         stack
     }
 
+    /// The token the control API wants (`CIRCUIT_BREAKER_ADMIN_TOKEN` in the project).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn containers(&self) -> Vec<String> {
         let label = format!("label=com.docker.compose.project={}", self.project);
         lines_of(&["ps", "--all", "--quiet", "--filter", &label])
@@ -84,7 +96,7 @@ impl Compose {
     }
 
     /// Takes the project down and checks nothing of it is left.
-    pub fn down(&mut self, volumes_before: &[String]) {
+    pub fn down(&mut self) {
         let out = self.command(&["down", "--volumes", "--remove-orphans"]);
         self.down = true;
         assert!(
@@ -95,7 +107,7 @@ impl Compose {
         assert_eq!(self.containers(), Vec::<String>::new(), "containers left");
         let left: Vec<String> = lines_of(&["volume", "ls", "--quiet"])
             .into_iter()
-            .filter(|v| !volumes_before.contains(v))
+            .filter(|v| !self.volumes_before.contains(v))
             .collect();
         assert_eq!(left, Vec::<String>::new(), "volumes left");
         assert!(

@@ -26,6 +26,16 @@ pub fn plugin_json_with(open: &str, school: &str) -> String {
     )
 }
 
+/// The keys under `prefix` in etcd, read with etcdctl.
+pub fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<String> {
+    etcd.ctl(&["get", "--prefix", "--keys-only", prefix])
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The client port of etcd member `i`.
 pub fn etcd_port(etcd: &Etcd, i: usize) -> u16 {
     etcd.members[i].client_port
@@ -238,17 +248,6 @@ pub fn all_connected(f: &Fleet, since: Instant, within: Duration) -> Vec<Duratio
             })
         })
         .collect()
-}
-
-/// Five upstream failures through `envoy`, then its own refusal.
-pub fn trip_through(envoy: &Envoy, stack: &Stack) {
-    stack.school.fail_everything();
-    for _ in 0..5 {
-        let r = envoy.call("/schools");
-        assert_eq!(r.status, 503);
-        assert!(!is_rejection(&r), "the upstream's own 503s come first");
-    }
-    assert!(is_rejection(&envoy.call("/schools")));
 }
 
 /// The school breaker's view through `e`'s control API.

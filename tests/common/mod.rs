@@ -21,6 +21,8 @@ pub trait ServiceExt {
     fn set_faults(&self, json: Value);
     fn fail_everything(&self);
     fn heal(&self);
+    /// Healthy again, but every answer takes `ms`: a probe is then in flight a while.
+    fn heal_slowly(&self, ms: u64);
     fn hits(&self) -> u64;
 }
 
@@ -33,6 +35,9 @@ impl ServiceExt for Service {
     }
     fn heal(&self) {
         self.set_faults(json!({"is_healthy": true, "failure_rate": 0.0}));
+    }
+    fn heal_slowly(&self, ms: u64) {
+        self.set_faults(json!({"is_healthy": true, "response_time_ms": ms}));
     }
     fn hits(&self) -> u64 {
         self.requests().unwrap()
@@ -110,6 +115,37 @@ pub fn burst(addr: &str, path: &str, n: usize) -> Vec<Response> {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// Five upstream failures through `envoy` (the sample's school breaker trips at five),
+/// each the upstream's own 503, then the breaker's refusal.
+pub fn trip_through(envoy: &Envoy, stack: &Stack) {
+    stack.school.fail_everything();
+    for _ in 0..5 {
+        let r = envoy.call("/schools");
+        assert_eq!(r.status, 503);
+        assert!(!is_rejection(&r), "the upstream's own 503s come first");
+    }
+    assert!(is_rejection(&envoy.call("/schools")));
+}
+
+/// [`trip_through`] the stack's own Envoy.
+pub fn trip_school(stack: &Stack) {
+    trip_through(&stack.envoy, stack);
+}
+
+/// Runs `command` with `input` on its standard input and waits for it to end.
+pub fn run_with_input(command: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Whether a response is the breaker's refusal while forced open.

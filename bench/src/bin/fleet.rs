@@ -10,12 +10,12 @@
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use ecb_bench::envoy;
 use ecb_bench::fleet::{
     by_label, cumulative_quantiles, envoy_memory, etcd_addr, etcd_cluster, etcd_metrics,
     fleet_block, start_etcd, unlabelled, wait_connected, FleetStats,
 };
 use ecb_bench::keep_alive::KeepAlive;
-use ecb_bench::HCM;
 use school_system::client;
 use school_system::stack::{free_port, rss_kib, Envoy};
 
@@ -707,93 +707,56 @@ impl EtcdLoad {
 /// The upstream every cluster points at: Envoy answering `ok`, or a 500 for any path
 /// ending in `/fail`.
 fn upstream_yaml(port: u16) -> String {
-    ecb_bench::upstream_yaml(port, r#"safe_regex: { regex: ".*/fail" }"#)
+    envoy::upstream_yaml(port, r#"safe_regex: { regex: ".*/fail" }"#)
 }
 
 /// Fleet member `i`: the breaker (with a fleet block) on a gateway routing `/p/` to the
 /// propagation cluster and `/cN/` to the storm's clusters, the control API on its own
 /// listener, and the `etcd` cluster.
-fn member_yaml(i: usize, gateway: u16, control: u16, up: u16, etcd: u16) -> String {
+fn member_yaml(i: usize, gateway: u16, control_port: u16, up: u16, etcd: u16) -> String {
     let plugin = format!(
         r#"{{"default": {{"failure_threshold": {THRESHOLD}, "open_duration": "1s", "half_open_max_requests": 1, "success_threshold": 1}}, "clusters": {{"{TRIP}": {{"open_duration": "30s"}}}}, {}}}"#,
         fleet_block()
     );
-    let filter = format!(
-        r#"          - &breaker
-            name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: circuit_breaker
-                root_id: circuit_breaker
-                vm_config:
-                  vm_id: circuit_breaker
-                  runtime: envoy.wasm.runtime.v8
-                  environment_variables: {{ host_env_keys: ["CIRCUIT_BREAKER_ADMIN_TOKEN"] }}
-                  code: {{ local: {{ filename: target/wasm32-wasip1/release/envoy_circuit_breaker.wasm }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{plugin}'
-"#
+    let filter = envoy::wasm_filter(
+        "circuit_breaker",
+        "target/wasm32-wasip1/release/envoy_circuit_breaker.wasm",
+        &plugin,
+        &["CIRCUIT_BREAKER_ADMIN_TOKEN"],
     );
     let mut routes = String::new();
     let mut clusters = String::new();
     let names =
         std::iter::once(TRIP.to_string()).chain((0..STORM_CLUSTERS).map(|c| format!("c{c}")));
     for name in names {
-        routes.push_str(&format!(
-            "              - match: {{ prefix: \"/{name}/\" }}\n                route: {{ cluster: {name} }}\n"
-        ));
-        clusters.push_str(&format!(
-            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {up} }} }} }}\n"
-        ));
+        routes.push_str(&envoy::route(&format!("prefix: \"/{name}/\""), &name));
+        clusters.push_str(&envoy::cluster(&name, up));
     }
-    format!(
-        r#"node: {{ id: bench-{i} }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {gateway} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM}
-          stat_prefix: gateway
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-{routes}          http_filters:
-{filter}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  - name: control
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {control} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM}
-          stat_prefix: circuit_breaker_control
-          route_config:
-            virtual_hosts:
-            - name: control
-              domains: ["*"]
-              routes:
-              - name: circuit_breaker_control
-                match: {{ prefix: "/" }}
-                direct_response: {{ status: 503, body: {{ inline_string: "the circuit breaker filter is not running" }} }}
-          http_filters:
-          - *breaker
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-{clusters}{}"#,
-        etcd_cluster(etcd)
+    clusters.push_str(&etcd_cluster(etcd));
+    let control = envoy::direct(
+        Some("circuit_breaker_control"),
+        r#"prefix: "/""#,
+        503,
+        "the circuit breaker filter is not running",
+    );
+    envoy::bootstrap(
+        Some(&format!("bench-{i}")),
+        &[
+            envoy::Listener {
+                name: "gateway",
+                port: gateway,
+                stat_prefix: "gateway",
+                routes,
+                filters: filter.clone(),
+            },
+            envoy::Listener {
+                name: "control",
+                port: control_port,
+                stat_prefix: "circuit_breaker_control",
+                routes: control,
+                filters: filter,
+            },
+        ],
+        &clusters,
     )
 }

@@ -78,6 +78,11 @@ fn a_streak_from_one_host_of_three_does_not_trip() {
     let again = answer(&mut r, &s, FAIL, Some("a:1"), 6).value.unwrap();
     assert!(!again.started && again.counted, "one log line per episode");
     assert_eq!(r.state, State::Closed);
+    assert_eq!(
+        next_timer_ms(&r, &s, 6),
+        Some(10_000),
+        "a held-back trip waits for its calls to leave the window, not for the timer"
+    );
 }
 
 #[test]
@@ -178,6 +183,11 @@ fn the_timer_settles_a_trip_that_waited() {
         failure_with_others_out(&mut r, &s, "only:1", 10 + i);
     }
     assert_eq!(r.state, State::Closed);
+    assert_eq!(
+        next_timer_ms(&r, &s, 100),
+        Some(100),
+        "the timer is wanted at once"
+    );
     let t = tick(&mut r, &s, 100).transition;
     assert_eq!(
         t.map(|t| t.cause),
@@ -334,10 +344,10 @@ fn the_timer_holds_a_confined_rate_back_too() {
     for i in 0..5 {
         answer(&mut r, &s, FAIL, Some("a:1"), i);
     }
-    let mut tally = Tally::default();
-    tally.defer(r.generation);
-    tally.defer(r.generation);
-    tally.fold_into(&mut r, &s, 10);
+    let mut batch = SuccessBatch::default();
+    batch.defer(r.generation);
+    batch.defer(r.generation);
+    batch.fold_into(&mut r, &s, 10);
     let step = tick(&mut r, &s, 10);
     assert_eq!(step.transition, None, "5 of 10, but one host");
     assert!(!r.hosts.confined, "only a recorded call starts an episode");
@@ -371,29 +381,29 @@ fn a_trip_or_a_reset_ends_the_episode() {
 }
 
 #[test]
-fn a_tally_reads_the_host_of_one_success_in_so_many() {
-    let mut tally = Tally::default();
+fn a_batch_reads_the_host_of_one_success_in_so_many() {
+    let mut batch = SuccessBatch::default();
     let mut reads = 0;
     for _ in 0..SAMPLE_EVERY * 3 {
-        tally.defer(1);
-        if tally.wants_host() {
+        batch.defer(1);
+        if batch.wants_host() {
             reads += 1;
-            tally.sample(host("a:1"));
+            batch.sample(host("a:1"));
         }
     }
     assert_eq!(reads, 3, "the first, then one in {SAMPLE_EVERY}");
-    let taken = tally.take();
+    let taken = batch.take();
     assert_eq!(taken.sampled, host("a:1"));
-    assert!(tally.is_empty() && tally.sampled.is_none());
-    tally.defer(1);
+    assert!(batch.is_empty() && batch.sampled.is_none());
+    batch.defer(1);
     assert!(
-        tally.wants_host(),
+        batch.wants_host(),
         "the pace survives a fold: the 97th is due"
     );
-    tally.sample(None);
-    tally.defer(1);
+    batch.sample(None);
+    batch.defer(1);
     assert!(
-        !tally.wants_host(),
+        !batch.wants_host(),
         "a read that found no host still sets the pace"
     );
 }
@@ -402,10 +412,10 @@ fn a_tally_reads_the_host_of_one_success_in_so_many() {
 fn a_folded_sample_makes_its_host_known() {
     let s = settings();
     let mut r = Record::default();
-    let mut tally = Tally::default();
-    tally.defer(0);
-    tally.sample(host("b:1"));
-    assert!(tally.fold_into(&mut r, &s, 0));
+    let mut batch = SuccessBatch::default();
+    batch.defer(0);
+    batch.sample(host("b:1"));
+    assert!(batch.fold_into(&mut r, &s, 0));
     assert_eq!(r.hosts.known(0, s.window), 1);
     assert_eq!(r.window.totals(0, s.window).successes, 1);
 }
@@ -444,7 +454,7 @@ proptest! {
             if ticks {
                 prop_assert_eq!(tick(&mut with, &s, now).transition, tick(&mut without, &s, now).transition);
             }
-            prop_assert_eq!(Glance::of(&with), Glance::of(&without));
+            prop_assert_eq!(RecordHeader::of(&with), RecordHeader::of(&without));
         }
     }
 
@@ -465,4 +475,32 @@ proptest! {
             prop_assert_eq!(r.state, State::Closed);
         }
     }
+}
+
+#[test]
+fn the_log_line_names_the_hosts_and_the_breaker() {
+    let c = Confined {
+        reason: TripReason::FailureRate,
+        hosts: vec![host("10.0.0.7:8080").unwrap()],
+        known: 3,
+        started: true,
+        counted: true,
+    };
+    assert_eq!(
+        c.log_line("school"),
+        "[CIRCUIT_BREAKER] failures confined to 1 of 3 hosts (10.0.0.7:8080): not tripping the school breaker; outlier detection ejects single hosts"
+    );
+    let many = Confined {
+        reason: TripReason::SlowCallRate,
+        hosts: (0..6).map(|i| host(&format!("h{i}:1")).unwrap()).collect(),
+        known: 16,
+        ..c
+    };
+    assert!(
+        many.log_line("s").starts_with(
+            "[CIRCUIT_BREAKER] slow calls confined to 6 of 16 hosts (h0:1, h1:1, h2:1, h3:1, 2 more)"
+        ),
+        "{}",
+        many.log_line("s")
+    );
 }

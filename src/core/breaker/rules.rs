@@ -1,9 +1,57 @@
 //! The closed-state trip rules, and the hosts behind them: which rule says the breaker
 //! must open now, and which is held back because its calls came from too few hosts.
 
-use crate::core::hosts::{Confined, Rule, Spread};
+use crate::core::hosts::{Address, Rule, Spread};
 use crate::core::settings::Settings;
 use crate::core::state::{Record, TripReason};
+
+/// Addresses named in a log line; the rest are counted.
+const SHOWN: usize = 4;
+
+/// A trip rule held back because the calls behind it came from too few hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confined {
+    /// The rule that would have tripped.
+    pub reason: TripReason,
+    /// The hosts behind it.
+    pub hosts: Vec<Address>,
+    /// Hosts the breaker knows of.
+    pub known: usize,
+    /// This decision started the episode: the one place its log line comes from.
+    pub started: bool,
+    /// The call being recorded was itself a failure or a slow call that was held back.
+    pub counted: bool,
+}
+
+impl Confined {
+    /// `[CIRCUIT_BREAKER] failures confined to 1 of 3 hosts (10.0.0.7:8080): not tripping
+    /// the school breaker; outlier detection ejects single hosts`.
+    pub fn log_line(&self, breaker: &str) -> String {
+        format!(
+            "[CIRCUIT_BREAKER] {}: not tripping the {breaker} breaker; outlier detection ejects single hosts",
+            self.summary()
+        )
+    }
+
+    /// `failures confined to 1 of 3 hosts (10.0.0.7:8080)`, as logs and views say it.
+    pub fn summary(&self) -> String {
+        let what = match self.reason {
+            TripReason::SlowCallRate => "slow calls",
+            _ => "failures",
+        };
+        let mut named: Vec<&str> = self.hosts.iter().take(SHOWN).map(Address::as_str).collect();
+        let more = format!("{} more", self.hosts.len().saturating_sub(SHOWN));
+        if self.hosts.len() > SHOWN {
+            named.push(&more);
+        }
+        format!(
+            "{what} confined to {} of {} hosts ({})",
+            self.hosts.len(),
+            self.known,
+            named.join(", ")
+        )
+    }
+}
 
 /// What the closed-state rules say now.
 pub(super) enum Verdict {

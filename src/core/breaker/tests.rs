@@ -1,7 +1,7 @@
 //! The breaker's rules, one behaviour per test, on a fake clock.
 
 use super::*;
-use crate::core::codec::Glance;
+use crate::core::codec::RecordHeader;
 use crate::core::outcome::Failure;
 use crate::core::window::WindowSpec;
 use proptest::prelude::*;
@@ -88,7 +88,7 @@ fn closed_admits_without_touching_the_record() {
 fn a_glance_admits_only_where_no_clock_is_needed() {
     let s = settings();
     let mut r = Record::default();
-    let at = |r: &Record, now| admit_at_a_glance(&Glance::of(r), &s, &mut Now::fixed(now));
+    let at = |r: &Record, now| admit_at_a_glance(&RecordHeader::of(r), &s, &mut Now::fixed(now));
     assert_eq!(
         at(&r, 0),
         Some(Admission::Admitted(Ticket {
@@ -142,7 +142,7 @@ proptest! {
         };
         // The real clock is the coarse one plus however late the timer runs.
         let now = coarse + late;
-        if let Some(quick) = admit_at_a_glance(&Glance::of(&r), &s, &mut Now::new(coarse, || now)) {
+        if let Some(quick) = admit_at_a_glance(&RecordHeader::of(&r), &s, &mut Now::new(coarse, || now)) {
             let full = admit(&mut r, &s, now, 0);
             let same = match (quick, full.value) {
                 (Admission::Rejected(a), Admission::Rejected(b)) => a.kind == b.kind && a.reason == b.reason,
@@ -756,10 +756,15 @@ fn deferred_successes_count_toward_the_rate_once_folded() {
         ..settings()
     };
     let mut r = Record::default();
-    let mut tally = Tally::default();
+    let mut tally = SuccessBatch::default();
     for _ in 0..10 {
         let ticket = admitted(admit(&mut r, &s, 0, 0));
-        assert!(Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(OK)));
+        assert!(SuccessBatch::can_defer(
+            &RecordHeader::of(&r),
+            &s,
+            ticket,
+            &quick(OK)
+        ));
         tally.defer(ticket.generation);
     }
     assert!(tally.fold_into(&mut r, &s, 0));
@@ -779,23 +784,43 @@ fn only_plain_fast_successes_are_deferred() {
     };
     let mut r = Record::default();
     let ticket = admitted(admit(&mut r, &s, 0, 0));
-    assert!(Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(OK)));
-    assert!(!Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(FAIL)));
+    assert!(SuccessBatch::can_defer(
+        &RecordHeader::of(&r),
+        &s,
+        ticket,
+        &quick(OK)
+    ));
+    assert!(!SuccessBatch::can_defer(
+        &RecordHeader::of(&r),
+        &s,
+        ticket,
+        &quick(FAIL)
+    ));
     let slow = Call {
         outcome: OK,
         elapsed_ms: 100,
         retry_after_ms: None,
     };
-    assert!(!Tally::can_defer(&Glance::of(&r), &s, ticket, &slow));
+    assert!(!SuccessBatch::can_defer(
+        &RecordHeader::of(&r),
+        &s,
+        ticket,
+        &slow
+    ));
     let asked = Call {
         outcome: OK,
         elapsed_ms: 1,
         retry_after_ms: Some(1),
     };
-    assert!(!Tally::can_defer(&Glance::of(&r), &s, ticket, &asked));
+    assert!(!SuccessBatch::can_defer(
+        &RecordHeader::of(&r),
+        &s,
+        ticket,
+        &asked
+    ));
     call(&mut r, &s, FAIL, 0);
     assert!(
-        !Tally::can_defer(&Glance::of(&r), &s, ticket, &quick(OK)),
+        !SuccessBatch::can_defer(&RecordHeader::of(&r), &s, ticket, &quick(OK)),
         "a streak is open"
     );
 }
@@ -807,7 +832,7 @@ fn the_timer_trips_when_folded_successes_complete_the_minimum() {
         ..settings()
     };
     let mut r = Record::default();
-    let mut tally = Tally::default();
+    let mut tally = SuccessBatch::default();
     tally.defer(0);
     for i in 0..5 {
         assert_eq!(call(&mut r, &s, FAIL, 0), None);
@@ -848,7 +873,7 @@ fn the_timer_never_trips_a_disabled_breaker() {
 fn a_tally_from_before_a_trip_is_dropped() {
     let s = settings();
     let mut r = Record::default();
-    let mut tally = Tally::default();
+    let mut tally = SuccessBatch::default();
     tally.defer(0);
     open(&mut r, &s, 0);
     assert!(!tally.fold_into(&mut r, &s, 1));
@@ -930,7 +955,7 @@ fn a_failed_store_passes_or_refuses_as_configured_but_never_adds_probes() {
         store_failure: crate::core::settings::StoreFailure::Refuse,
         ..settings()
     };
-    let closed = Glance::default();
+    let closed = RecordHeader::default();
     assert_eq!(
         when_store_fails(&closed, &pass),
         Admission::Passed { would_reject: None }
@@ -940,9 +965,9 @@ fn a_failed_store_passes_or_refuses_as_configured_but_never_adds_probes() {
         Admission::Rejected(_)
     ));
     for state in [State::Open, State::HalfOpen] {
-        let g = Glance {
+        let g = RecordHeader {
             state,
-            ..Glance::default()
+            ..RecordHeader::default()
         };
         assert!(
             matches!(when_store_fails(&g, &pass), Admission::Rejected(_)),
@@ -954,7 +979,7 @@ fn a_failed_store_passes_or_refuses_as_configured_but_never_adds_probes() {
 #[test]
 fn a_closed_copy_is_trusted_only_while_no_trip_could_be_half_open_yet() {
     let s = settings();
-    let closed = Glance::of(&Record::default());
+    let closed = RecordHeader::of(&Record::default());
     assert!(trusts_copy(&closed, &s, 1_000, 1_100));
     assert!(
         !trusts_copy(&closed, &s, 1_000, 1_000 + MAX_COPY_AGE_MS),
@@ -980,9 +1005,9 @@ fn an_open_copy_refuses_and_a_half_open_one_is_never_trusted() {
     let s = settings();
     let mut r = Record::default();
     open(&mut r, &s, 0);
-    assert!(trusts_copy(&Glance::of(&r), &s, 0, 100));
+    assert!(trusts_copy(&RecordHeader::of(&r), &s, 0, 100));
     r.state = State::HalfOpen;
-    assert!(!trusts_copy(&Glance::of(&r), &s, 0, 0));
+    assert!(!trusts_copy(&RecordHeader::of(&r), &s, 0, 0));
 }
 
 proptest! {
@@ -994,7 +1019,7 @@ proptest! {
         coarse_after in 0u64..2_000, late in 0u64..TIMER_SLACK_MS,
     ) {
         let s = Settings { open_duration_ms: open_ms, jitter, ..settings() };
-        let copy = Glance::of(&Record::default());
+        let copy = RecordHeader::of(&Record::default());
         let confirmed = 10_000;
         let mut shared = Record { consecutive_failures: s.failure_threshold, ..Record::default() };
         let trip_at = confirmed + trip_after;
@@ -1033,5 +1058,75 @@ fn the_fleets_successes_close_half_open_and_never_count_down() {
     assert_eq!(
         t.map(|t| (t.from, t.to, t.cause)),
         Some((State::HalfOpen, State::Closed, Cause::Recovered))
+    );
+}
+
+#[test]
+fn an_idle_closed_breaker_with_an_empty_window_needs_no_timer() {
+    let s = settings();
+    assert_eq!(next_timer_ms(&Record::default(), &s, 1_000), None);
+}
+
+#[test]
+fn a_closed_breaker_needs_the_timer_when_its_oldest_calls_leave_the_window() {
+    let s = settings();
+    let mut r = Record::default();
+    call_with(&mut r, &s, quick(OK), 2_500);
+    // Slices of 1 s in a 10 s window: the call of 2.5 s leaves at 12 s.
+    assert_eq!(next_timer_ms(&r, &s, 3_000), Some(12_000));
+    assert!(tick(&mut r, &s, 12_000).transition.is_none());
+    assert_eq!(next_timer_ms(&r, &s, 12_000), None);
+}
+
+#[test]
+fn an_open_breaker_needs_the_timer_when_its_open_time_runs_out() {
+    let s = settings();
+    let mut r = Record::default();
+    for _ in 0..3 {
+        call_with(&mut r, &s, quick(FAIL), 1_000);
+    }
+    assert_eq!(r.state, State::Open);
+    let until = r.open_until_ms;
+    // The failures leave the 10 s window at 11 s, before the open time ends.
+    assert_eq!(next_timer_ms(&r, &s, 1_000), Some(until.min(11_000)));
+    assert!(
+        tick(&mut r, &s, until - 1).transition.is_none(),
+        "not before"
+    );
+    let t = tick(&mut r, &s, until).transition;
+    assert_eq!(t.map(|t| t.to), Some(State::HalfOpen), "at its time");
+}
+
+#[test]
+fn a_half_open_breaker_needs_the_timer_only_while_probes_can_time_out() {
+    let s = Settings {
+        half_open_max_duration_ms: 5_000,
+        window: WindowSpec::Count { size: 10 },
+        ..settings()
+    };
+    let mut r = Record::default();
+    for _ in 0..3 {
+        call_with(&mut r, &s, quick(FAIL), 1_000);
+    }
+    let opened = r.open_until_ms;
+    assert!(tick(&mut r, &s, opened).transition.is_some());
+    assert_eq!(next_timer_ms(&r, &s, opened), None, "waiting for traffic");
+    admitted(admit(&mut r, &s, opened + 10, 0));
+    assert_eq!(next_timer_ms(&r, &s, opened + 10), Some(opened + 5_010));
+}
+
+#[test]
+fn a_forced_mode_not_yet_followed_needs_the_timer_at_once() {
+    let s = Settings {
+        mode: Mode::ForcedOpen,
+        ..settings()
+    };
+    let mut r = Record::default();
+    assert_eq!(next_timer_ms(&r, &s, 7), Some(7));
+    assert!(tick(&mut r, &s, 7).transition.is_some());
+    assert_eq!(
+        next_timer_ms(&r, &s, 7),
+        None,
+        "held open by its mode, not by time"
     );
 }

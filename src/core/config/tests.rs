@@ -1,6 +1,9 @@
 //! The plugin JSON: what is accepted, what each field becomes, and how refusals read.
 
 use super::*;
+use crate::core::duration::Millis;
+use crate::core::settings::Mode;
+use crate::core::window::WindowSpec;
 
 fn parse(json: &str) -> Result<PluginConfig, ConfigError> {
     PluginConfig::parse(json.as_bytes())
@@ -542,4 +545,107 @@ fn bad_trip_min_hosts_are_refused_naming_the_field() {
     );
     let msg = refusal(r#"{"default": {"trip_min_hosts": 4294967296}}"#);
     assert!(msg.contains("default.trip_min_hosts"), "{msg}");
+}
+
+/// The fleet block's bounds come from the limits too: each is tried just inside and just
+/// outside, an unset duration takes its default, and the field's documentation (which the
+/// schema carries) states the bound.
+#[test]
+fn every_fleet_bound_is_enforced_and_documented() {
+    use crate::core::duration::parse_millis;
+    use crate::core::limits as l;
+    let schema = serde_json::to_value(schemars::schema_for!(PluginConfigDoc)).unwrap();
+    let doc_of = |field: &str| {
+        schema["$defs"]["FleetDoc"]["properties"][field]["description"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let with = |field: &str, value: &str| {
+        let mut fleet = serde_json::json!({ "etcd_cluster": "etcd", "prefix": "/p" });
+        fleet[field] = value.into();
+        parse(&serde_json::json!({ "fleet": fleet }).to_string())
+    };
+    for (field, limit) in [
+        ("timeout", l::FLEET_TIMEOUT_MS),
+        ("lease_ttl", l::FLEET_LEASE_TTL_MS),
+    ] {
+        let ms = |ms: u64| format!("{ms}ms");
+        assert!(
+            with(field, &ms(limit.min)).is_ok(),
+            "{field} at its minimum"
+        );
+        assert!(
+            with(field, &ms(limit.max)).is_ok(),
+            "{field} at its maximum"
+        );
+        assert!(with(field, &ms(limit.min - 1)).is_err(), "{field} under");
+        assert!(with(field, &ms(limit.max + 1)).is_err(), "{field} over");
+        // Every quoted duration in the text, such as "2s" or "5m".
+        let doc = doc_of(field);
+        let stated: Vec<u64> = doc
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|t| parse_millis(t).ok())
+            .collect();
+        for v in [limit.min, limit.max, limit.default] {
+            assert!(stated.contains(&v), "{field}: {doc:?} does not state {v}ms");
+        }
+    }
+    let c = parse(r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "/p"}}"#).unwrap();
+    let fleet = c.fleet.unwrap();
+    assert_eq!(fleet.timeout_ms, l::FLEET_TIMEOUT_MS.default);
+    assert_eq!(fleet.lease_ttl_ms, l::FLEET_LEASE_TTL_MS.default);
+    for (field, max, long) in [
+        ("etcd_cluster", l::MAX_ETCD_CLUSTER_BYTES, "e".repeat(200)),
+        (
+            "prefix",
+            l::MAX_FLEET_PREFIX_BYTES,
+            format!("/{}", "p".repeat(300)),
+        ),
+        ("member", l::MAX_MEMBER_BYTES, "m".repeat(200)),
+        ("username_env", l::MAX_ENV_NAME_BYTES, "U".repeat(200)),
+    ] {
+        let value = |n: usize| {
+            let mut fleet = serde_json::json!({ "etcd_cluster": "etcd", "prefix": "/p" });
+            fleet[field] = long[..n].into();
+            if field == "username_env" {
+                fleet["password_env"] = "P".into();
+            }
+            parse(&serde_json::json!({ "fleet": fleet }).to_string())
+        };
+        assert!(value(max).is_ok(), "{field} at {max}");
+        assert!(value(max + 1).is_err(), "{field} past {max}");
+        if field != "username_env" {
+            let doc = doc_of(field);
+            assert!(doc.contains(&max.to_string()), "{field}: {doc:?}");
+        }
+    }
+}
+
+/// Names and paths elsewhere in the document have their bounds in the limits as well.
+#[test]
+fn names_and_paths_are_bounded_by_the_limits() {
+    use crate::core::limits as l;
+    let name = |n: usize| format!(r#"{{"clusters": {{"{}": {{}}}}}}"#, "c".repeat(n));
+    assert!(parse(&name(l::MAX_CLUSTER_NAME_BYTES)).is_ok());
+    assert!(parse(&name(l::MAX_CLUSTER_NAME_BYTES + 1)).is_err());
+    let events = |path: &str| {
+        parse(&format!(
+            r#"{{"events": {{"cluster": "{}", "path": "{path}"}}}}"#,
+            "e".repeat(l::MAX_CLUSTER_NAME_BYTES)
+        ))
+    };
+    let path = |n: usize| format!("/{}", "p".repeat(n - 1));
+    assert!(events(&path(l::MAX_PATH_BYTES)).is_ok());
+    assert!(events(&path(l::MAX_PATH_BYTES + 1)).is_err());
+    let excluded = |n: usize| {
+        parse(&format!(
+            r#"{{"default": {{"exclude_paths": ["{}"]}}}}"#,
+            path(n)
+        ))
+    };
+    assert!(excluded(l::MAX_PATH_BYTES).is_ok());
+    assert!(excluded(l::MAX_PATH_BYTES + 1).is_err());
 }

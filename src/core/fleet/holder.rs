@@ -4,11 +4,13 @@
 //! over when the holder's VM dies. This decides from the stored bytes; the caller does
 //! the compare-and-swap with the stamp it read, and a lost swap means "not this tick".
 
+use crate::core::bytes::Reader;
+
 const MAGIC: u8 = 0xF2;
 const LEN: usize = 17;
 
-/// After this long without a heartbeat, the holder is presumed dead. Ticks run every
-/// 250 ms in fleet mode, so four missed ticks.
+/// After this long without a heartbeat, the holder is presumed dead: ten missed ticks of
+/// the filter's 100 ms timer.
 pub const STALE_AFTER_MS: u64 = 1_000;
 
 /// The role this context has after a tick, and the bytes to write (with the read stamp)
@@ -40,17 +42,15 @@ impl Claim {
 
     /// `None` for anything else, which is then claimed over like a missing key.
     pub fn decode(bytes: &[u8]) -> Option<Claim> {
-        if bytes.len() != LEN || bytes[0] != MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != MAGIC {
             return None;
         }
-        let mut id = [0u8; 8];
-        let mut at = [0u8; 8];
-        id.copy_from_slice(&bytes[1..9]);
-        at.copy_from_slice(&bytes[9..17]);
-        Some(Claim {
-            id: u64::from_le_bytes(id),
-            heartbeat_ms: u64::from_le_bytes(at),
-        })
+        let claim = Claim {
+            id: r.u64()?,
+            heartbeat_ms: r.u64()?,
+        };
+        r.is_done().then_some(claim)
     }
 }
 

@@ -252,12 +252,12 @@ impl Link {
         self.last_revision = self.last_revision.max(revision);
     }
 
-    /// A keep-alive answer with TTL left.
     /// The quorum probe answered.
     pub fn on_quorum(&mut self, now_ms: u64) {
         self.heard_quorum_ms = now_ms;
     }
 
+    /// A keep-alive answer with TTL left.
     pub fn on_keep_alive(&mut self, now_ms: u64) {
         self.heard_keep_ms = now_ms;
     }

@@ -4,16 +4,18 @@
 
 use std::fmt;
 
+use crate::core::bytes::Reader;
+use crate::core::limits::MAX_MEMBER_BYTES;
 use crate::core::settings::Mode;
 use crate::core::state::{Cause, Counts, State, Transition, TripReason};
 
 const MAGIC: u8 = 0xF1;
 const VERSION: u8 = 1;
 const FIXED_LEN: usize = 53;
-/// Longest member name: Envoy node ids are usually pod or host names, well under this.
-pub const MAX_MEMBER: usize = 64;
 /// Largest valid record; anything longer is refused before it is read.
 pub const MAX_RECORD_BYTES: usize = 128;
+// The longest member name fits.
+const _: () = assert!(FIXED_LEN + MAX_MEMBER_BYTES <= MAX_RECORD_BYTES);
 
 /// Why a record was made, so an adopting Envoy can say it in its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +126,9 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// Whether `name` may be a member name: 1 to [`MAX_MEMBER`] bytes, no control characters.
+/// Whether `name` may be a member name: 1 to [`MAX_MEMBER_BYTES`] bytes, no control characters.
 pub fn valid_member(name: &str) -> bool {
-    (1..=MAX_MEMBER).contains(&name.len()) && !name.chars().any(char::is_control)
+    (1..=MAX_MEMBER_BYTES).contains(&name.len()) && !name.chars().any(char::is_control)
 }
 
 impl FleetRecord {
@@ -238,69 +240,77 @@ impl FleetRecord {
 
     /// Reads a record, refusing anything this build did not write or could not have.
     pub fn decode(bytes: &[u8]) -> Result<FleetRecord, RecordError> {
+        let short = || RecordError::Length(bytes.len());
         if !(FIXED_LEN + 1..=MAX_RECORD_BYTES).contains(&bytes.len()) {
-            return Err(RecordError::Length(bytes.len()));
+            return Err(short());
         }
-        if bytes[0] != MAGIC {
-            return Err(RecordError::Magic(bytes[0]));
+        let mut rd = Reader::new(bytes);
+        let codes = rd.array::<8>().ok_or_else(short)?;
+        let mut record = numbers(&mut rd).ok_or_else(short)?;
+        record.read_codes(codes)?;
+        let n = usize::from(rd.u8().ok_or_else(short)?);
+        if n == 0 || n > MAX_MEMBER_BYTES || bytes.len() != FIXED_LEN + n {
+            return Err(short());
         }
-        if bytes[1] != VERSION {
-            return Err(RecordError::Version(bytes[1]));
-        }
-        let field = |name, v: u8| RecordError::Field(name, u64::from(v));
-        let state = State::from_code(bytes[2]).ok_or(field("state", bytes[2]))?;
-        let reason = TripReason::from_code(bytes[3]).ok_or(field("reason", bytes[3]))?;
-        let cause = FleetCause::from_code(bytes[4]).ok_or(field("cause", bytes[4]))?;
-        let mode_override = Mode::from_code(bytes[5]).ok_or(field("mode_override", bytes[5]))?;
-        if bytes[6..8] != [0, 0] {
-            return Err(field("flags", bytes[6] | bytes[7]));
-        }
-        if cause.state().is_some_and(|s| s != state) {
-            return Err(field("cause", bytes[4]));
-        }
-        // Open always says why; closed never does.
-        match (state, reason) {
-            (State::Open, None) | (State::Closed, Some(_)) => {
-                return Err(field("reason", bytes[3]))
-            }
-            _ => {}
-        }
-        let u32_at = |at: usize| {
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-        };
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let n = usize::from(bytes[52]);
-        if n == 0 || n > MAX_MEMBER || bytes.len() != FIXED_LEN + n {
-            return Err(RecordError::Length(bytes.len()));
-        }
-        let member = std::str::from_utf8(&bytes[FIXED_LEN..])
+        record.member = std::str::from_utf8(rd.rest())
             .ok()
             .filter(|m| valid_member(m))
-            .ok_or(RecordError::Member)?;
-        Ok(FleetRecord {
-            state,
-            reason,
-            cause,
-            mode_override,
-            generation: u32_at(8),
-            published_at_ms: u64_at(12),
-            open_for_ms: u64_at(20),
-            trips_in_row: u32_at(28),
-            probe_successes: u32_at(32),
-            counts: Counts {
-                consecutive_failures: u32_at(36),
-                calls: u32_at(40),
-                failures: u32_at(44),
-                slow: u32_at(48),
-                probe_successes: 0,
-            },
-            member: member.to_string(),
-        })
+            .ok_or(RecordError::Member)?
+            .to_string();
+        Ok(record)
     }
+
+    /// Takes the record's first eight bytes (magic, version, state, reason, cause, mode
+    /// override, flags), each checked alone and against the others.
+    fn read_codes(&mut self, codes: [u8; 8]) -> Result<(), RecordError> {
+        let [magic, version, state, reason, cause, mode, flags_low, flags_high] = codes;
+        if magic != MAGIC {
+            return Err(RecordError::Magic(magic));
+        }
+        if version != VERSION {
+            return Err(RecordError::Version(version));
+        }
+        let field = |name, v: u8| RecordError::Field(name, u64::from(v));
+        self.state = State::from_code(state).ok_or(field("state", state))?;
+        self.reason = TripReason::from_code(reason).ok_or(field("reason", reason))?;
+        self.cause = FleetCause::from_code(cause).ok_or(field("cause", cause))?;
+        self.mode_override = Mode::from_code(mode).ok_or(field("mode_override", mode))?;
+        if [flags_low, flags_high] != [0, 0] {
+            return Err(field("flags", flags_low | flags_high));
+        }
+        if self.cause.state().is_some_and(|s| s != self.state) {
+            return Err(field("cause", cause));
+        }
+        // Open always says why; closed never does.
+        match (self.state, self.reason) {
+            (State::Open, None) | (State::Closed, Some(_)) => Err(field("reason", reason)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The fixed-width numbers after the codes, in stored order; the codes and the member are
+/// read apart.
+fn numbers(rd: &mut Reader) -> Option<FleetRecord> {
+    Some(FleetRecord {
+        generation: rd.u32()?,
+        published_at_ms: rd.u64()?,
+        open_for_ms: rd.u64()?,
+        trips_in_row: rd.u32()?,
+        probe_successes: rd.u32()?,
+        counts: Counts {
+            consecutive_failures: rd.u32()?,
+            calls: rd.u32()?,
+            failures: rd.u32()?,
+            slow: rd.u32()?,
+            probe_successes: 0,
+        },
+        state: State::Closed,
+        reason: None,
+        cause: FleetCause::Reset,
+        mode_override: None,
+        member: String::new(),
+    })
 }
 
 /// The open time a transition set, measured from its own instant.
@@ -312,10 +322,10 @@ fn open_for(t: &Transition) -> u64 {
     }
 }
 
-/// The member name cut to [`MAX_MEMBER`] bytes on a character boundary; callers check
+/// The member name cut to [`MAX_MEMBER_BYTES`] bytes on a character boundary; callers check
 /// names at configuration, this only keeps a record from ever being unreadable.
 fn truncated(name: &str) -> &str {
-    let mut end = name.len().min(MAX_MEMBER);
+    let mut end = name.len().min(MAX_MEMBER_BYTES);
     while !name.is_char_boundary(end) {
         end -= 1;
     }

@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use super::etcd::grpc_service;
 use super::record::valid_member;
-use crate::core::config_error::ConfigError;
-use crate::core::duration::{parse_millis, Millis};
+use crate::core::config_error::{Check, ConfigError};
+use crate::core::limits as l;
 
 /// The `fleet` block: share this Envoy's breakers with every Envoy using the same prefix,
 /// through etcd v3.
@@ -23,11 +23,11 @@ pub struct FleetDoc {
     #[schemars(regex(pattern = "^/"))]
     pub prefix: String,
     /// Every etcd call's timeout. "1ms" to "60s", default "500ms"; never zero.
-    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
+    #[schemars(regex(pattern = l::DURATION_PATTERN))]
     pub timeout: Option<String>,
     /// Life of this Envoy's lease: how long a dead Envoy's probe slots stay taken.
     /// "2s" (etcd's minimum) to "5m", default "6s".
-    #[schemars(regex(pattern = r"^[0-9]{1,12}(ms|s|m|h)$"))]
+    #[schemars(regex(pattern = l::DURATION_PATTERN))]
     pub lease_ttl: Option<String>,
     /// This Envoy's name in the fleet. Default: the Envoy node id. 1 to 64 printable
     /// characters.
@@ -53,85 +53,42 @@ pub struct FleetSettings {
     pub credentials_env: Option<(String, String)>,
 }
 
-/// The default of `fleet.timeout`.
-pub const DEFAULT_TIMEOUT_MS: u64 = 500;
-/// The default of `fleet.lease_ttl`.
-pub const DEFAULT_LEASE_TTL_MS: u64 = 6_000;
-
 impl FleetSettings {
     /// Checks the block; errors name `fleet.<field>`.
     pub fn compile(doc: &FleetDoc) -> Result<FleetSettings, ConfigError> {
+        let check = Check {
+            at: &|f| format!("fleet.{f}"),
+        };
         let grpc_service = grpc_service(&doc.etcd_cluster).ok_or_else(|| {
-            bad(
+            check.bad(
                 "etcd_cluster",
                 format!(
-                    "must name an Envoy cluster in 1 to 120 printable ASCII characters, but was {:?}",
+                    "must name an Envoy cluster in 1 to {} printable ASCII characters, but was {:?}",
+                    l::MAX_ETCD_CLUSTER_BYTES,
                     doc.etcd_cluster
                 ),
             )
         })?;
-        let p = &doc.prefix;
-        if !p.starts_with('/')
-            || p.ends_with('/')
-            || p.len() > 200
-            || p.contains("//")
-            || !p.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(bad(
-                "prefix",
-                format!(
-                    "must start with \"/\", not end with \"/\", hold no \"//\" and be 2 to 200 printable ASCII characters, but was {p:?}"
-                ),
-            ));
-        }
         let member = match &doc.member {
             Some(m) if !valid_member(m) => {
-                return Err(bad(
+                return Err(check.bad(
                     "member",
-                    format!("must be 1 to 64 printable characters, but was {m:?}"),
+                    format!(
+                        "must be 1 to {} printable characters, but was {m:?}",
+                        l::MAX_MEMBER_BYTES
+                    ),
                 ))
             }
             m => m.clone(),
         };
-        let credentials_env = match (&doc.username_env, &doc.password_env) {
-            (None, None) => None,
-            (Some(u), Some(p)) => {
-                for (field, name) in [("username_env", u), ("password_env", p)] {
-                    if !env_name(name) {
-                        return Err(bad(field, format!(
-                            "must be an environment variable name (letters, digits and \"_\", not starting with a digit, at most 64), but was {name:?}"
-                        )));
-                    }
-                }
-                Some((u.clone(), p.clone()))
-            }
-            (Some(_), None) => {
-                return Err(bad(
-                    "password_env",
-                    "must be set when username_env is, but was missing".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(bad(
-                    "username_env",
-                    "must be set when password_env is, but was missing".into(),
-                ))
-            }
-        };
         Ok(FleetSettings {
             etcd_cluster: doc.etcd_cluster.clone(),
             grpc_service,
-            prefix: p.clone(),
-            timeout_ms: duration("timeout", &doc.timeout, 1, 60_000, DEFAULT_TIMEOUT_MS)?,
-            lease_ttl_ms: duration(
-                "lease_ttl",
-                &doc.lease_ttl,
-                2_000,
-                300_000,
-                DEFAULT_LEASE_TTL_MS,
-            )?,
+            prefix: prefix(&check, &doc.prefix)?,
+            timeout_ms: check.duration("timeout", &doc.timeout, l::FLEET_TIMEOUT_MS)?,
+            lease_ttl_ms: check.duration("lease_ttl", &doc.lease_ttl, l::FLEET_LEASE_TTL_MS)?,
             member,
-            credentials_env,
+            credentials_env: credentials_env(&check, doc)?,
         })
     }
 
@@ -141,50 +98,55 @@ impl FleetSettings {
     }
 }
 
-fn bad(field: &str, problem: String) -> ConfigError {
-    ConfigError {
-        field: format!("fleet.{field}"),
-        problem,
+fn prefix(check: &Check, p: &str) -> Result<String, ConfigError> {
+    if !p.starts_with('/')
+        || p.ends_with('/')
+        || p.len() > l::MAX_FLEET_PREFIX_BYTES
+        || p.contains("//")
+        || !p.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(check.bad(
+            "prefix",
+            format!(
+                "must start with \"/\", not end with \"/\", hold no \"//\" and be 2 to {} printable ASCII characters, but was {p:?}",
+                l::MAX_FLEET_PREFIX_BYTES
+            ),
+        ));
+    }
+    Ok(p.to_string())
+}
+
+/// The names of the variables holding the etcd user and password: both or neither.
+fn credentials_env(check: &Check, doc: &FleetDoc) -> Result<Option<(String, String)>, ConfigError> {
+    let missing = |field, other| {
+        Err(check.bad(
+            field,
+            format!("must be set when {other} is, but was missing"),
+        ))
+    };
+    match (&doc.username_env, &doc.password_env) {
+        (None, None) => Ok(None),
+        (Some(u), Some(p)) => {
+            for (field, name) in [("username_env", u), ("password_env", p)] {
+                if !env_name(name) {
+                    return Err(check.bad(field, format!(
+                        "must be an environment variable name (letters, digits and \"_\", not starting with a digit, at most {}), but was {name:?}",
+                        l::MAX_ENV_NAME_BYTES
+                    )));
+                }
+            }
+            Ok(Some((u.clone(), p.clone())))
+        }
+        (Some(_), None) => missing("password_env", "username_env"),
+        (None, Some(_)) => missing("username_env", "password_env"),
     }
 }
 
 fn env_name(name: &str) -> bool {
     let b = name.as_bytes();
-    (1..=64).contains(&b.len())
+    (1..=l::MAX_ENV_NAME_BYTES).contains(&b.len())
         && !b[0].is_ascii_digit()
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
-fn duration(
-    field: &str,
-    v: &Option<String>,
-    min: u64,
-    max: u64,
-    default: u64,
-) -> Result<u64, ConfigError> {
-    let Some(text) = v else {
-        return Ok(default);
-    };
-    let ms = parse_millis(text).map_err(|_| {
-        bad(
-            field,
-            format!(
-                "must be a duration like \"250ms\", \"30s\", \"5m\" or \"1h\", but was {text:?}"
-            ),
-        )
-    })?;
-    if (min..=max).contains(&ms) {
-        Ok(ms)
-    } else {
-        Err(bad(
-            field,
-            format!(
-                "must be between {} and {}, but was {text:?}",
-                Millis(min),
-                Millis(max)
-            ),
-        ))
-    }
 }
 
 #[cfg(test)]

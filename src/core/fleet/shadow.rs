@@ -9,12 +9,13 @@ use std::collections::BTreeSet;
 use super::keys::FleetKey;
 use super::merge::{Progress, Shadow, MAX_RELEASED};
 use super::record::{FleetRecord, MAX_RECORD_BYTES};
+use crate::core::bytes::Reader;
 
 const SHADOW_MAGIC: u8 = 0xF3;
 const SLOTS_MAGIC: u8 = 0xF4;
 const VERSION: u8 = 2;
-/// Most slots one breaker can have (`half_open_max_requests` is at most 10,000).
-pub const MAX_SLOTS: u32 = 10_000;
+/// Most slots one breaker can have: one per probe `half_open_max_requests` allows.
+pub const MAX_SLOTS: u32 = crate::core::limits::HALF_OPEN_MAX_REQUESTS.max;
 
 /// Encodes a shadow: magic, version, then the seen record (revision and bytes) and the
 /// claim, each behind a presence byte and a length, then the progress behind a presence
@@ -61,29 +62,29 @@ fn put_record(out: &mut Vec<u8>, record: &FleetRecord) {
 /// Reads a shadow; `None` for anything [`encode`] could not have written (the caller then
 /// starts from an empty shadow and re-reads etcd).
 pub fn decode(bytes: &[u8]) -> Option<Shadow> {
-    let mut r = Reader { bytes, at: 0 };
-    if r.byte()? != SHADOW_MAGIC || r.byte()? != VERSION {
+    let mut r = Reader::new(bytes);
+    if r.u8()? != SHADOW_MAGIC || r.u8()? != VERSION {
         return None;
     }
-    let seen = match r.byte()? {
+    let seen = match r.u8()? {
         0 => None,
         1 => {
-            let revision = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
-            Some((r.record()?, revision))
+            let revision = r.i64()?;
+            Some((record(&mut r)?, revision))
         }
         _ => return None,
     };
-    let claim = match r.byte()? {
+    let claim = match r.u8()? {
         0 => None,
-        1 => Some(r.record()?),
+        1 => Some(record(&mut r)?),
         _ => return None,
     };
-    let progress = match r.byte()? {
+    let progress = match r.u8()? {
         0 => None,
         1 => {
             let generation = r.u32()?;
             let successes = r.u32()?;
-            let count = usize::from(r.byte()?);
+            let count = usize::from(r.u8()?);
             if count > MAX_RELEASED {
                 return None;
             }
@@ -96,40 +97,19 @@ pub fn decode(bytes: &[u8]) -> Option<Shadow> {
         }
         _ => return None,
     };
-    (r.at == bytes.len()).then_some(Shadow {
+    r.is_done().then_some(Shadow {
         seen,
         claim,
         progress,
     })
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(out)
+fn record(r: &mut Reader) -> Option<FleetRecord> {
+    let n = usize::from(r.u8()?);
+    if n > MAX_RECORD_BYTES {
+        return None;
     }
-
-    fn byte(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn record(&mut self) -> Option<FleetRecord> {
-        let n = usize::from(self.byte()?);
-        if n > MAX_RECORD_BYTES {
-            return None;
-        }
-        FleetRecord::decode(self.take(n)?).ok()
-    }
+    FleetRecord::decode(r.take(n)?).ok()
 }
 
 /// The probe slots known taken in one breaker's current half-open episode, learnt from
@@ -198,18 +178,18 @@ impl Slots {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Slots> {
-        let mut r = Reader { bytes, at: 0 };
-        if r.byte()? != SLOTS_MAGIC || r.byte()? != VERSION {
+        let mut r = Reader::new(bytes);
+        if r.u8()? != SLOTS_MAGIC || r.u8()? != VERSION {
             return None;
         }
-        let generation = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
-        let count = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let generation = r.u32()?;
+        let count = r.u32()?;
         if count > MAX_SLOTS || bytes.len() != 10 + 4 * count as usize {
             return None;
         }
         let mut taken = BTreeSet::new();
         for _ in 0..count {
-            let s = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+            let s = r.u32()?;
             if s >= MAX_SLOTS || !taken.insert(s) {
                 return None;
             }

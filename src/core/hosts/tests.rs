@@ -193,34 +193,6 @@ fn clearing_the_marks_keeps_the_hosts() {
     assert!(!h.confined && h.hosts.iter().all(|x| x.address.is_some()));
 }
 
-#[test]
-fn the_log_line_names_the_hosts_and_the_breaker() {
-    let c = Confined {
-        reason: TripReason::FailureRate,
-        hosts: vec![a("10.0.0.7:8080").unwrap()],
-        known: 3,
-        started: true,
-        counted: true,
-    };
-    assert_eq!(
-        c.log_line("school"),
-        "[CIRCUIT_BREAKER] failures confined to 1 of 3 hosts (10.0.0.7:8080): not tripping the school breaker; outlier detection ejects single hosts"
-    );
-    let many = Confined {
-        reason: TripReason::SlowCallRate,
-        hosts: (0..6).map(|i| a(&format!("h{i}:1")).unwrap()).collect(),
-        known: 16,
-        ..c
-    };
-    assert!(
-        many.log_line("s").starts_with(
-            "[CIRCUIT_BREAKER] slow calls confined to 6 of 16 hosts (h0:1, h1:1, h2:1, h3:1, 2 more)"
-        ),
-        "{}",
-        many.log_line("s")
-    );
-}
-
 fn event() -> impl Strategy<Value = (u8, bool, bool, u64)> {
     (0u8..40, any::<bool>(), any::<bool>(), 0u64..2_000)
 }

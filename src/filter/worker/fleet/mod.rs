@@ -1,87 +1,67 @@
 //! Fleet mode in the shell: one breaker for many Envoys through etcd v3 (design in
 //! docs/fleet.md). Each worker publishes the transitions it makes and adopts what etcd
 //! answers back; one root context per process, elected in shared data, holds the watch
-//! and the lease. The pure rules live in `core::fleet`; this module makes the host calls.
+//! and the lease. The pure rules live in `core::fleet`; [`Fleet`] makes the host calls,
+//! its methods spread by job over the files beside this one (joining, keeping the link,
+//! publishing, adopting, probes, progress, answers, views).
 
 mod adopt;
-mod conn;
-mod holder;
+mod answers;
+mod calls;
+mod connect;
 mod join;
-mod probe;
+mod metrics;
+pub mod probe;
 mod progress;
 mod publish;
+mod shadows;
+mod shared_link;
+mod views;
+mod watch;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasher;
 
-use crate::core::fleet::merge::Progress;
-use crate::core::fleet::record::FleetRecord;
 use crate::core::fleet::settings::FleetSettings;
 
-use super::Worker;
-use crate::filter::host::{node_id, Host, MetricKind};
+use crate::filter::host::{node_id, Host};
 
-pub use conn::{Conn, Link as LinkState};
-use holder::Holder;
-pub use probe::{Held, Probe, SlotClaim};
+use calls::Calls;
+use metrics::{Counter, FleetMetrics};
+use watch::Watch;
 
 /// The member name when neither `fleet.member` nor the Envoy node id is set.
 const FALLBACK_MEMBER: &str = "envoy";
 
-/// A unary call in flight, by what its answer is for.
-#[derive(Debug, Clone)]
-enum Pending {
-    /// A claim sent as this record, for this breaker.
-    Publish {
-        breaker: String,
-        sent: FleetRecord,
-    },
-    /// Probes that ended here, sent as the half-open record with the fleet's new count.
-    Progress {
-        breaker: String,
-        sent: FleetRecord,
-        progress: Progress,
-    },
-    /// The holder's first read of the prefix, in its connection attempt.
-    Range(u32),
-    /// A context's one read of the prefix when it starts.
-    Peek,
-    LeaseGrant,
-    /// The member key's put; its answer only matters as a sign of life.
-    Member,
-    /// The holder's quorum probe (a linearizable read).
-    Quorum,
-    /// `Authenticate` before the first read of this connection attempt.
-    Auth(u32),
-    /// `Authenticate` again while connected, after etcd refused the token.
-    Reauth,
-}
-
-/// A claim this worker made and must see stored: when to try next, and how many rounds
-/// it has gone since the last tick.
+/// A write this worker owes etcd for one breaker (a claim to see stored, or probe
+/// progress to count): when to send it next, and how many rounds it has gone since the
+/// last tick.
 #[derive(Debug, Clone, Copy, Default)]
-struct Owed {
+struct OwedWrite {
     due_ms: u64,
     rounds: u32,
 }
 
 /// Fleet mode's state in one VM (one per worker thread, and the main thread's).
 pub struct Fleet {
-    pub settings: FleetSettings,
-    pub member: String,
+    settings: FleetSettings,
+    member: String,
     /// This context's id in the holder election, drawn at random when the VM starts.
     id: u64,
-    holder: Option<Holder>,
-    calls: HashMap<u32, Pending>,
-    owed: BTreeMap<String, Owed>,
+    /// The watch, while this context holds it.
+    watch: Option<Watch>,
+    calls: Calls,
+    owed: BTreeMap<String, OwedWrite>,
     /// Keys already said to be damaged or unknown, so each is logged once.
     warned: HashSet<Vec<u8>>,
     metrics: FleetMetrics,
     /// The etcd user and password, read from the environment variables the settings name.
     credentials: Option<(String, String)>,
+    /// Whether a request of this worker already waited for a first read of etcd.
+    first_read_done: bool,
 }
 
 impl Fleet {
@@ -106,142 +86,28 @@ impl Fleet {
             settings,
             member,
             id,
-            holder: None,
-            calls: HashMap::new(),
+            watch: None,
+            calls: Calls::default(),
             owed: BTreeMap::new(),
             warned: HashSet::new(),
             metrics: FleetMetrics::define(host),
             credentials,
-        }
-    }
-
-    /// The initial metadata of every etcd call: the authentication token, if any.
-    pub(super) fn metadata(token: &str) -> Vec<(&str, &[u8])> {
-        if token.is_empty() {
-            Vec::new()
-        } else {
-            vec![(crate::core::fleet::etcd::TOKEN_METADATA, token.as_bytes())]
+            first_read_done: false,
         }
     }
 
     /// Whether this context holds the watch.
     pub fn holds(&self) -> bool {
-        self.holder.is_some()
+        self.watch.is_some()
     }
 
     /// Logs `line` the first time `key` is met; false when it was said before.
     fn warn_once(&mut self, key: &[u8], line: &str) -> bool {
         if self.warned.len() < 4_096 && self.warned.insert(key.to_vec()) {
             log::warn!("{line}");
-            self.metrics.bump(stat::IGNORED);
+            self.metrics.bump(Counter::Ignored);
             return true;
         }
         false
-    }
-}
-
-impl Worker {
-    /// The link as the control API and `/health` show it; `None` without fleet mode.
-    pub fn fleet_view(&self, host: &impl Host) -> Option<serde_json::Value> {
-        let fleet = self.fleet.as_ref()?;
-        let c = Conn::load(host);
-        Some(serde_json::json!({
-            "member": fleet.member,
-            "prefix": fleet.settings.prefix,
-            "connected": c.link == LinkState::Connected,
-            "link": c.link,
-            "since_ms": c.since_ms,
-            "reason": (!c.reason.is_empty()).then_some(c.reason),
-            "last_member": (!c.last_member.is_empty()).then_some(c.last_member),
-            "last_revision": c.revision,
-        }))
-    }
-
-    /// One breaker's fleet view: whether it is shared, the last record seen in etcd (its
-    /// member, generation and revision) and whether a decision made here is not stored yet.
-    pub fn fleet_breaker_view(
-        &self,
-        host: &impl Host,
-        name: &str,
-        shared: bool,
-    ) -> Option<serde_json::Value> {
-        self.fleet.as_ref()?;
-        let shadow = conn::load_shadow(host, name);
-        let seen = shadow.seen.as_ref();
-        Some(serde_json::json!({
-            "shared": shared,
-            "last_member": seen.map(|(r, _)| r.member.clone()),
-            "generation": seen.map(|(r, _)| r.generation),
-            "revision": seen.map(|(_, rev)| *rev),
-            "unpublished": shadow.claim.is_some(),
-        }))
-    }
-}
-
-/// Indexes of the fleet's counters, shared by the call sites.
-mod stat {
-    pub const PUBLISHED: usize = 0;
-    pub const ADOPTED: usize = 1;
-    pub const PUBLISH_FAILURES: usize = 2;
-    pub const IGNORED: usize = 3;
-}
-
-/// The fleet's stats: one set per process (every VM defines the same names, Envoy adds
-/// them up); counts wait for the timer like the breakers' request counts.
-struct FleetMetrics {
-    counters: [Option<u32>; 4],
-    pending: [u64; 4],
-    connected: Option<u32>,
-    propagation: Option<u32>,
-}
-
-impl FleetMetrics {
-    fn define(host: &impl Host) -> FleetMetrics {
-        let counter = |name: &str| host.define_metric(MetricKind::Counter, name).ok();
-        FleetMetrics {
-            counters: [
-                counter("circuit_breaker_fleet_published_total"),
-                counter("circuit_breaker_fleet_adopted_total"),
-                counter("circuit_breaker_fleet_publish_failures_total"),
-                counter("circuit_breaker_fleet_ignored_records_total"),
-            ],
-            pending: [0; 4],
-            connected: host
-                .define_metric(MetricKind::Gauge, "circuit_breaker_fleet_connected")
-                .ok(),
-            propagation: host
-                .define_metric(
-                    MetricKind::Histogram,
-                    "circuit_breaker_fleet_propagation_ms",
-                )
-                .ok(),
-        }
-    }
-
-    fn bump(&mut self, which: usize) {
-        if let Some(n) = self.pending.get_mut(which) {
-            *n += 1;
-        }
-    }
-
-    fn flush(&mut self, host: &impl Host) {
-        for (n, id) in self.pending.iter_mut().zip(self.counters) {
-            if let (Some(id), true) = (id, *n > 0) {
-                let _ = host.increment_metric(id, *n);
-            }
-            *n = 0;
-        }
-    }
-
-    fn connected(&self, host: &impl Host, up: bool) {
-        if let Some(id) = self.connected {
-            let _ = host.record_metric(id, u64::from(up));
-        }
-    }
-
-    fn propagation(&self, host: &impl Host, delay_ms: u64) {
-        if let Some(id) = self.propagation {
-            let _ = host.record_metric(id, delay_ms);
-        }
     }
 }

@@ -7,21 +7,23 @@
 //! its success to the fleet's count (published from `publish.rs`), so successes on every
 //! Envoy add up to one `success_threshold`.
 
-use crate::core::breaker::{self, Call, RejectKind, Rejection, Ticket};
+use crate::core::breaker::Ticket;
 use crate::core::fleet::etcd::{self, method};
 use crate::core::fleet::keys::{self, FleetKey};
 use crate::core::outcome::Outcome;
-use crate::core::reply::Answer;
 use crate::core::state::State;
 
-use super::super::Worker;
-use super::conn::{load_shadow, load_slots, update_shadow, update_slots, Conn, Link as LinkState};
 use crate::filter::host::{Buffer, Host};
-use crate::filter::metrics::Counted;
 
-/// A slot claim in flight for one paused request.
+use super::super::breakers::Breakers;
+use super::calls::{metadata, target};
+use super::shadows::{load_shadow, load_slots, update_shadow, update_slots};
+use super::shared_link::{LinkState, SharedLink};
+use super::Fleet;
+
+/// A probe slot claim in flight for one paused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotClaim {
+pub struct ProbeSlotClaim {
     /// The call's token; its answer comes to the stream's context.
     pub token: u32,
     breaker: String,
@@ -34,7 +36,7 @@ pub struct SlotClaim {
 
 /// The fleet probe slot a request holds while it probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
+pub struct ProbeSlot {
     generation: u32,
     slot: u32,
 }
@@ -44,38 +46,39 @@ pub struct Held {
 pub enum Probe {
     /// Go upstream as a probe, holding a fleet slot or (etcd out of reach, or the breaker
     /// kept local) on the local gate alone.
-    Go(Option<Held>),
+    Go(Option<ProbeSlot>),
     /// Wait for the claim's answer.
-    Wait(SlotClaim),
+    Wait(ProbeSlotClaim),
     /// No slot: refuse as half-open.
     Refuse,
 }
 
-impl Worker {
-    /// Whether the probe admitted for slot `i` may go, must wait for a slot, or is refused.
-    pub fn fleet_probe(&mut self, host: &impl Host, i: usize) -> Probe {
-        let (true, Some(slot)) = (self.fleet.is_some(), self.slots.get(i)) else {
+impl Fleet {
+    /// Whether the probe admitted to breaker `i` may go, must wait for a slot, or is
+    /// refused.
+    pub fn probe(&mut self, host: &impl Host, breakers: &Breakers, i: usize) -> Probe {
+        let Some(breaker) = breakers.get(i) else {
             return Probe::Go(None);
         };
-        if !slot.settings.fleet {
+        if !breaker.settings.fleet {
             return Probe::Go(None);
         }
-        let conn = Conn::load(host);
+        let conn = SharedLink::load(host);
         if conn.link != LinkState::Connected {
             return Probe::Go(None);
         }
-        let shadow = load_shadow(host, &slot.name);
-        let max = slot.settings.half_open_max_requests;
+        let shadow = load_shadow(host, &breaker.name);
+        let max = breaker.settings.half_open_max_requests;
         match (&shadow.seen, &shadow.claim, conn.lease) {
             // A decision of this Envoy's not yet in etcd, or no lease to bind a slot to:
             // wait for them rather than probe without a slot.
             (_, Some(_), _) | (_, _, 0) => Probe::Refuse,
             (Some((record, revision)), None, lease) if record.state == State::HalfOpen => {
-                let name = slot.name.clone();
+                let name = breaker.name.clone();
                 let Some(n) = load_slots(host, &name).next_free(record.generation, max) else {
                     return Probe::Refuse;
                 };
-                let claim = SlotClaim {
+                let claim = ProbeSlotClaim {
                     token: 0,
                     breaker: name,
                     generation: record.generation,
@@ -89,26 +92,22 @@ impl Worker {
         }
     }
 
-    fn send_claim(&self, host: &impl Host, mut claim: SlotClaim, lease: i64) -> Probe {
-        let Some(fleet) = &self.fleet else {
-            return Probe::Refuse;
-        };
-        let p = &fleet.settings.prefix;
+    fn send_claim(&self, host: &impl Host, mut claim: ProbeSlotClaim, lease: i64) -> Probe {
+        let p = &self.settings.prefix;
         let b = &claim.breaker;
         let txn = etcd::txn_claim_slot(
             keys::slot(p, b, claim.generation, claim.slot).as_bytes(),
-            fleet.member.as_bytes(),
+            self.member.as_bytes(),
             lease,
             keys::decision(p, b).as_bytes(),
             claim.revision,
             keys::episode_slots(p, b, claim.generation).as_bytes(),
         );
-        let timeout = u32::try_from(fleet.settings.timeout_ms).unwrap_or(u32::MAX);
-        let auth = Conn::load(host).token;
-        let metadata = super::Fleet::metadata(&auth);
+        let timeout = u32::try_from(self.settings.timeout_ms).unwrap_or(u32::MAX);
+        let auth = SharedLink::load(host).token;
         match host.grpc_call(
-            fleet.target(method::KV, method::TXN),
-            &metadata,
+            target(&self.settings, method::KV, method::TXN),
+            &metadata(&auth),
             &txn,
             timeout,
         ) {
@@ -121,16 +120,14 @@ impl Worker {
     }
 
     /// The answer to a slot claim: go, try the next free slot, or refuse.
-    pub fn fleet_probe_answered(
+    pub fn probe_answered(
         &mut self,
         host: &impl Host,
-        claim: SlotClaim,
+        breakers: &Breakers,
+        claim: ProbeSlotClaim,
         status: u32,
         size: usize,
     ) -> Probe {
-        let Some(fleet) = &self.fleet else {
-            return Probe::Refuse;
-        };
         let body = match status {
             0 => host.buffer(Buffer::GrpcReceive, size).unwrap_or_default(),
             _ => return Probe::Refuse,
@@ -138,8 +135,8 @@ impl Worker {
         let Ok(outcome) = etcd::txn_outcome(&body) else {
             return Probe::Refuse;
         };
-        let prefix = fleet.settings.prefix.clone();
-        let max = self.max_probes(&claim.breaker);
+        let prefix = self.settings.prefix.clone();
+        let max = max_probes(breakers, &claim.breaker);
         let b = claim.breaker.clone();
         if outcome.succeeded {
             let key = FleetKey::Slot {
@@ -150,7 +147,7 @@ impl Worker {
             update_slots(host, &b, |s| {
                 s.on_event(&key, false, &b, max);
             });
-            return Probe::Go(Some(Held {
+            return Probe::Go(Some(ProbeSlot {
                 generation: claim.generation,
                 slot: claim.slot,
             }));
@@ -172,58 +169,35 @@ impl Worker {
         let Some(n) = load_slots(host, &b).next_free(claim.generation, max) else {
             return Probe::Refuse;
         };
-        let next = SlotClaim {
+        let next = ProbeSlotClaim {
             slot: n,
             rounds: claim.rounds + 1,
             ..claim
         };
-        self.send_claim(host, next, Conn::load(host).lease)
-    }
-
-    fn max_probes(&self, breaker: &str) -> u32 {
-        self.index
-            .get(breaker.as_bytes())
-            .and_then(|i| self.slots.get(*i))
-            .map_or(1, |s| s.settings.half_open_max_requests)
-    }
-
-    /// Gives a local probe back without an outcome (its slot claim failed, or the client
-    /// left while it waited), so the local gate admits another.
-    pub fn give_back(&mut self, host: &impl Host, i: usize, ticket: Ticket) {
-        let now_ms = host.now_ms();
-        let call = Call {
-            outcome: Outcome::Ignored,
-            elapsed_ms: 0,
-            retry_after_ms: None,
-        };
-        if let Some(slot) = self.slots.get_mut(i) {
-            let _ = slot.write(host, now_ms, |r, s| {
-                breaker::record(r, s, ticket, call, now_ms)
-            });
-        }
-        self.tell_others(host, i);
+        self.send_claim(host, next, SharedLink::load(host).lease)
     }
 
     /// A probe that held fleet slot `held` ended with `outcome`. While the breaker stays
     /// half-open (no transition here), its slot is given back and a success is added to
     /// the fleet's count, both owed to etcd; a transition ends the episode, and publishing
     /// it deletes every slot.
-    pub(crate) fn fleet_probe_ended(
+    pub fn probe_ended(
         &mut self,
         host: &impl Host,
+        breakers: &Breakers,
         i: usize,
-        held: Held,
+        held: ProbeSlot,
         ticket: Ticket,
         outcome: Outcome,
     ) {
-        let Some(slot) = self.slots.get(i) else {
+        let Some(breaker) = breakers.get(i) else {
             return;
         };
-        let r = &slot.last_seen;
+        let r = &breaker.last_seen;
         if r.state != State::HalfOpen || r.generation != ticket.generation {
             return;
         }
-        let name = slot.name.clone();
+        let name = breaker.name.clone();
         let succeeded = outcome == Outcome::Success;
         let noted = update_shadow(host, &name, |s| {
             let progress = s.progress.take().unwrap_or_default();
@@ -232,31 +206,31 @@ impl Worker {
         if noted.is_none() {
             return;
         }
-        if let Some(fleet) = &mut self.fleet {
-            fleet.owed.entry(name.clone()).or_default();
-        }
-        self.wake_self(host, &name);
-    }
-
-    /// The refusal of a request that found no fleet probe slot, shaped like any other.
-    pub fn half_open_refusal(&mut self, i: usize, grpc: bool) -> Option<Answer> {
-        let slot = self.slots.get_mut(i)?;
-        slot.metrics.count(Counted::Rejected);
-        let rejection = Rejection {
-            kind: RejectKind::HalfOpen,
-            reason: slot.last_seen.reason,
-            retry_after_ms: 1_000,
-        };
-        Some(slot.reply.render(&rejection, grpc))
+        self.owed.entry(name.clone()).or_default();
+        breakers.wake_self(host, &name);
     }
 
     /// A slot key seen on the watch or in the first read: which slots are taken.
-    pub(super) fn fleet_slot_seen(&mut self, host: &impl Host, key: &FleetKey, deleted: bool) {
+    pub(super) fn slot_seen(
+        &self,
+        host: &impl Host,
+        breakers: &Breakers,
+        key: &FleetKey,
+        deleted: bool,
+    ) {
         if let FleetKey::Slot { breaker, .. } = key {
-            let max = self.max_probes(breaker);
+            let max = max_probes(breakers, breaker);
             update_slots(host, breaker, |s| {
                 s.on_event(key, deleted, breaker, max);
             });
         }
     }
+}
+
+/// The probe limit of breaker `name` (1 for one this worker does not have).
+fn max_probes(breakers: &Breakers, name: &str) -> u32 {
+    breakers
+        .find(name.as_bytes())
+        .and_then(|i| breakers.get(i))
+        .map_or(1, |b| b.settings.half_open_max_requests)
 }

@@ -11,24 +11,27 @@ use crate::core::fleet::keys;
 use crate::core::fleet::merge::{self, Progress, ProgressStep, Shadow};
 use crate::core::fleet::record::FleetRecord;
 
-use super::super::Worker;
-use super::conn::update_shadow;
-use super::Pending;
 use crate::filter::host::Host;
 
-impl Worker {
+use super::super::breakers::Breakers;
+use super::calls::Pending;
+use super::shadows::update_shadow;
+use super::Fleet;
+
+impl Fleet {
     /// Sends this Envoy's progress on breaker `name`, closes it when the fleet's count is
     /// reached, or, with nothing (left) to send, stops owing it.
-    pub(super) fn fleet_send_progress(
+    pub(super) fn send_progress(
         &mut self,
         host: &impl Host,
+        breakers: &mut Breakers,
         name: &str,
         shadow: &Shadow,
         now_ms: u64,
     ) {
-        let i = self.index.get(name.as_bytes()).copied();
+        let i = breakers.find(name.as_bytes());
         let threshold = i
-            .and_then(|i| self.slots.get(i))
+            .and_then(|i| breakers.get(i))
             .map_or(u32::MAX, |s| s.settings.success_threshold);
         match (merge::progress_step(shadow, threshold), i) {
             (
@@ -39,10 +42,7 @@ impl Worker {
                 },
                 _,
             ) => {
-                let Some(fleet) = &mut self.fleet else {
-                    return;
-                };
-                let p = &fleet.settings.prefix;
+                let p = &self.settings.prefix;
                 let slots: Vec<String> = progress
                     .released
                     .iter()
@@ -62,17 +62,17 @@ impl Worker {
                     sent: record,
                     progress,
                 };
-                fleet.send_owed(host, name, &txn, pending, now_ms);
+                self.send_owed(host, name, &txn, pending, now_ms);
             }
             (ProgressStep::Close { successes }, Some(i)) => {
                 update_shadow(host, name, |s| s.progress = None);
-                if let Some(slot) = self.slots.get_mut(i) {
-                    let _ = slot.write(host, now_ms, |r, s| {
+                if let Some(b) = breakers.get_mut(i) {
+                    let _ = b.write(host, now_ms, |r, s| {
                         breaker::fleet_successes(r, s, successes, now_ms)
                     });
                 }
                 // The close is this worker's transition: told, claimed and published.
-                self.tell_others(host, i);
+                self.announce(host, breakers, i);
             }
             _ => {
                 update_shadow(host, name, |s| {
@@ -80,17 +80,17 @@ impl Worker {
                         s.progress = None;
                     }
                 });
-                if let Some(fleet) = &mut self.fleet {
-                    fleet.owed.remove(name);
-                }
+                self.owed.remove(name);
             }
         }
     }
 
     /// The answer to a progress write: stored, or lost to another record.
-    pub(super) fn fleet_progressed(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn progressed(
         &mut self,
         host: &impl Host,
+        breakers: &mut Breakers,
         breaker: &str,
         sent: &FleetRecord,
         progress: &Progress,
@@ -98,32 +98,30 @@ impl Worker {
         now_ms: u64,
     ) {
         let Ok(outcome) = etcd::txn_outcome(body) else {
-            return self.fleet_publish_failed(breaker, now_ms);
+            return self.publish_failed(breaker, now_ms);
         };
         if !outcome.succeeded {
-            return self.fleet_lost(host, breaker, &outcome, now_ms);
+            return self.lost(host, breakers, breaker, &outcome, now_ms);
         }
         let left = update_shadow(host, breaker, |s| {
             s.seen = Some((sent.clone(), outcome.revision));
             s.progress = s.progress.take().and_then(|p| p.after(progress));
             s.progress.is_some() || s.claim.is_some()
         });
-        if let Some(i) = self.index.get(breaker.as_bytes()).copied() {
-            if let Some(slot) = self.slots.get_mut(i) {
+        if let Some(i) = breakers.find(breaker.as_bytes()) {
+            if let Some(b) = breakers.get_mut(i) {
                 // Below the threshold (else this would have closed): the count only.
                 let count = sent.probe_successes;
-                let _ = slot.write(host, now_ms, |r, s| {
+                let _ = b.write(host, now_ms, |r, s| {
                     breaker::fleet_successes(r, s, count, now_ms)
                 });
             }
-            self.tell_others(host, i);
+            self.announce(host, breakers, i);
         }
-        if let Some(fleet) = &mut self.fleet {
-            match left {
-                Some(true) => fleet.owed.entry(breaker.to_string()).or_default().due_ms = now_ms,
-                _ => {
-                    fleet.owed.remove(breaker);
-                }
+        match left {
+            Some(true) => self.owed.entry(breaker.to_string()).or_default().due_ms = now_ms,
+            _ => {
+                self.owed.remove(breaker);
             }
         }
     }

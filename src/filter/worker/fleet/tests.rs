@@ -17,8 +17,10 @@ use crate::core::fleet::merge::Progress;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, State, TripReason};
 
+use super::super::breakers::Breakers;
 use super::super::Worker;
-use super::conn::{load_shadow, Conn, Link};
+use super::shadows::{load_shadow, note_read_breaker};
+use super::shared_link::{note_read, LinkState, SharedLink};
 use crate::filter::host::fake::{Call, FakeHost};
 use crate::filter::http::Stream;
 
@@ -88,10 +90,10 @@ fn without_a_fleet_block_nothing_about_etcd_is_called() {
 fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
     let host = FakeHost::at(1_000);
     let w = worker(&host, FLEET);
-    Conn::update(&host, |c| c.link = Link::Connected);
-    super::conn::note_read(&host);
+    SharedLink::update(&host, |c| c.link = LinkState::Connected);
+    note_read(&host);
     // Read already, and etcd had no record of it (else the first request would ask).
-    super::conn::note_read_breaker(&host, "school");
+    note_read_breaker(&host, "school");
     for _ in 0..3 {
         request(&host, &w, 500);
     }
@@ -114,7 +116,7 @@ fn a_trip_becomes_a_claim_published_by_compare_and_swap_then_settled() {
     .encode_to_vec();
     let txn = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
     w.borrow_mut()
-        .fleet_answered(&host, txn, 0, 100, host.clock_ms.get());
+        .grpc_answered(&host, txn, 0, 100, host.clock_ms.get());
     let shadow = load_shadow(&host, "school");
     assert_eq!(shadow.claim, None, "settled");
     assert_eq!(
@@ -156,8 +158,8 @@ fn first_request_reads_an_open_decision(host: &FakeHost, w: &Rc<RefCell<Worker>>
 fn the_first_request_to_a_breaker_etcd_was_read_without_reads_its_decision() {
     let host = FakeHost::at(1_000_000);
     let w = worker(&host, FLEET);
-    Conn::update(&host, |c| c.link = Link::Connected);
-    super::conn::note_read(&host);
+    SharedLink::update(&host, |c| c.link = LinkState::Connected);
+    note_read(&host);
     let journal = first_request_reads_an_open_decision(&host, &w);
     assert!(journal.contains(&Call::LocalReply(503)), "{journal:?}");
     // Settled: the next requests neither read etcd nor any fleet key.
@@ -170,9 +172,11 @@ fn the_first_request_to_a_breaker_etcd_was_read_without_reads_its_decision() {
 fn a_record_from_another_member_is_adopted_and_refuses_requests() {
     let host = FakeHost::at(1_000_000);
     let w = worker(&host, FLEET);
-    host.take_journal();
-    w.borrow_mut().fleet_start(&host);
-    assert_eq!(grpc_calls(&host.take_journal()), ["Range"]);
+    assert_eq!(
+        grpc_calls(&host.take_journal()),
+        ["Range"],
+        "read when it starts"
+    );
     let record = open_by("gateway-2", 4, 999_990);
     *host.grpc_answer.borrow_mut() = RangeResponse {
         header: Some(ResponseHeader {
@@ -191,7 +195,7 @@ fn a_record_from_another_member_is_adopted_and_refuses_requests() {
     .encode_to_vec();
     let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
     w.borrow_mut()
-        .fleet_answered(&host, range, 0, 100, host.clock_ms.get());
+        .grpc_answered(&host, range, 0, 100, host.clock_ms.get());
     assert_eq!(request(&host, &w, 200), Action::Pause, "refused as open");
     let shadow = load_shadow(&host, "school");
     assert_eq!(shadow.seen, Some((record, 11)));
@@ -202,7 +206,6 @@ fn a_record_from_another_member_is_adopted_and_refuses_requests() {
 fn damaged_bytes_from_etcd_change_nothing() {
     let host = FakeHost::at(1_000_000);
     let w = worker(&host, FLEET);
-    w.borrow_mut().fleet_start(&host);
     *host.grpc_answer.borrow_mut() = RangeResponse {
         kvs: vec![KeyValue {
             key: keys::decision("/p", "school").into_bytes(),
@@ -215,7 +218,7 @@ fn damaged_bytes_from_etcd_change_nothing() {
     .encode_to_vec();
     let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
     w.borrow_mut()
-        .fleet_answered(&host, range, 0, 100, host.clock_ms.get());
+        .grpc_answered(&host, range, 0, 100, host.clock_ms.get());
     assert_eq!(request(&host, &w, 200), Action::Continue);
     assert_eq!(load_shadow(&host, "school").seen, None);
 }
@@ -235,12 +238,11 @@ fn half_open_fleet_with(host: &FakeHost, school: &str) -> Rc<RefCell<Worker>> {
             "fleet": {{"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}}}"#
         ),
     );
-    Conn::update(host, |c| {
-        c.link = Link::Connected;
+    SharedLink::update(host, |c| {
+        c.link = LinkState::Connected;
         c.lease = 5;
     });
     let record = half_open_by("gateway-2", 3, 0, host.clock_ms.get());
-    w.borrow_mut().fleet_start(host);
     *host.grpc_answer.borrow_mut() = RangeResponse {
         kvs: vec![KeyValue {
             key: keys::decision("/p", "school").into_bytes(),
@@ -253,7 +255,7 @@ fn half_open_fleet_with(host: &FakeHost, school: &str) -> Rc<RefCell<Worker>> {
     .encode_to_vec();
     let range = host.grpc_sent.borrow().last().map(|(t, _)| *t).unwrap_or(0);
     w.borrow_mut()
-        .fleet_answered(host, range, 0, 100, host.clock_ms.get());
+        .grpc_answered(host, range, 0, 100, host.clock_ms.get());
     w
 }
 
@@ -412,7 +414,7 @@ fn answer_last_txn(host: &FakeHost, w: &Rc<RefCell<Worker>>, succeeded: bool, re
     .encode_to_vec();
     let txn = last_token(host);
     w.borrow_mut()
-        .fleet_answered(host, txn, 0, 100, host.clock_ms.get());
+        .grpc_answered(host, txn, 0, 100, host.clock_ms.get());
 }
 
 /// The operations of the last `Txn` sent, on its success branch.
@@ -436,21 +438,36 @@ fn half_open_by(member: &str, generation: u32, successes: u32, at_ms: u64) -> Fl
 /// A fleet worker linked to etcd, which has read it, the school breaker's decision too.
 fn connected_worker(host: &FakeHost) -> Rc<RefCell<Worker>> {
     let w = worker(host, FLEET);
-    Conn::update(host, |c| c.link = Link::Connected);
-    super::conn::note_read(host);
-    super::conn::note_read_breaker(host, "school");
+    SharedLink::update(host, |c| c.link = LinkState::Connected);
+    note_read(host);
+    note_read_breaker(host, "school");
     w
 }
 
 /// The school breaker's `record`, read from etcd at `revision`.
 fn stored(host: &FakeHost, w: &Rc<RefCell<Worker>>, record: &FleetRecord, revision: i64) {
-    w.borrow_mut().fleet_stored(
-        host,
-        keys::decision("/p", "school").as_bytes(),
-        &record.encode(),
-        revision,
-        host.clock_ms.get(),
-    );
+    let key = keys::decision("/p", "school");
+    with_fleet(w, |fleet, breakers| {
+        let now_ms = host.clock_ms.get();
+        fleet.stored(
+            host,
+            breakers,
+            key.as_bytes(),
+            &record.encode(),
+            revision,
+            now_ms,
+        );
+    });
+}
+
+/// Runs `f` on the worker's fleet and breakers, as the watch's callbacks do.
+fn with_fleet(w: &Rc<RefCell<Worker>>, f: impl FnOnce(&mut super::Fleet, &mut Breakers)) {
+    let mut w = w.borrow_mut();
+    let w = &mut *w;
+    match &mut w.fleet {
+        Some(fleet) => f(fleet, &mut w.breakers),
+        None => panic!("a fleet worker"),
+    }
 }
 
 fn wake(host: &FakeHost, w: &Rc<RefCell<Worker>>) {
@@ -503,8 +520,10 @@ fn a_probe_that_succeeds_below_the_threshold_frees_its_slot_and_adds_to_the_flee
         "one success of two"
     );
     // The slot's deletion comes back on the watch; the next probe completes the count.
-    w.borrow_mut()
-        .fleet_deleted(&host, keys::slot("/p", "school", 3, 0).as_bytes());
+    let slot = keys::slot("/p", "school", 3, 0);
+    with_fleet(&w, |fleet, breakers| {
+        fleet.deleted(&host, breakers, slot.as_bytes())
+    });
     probe_with_a_slot(&host, &w, 200);
     assert_eq!(local_record(&host).state, State::Closed);
     let claim = load_shadow(&host, "school")
@@ -566,7 +585,7 @@ fn a_lost_progress_write_is_sent_again_on_the_fresh_count() {
     let txn = last_token(&host);
     host.take_journal();
     w.borrow_mut()
-        .fleet_answered(&host, txn, 0, 100, host.clock_ms.get());
+        .grpc_answered(&host, txn, 0, 100, host.clock_ms.get());
     assert_eq!(
         grpc_calls(&host.take_journal()),
         ["Txn"],

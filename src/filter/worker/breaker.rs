@@ -1,42 +1,39 @@
-//! One breaker as a worker knows it: its settings, the freshest record seen, batched
+//! One breaker as a worker knows it: its settings, its copy of the shared record, batched
 //! successes, stats and replies; and the one place a transition this worker made is
 //! announced (log line, stats, stored history, webhook event).
 
-use crate::core::breaker::{Step, Tally};
+use crate::core::breaker::{Step, SuccessBatch};
 use crate::core::cache::ResponseCache;
-use crate::core::codec::Glance;
+use crate::core::codec::RecordHeader;
 use crate::core::history::{self, Event};
 use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, Transition};
 use crate::core::store::{self, Updated};
 
-use super::super::host::Host;
-use super::super::metrics::Metrics;
-use super::super::shared::{history_key, record_key, SharedData};
-
-/// Compare-and-swap attempts before a write gives up; contention between a handful of
-/// workers settles in two or three.
-pub const CAS_ATTEMPTS: u32 = 16;
+use crate::filter::host::Host;
+use crate::filter::metrics::Metrics;
+use crate::filter::shared::{history_key, record_key, SharedData, CAS_ATTEMPTS};
 /// Shortest gap between two dry-run summary lines for one breaker.
 const DRY_RUN_LOG_EVERY_MS: u64 = 10_000;
 
-pub struct Slot {
+pub struct Breaker {
     pub name: String,
     pub key: String,
     pub settings: Settings,
     pub last_seen: Record,
     /// This worker's copy of the record's header: refreshed by every read or write of the
     /// shared record, every timer tick and every notice from another worker.
-    pub glance: Glance,
-    /// When [`Slot::glance`] was last confirmed against the shared record (worker clock).
+    pub header: RecordHeader,
+    /// When [`Breaker::header`] was last confirmed against the shared record (worker clock).
     pub confirmed_at_ms: u64,
     /// Set when this worker made a transition the other workers have not been told of.
     pub moved: bool,
     /// Fleet mode: this worker need not read the breaker's decision from etcd before a
     /// request (the process has it, or etcd is out of reach).
     pub fleet_settled: bool,
-    pub tally: Tally,
+    /// Successes admitted here and not yet written to the shared record.
+    pub batch: SuccessBatch,
     /// Requests this worker admitted (not as probes) whose outcome is not recorded yet.
     pub in_flight: u32,
     pub metrics: Metrics,
@@ -59,7 +56,7 @@ pub struct Slot {
     events_on: bool,
 }
 
-impl Slot {
+impl Breaker {
     /// A breaker as stored now, with its stats defined.
     pub fn load(
         host: &impl Host,
@@ -67,13 +64,13 @@ impl Slot {
         settings: Settings,
         events_on: bool,
         now_ms: u64,
-    ) -> Slot {
+    ) -> Breaker {
         let key = record_key(name);
         let last_seen = store::load(&SharedData(host), &key)
             .map(|l| l.record)
             .unwrap_or_default();
-        let slot = Slot {
-            glance: Glance::of(&last_seen),
+        let breaker = Breaker {
+            header: RecordHeader::of(&last_seen),
             confirmed_at_ms: now_ms,
             moved: false,
             fleet_settled: false,
@@ -83,7 +80,7 @@ impl Slot {
             metrics: Metrics::define(host, name),
             settings,
             last_seen,
-            tally: Tally::default(),
+            batch: SuccessBatch::default(),
             in_flight: 0,
             key,
             dry_run_unlogged: 0,
@@ -93,8 +90,8 @@ impl Slot {
             mode_unpublished: false,
             events_on,
         };
-        slot.metrics.state(host, slot.last_seen.state);
-        slot
+        breaker.metrics.state(host, breaker.last_seen.state);
+        breaker
     }
 
     /// Writes a change through compare-and-swap, folding in the batched successes first;
@@ -108,14 +105,14 @@ impl Slot {
         self.write_with(host, now_ms, decide).is_some()
     }
 
-    /// [`Slot::write`], giving back the decision's value; `None` if the store gave up.
+    /// [`Breaker::write`], giving back the decision's value; `None` if the store gave up.
     pub fn write_with<T>(
         &mut self,
         host: &impl Host,
         now_ms: u64,
         decide: impl Fn(&mut Record, &Settings) -> Step<T>,
     ) -> Option<T> {
-        let pending = self.tally.take();
+        let pending = self.batch.take();
         let settings = &self.settings;
         let result = store::update(&SharedData(host), &self.key, CAS_ATTEMPTS, |r| {
             let folded = pending.fold_into(r, settings, now_ms);
@@ -126,7 +123,7 @@ impl Slot {
         match result {
             Ok(updated) => Some(self.absorb(host, updated, now_ms)),
             Err(_) => {
-                self.tally.restore(pending);
+                self.batch.restore(pending);
                 self.metrics.store_give_up(host);
                 None
             }
@@ -136,7 +133,7 @@ impl Slot {
     /// Reads the shared record again into this worker's copy (another worker said it moved).
     pub fn refresh(&mut self, host: &impl Host, now_ms: u64) {
         if let Ok(loaded) = store::load(&SharedData(host), &self.key) {
-            self.glance = Glance::of(&loaded.record);
+            self.header = RecordHeader::of(&loaded.record);
             self.last_seen = loaded.record;
             self.confirmed_at_ms = now_ms;
             self.metrics.state(host, self.last_seen.state);
@@ -167,7 +164,7 @@ impl Slot {
         if updated.record.consecutive_failures == 1 {
             self.moved = true;
         }
-        self.glance = Glance::of(&updated.record);
+        self.header = RecordHeader::of(&updated.record);
         self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
         updated.value

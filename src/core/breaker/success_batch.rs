@@ -1,7 +1,7 @@
 //! Successes batched per worker, with the sampled host that teaches the breaker a
 //! healthy cluster's hosts.
 
-use crate::core::codec::Glance;
+use crate::core::codec::RecordHeader;
 use crate::core::hosts::{Address, SAMPLE_EVERY};
 use crate::core::outcome::Outcome;
 use crate::core::settings::Settings;
@@ -15,7 +15,7 @@ use super::{Call, Ticket};
 /// success path. One of them in [`SAMPLE_EVERY`] has its host read, which is how the
 /// breaker learns a healthy cluster's hosts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
+pub struct SuccessBatch {
     pub(super) generation: u32,
     pub(super) successes: u32,
     /// The host of a sampled success, folded in with the successes.
@@ -24,10 +24,15 @@ pub struct Tally {
     pub(super) until_sample: u32,
 }
 
-impl Tally {
-    /// Whether the call may wait in the tally instead of being written now, judged against
+impl SuccessBatch {
+    /// Whether the call may wait in the batch instead of being written now, judged against
     /// the freshest record this worker has seen.
-    pub fn can_defer(last_seen: &Glance, settings: &Settings, ticket: Ticket, call: &Call) -> bool {
+    pub fn can_defer(
+        last_seen: &RecordHeader,
+        settings: &Settings,
+        ticket: Ticket,
+        call: &Call,
+    ) -> bool {
         call.outcome == Outcome::Success
             && !ticket.probe
             && !settings.is_slow(call.elapsed_ms)
@@ -40,10 +45,10 @@ impl Tally {
     /// Adds one success from `generation`; successes from an older generation are dropped.
     pub fn defer(&mut self, generation: u32) {
         if self.generation != generation {
-            *self = Tally {
+            *self = SuccessBatch {
                 generation,
                 until_sample: self.until_sample,
-                ..Tally::default()
+                ..SuccessBatch::default()
             };
         }
         self.successes = self.successes.saturating_add(1);
@@ -64,15 +69,15 @@ impl Tally {
     }
 
     /// Takes the successes (and the sample) out to be written, leaving the sampling pace.
-    pub fn take(&mut self) -> Tally {
-        let taken = Tally {
+    pub fn take(&mut self) -> SuccessBatch {
+        let taken = SuccessBatch {
             until_sample: 0,
             ..*self
         };
-        *self = Tally {
+        *self = SuccessBatch {
             generation: self.generation,
             until_sample: self.until_sample,
-            ..Tally::default()
+            ..SuccessBatch::default()
         };
         taken
     }
@@ -82,7 +87,7 @@ impl Tally {
     }
 
     /// Puts back successes a failed write could not fold in.
-    pub fn restore(&mut self, other: Tally) {
+    pub fn restore(&mut self, other: SuccessBatch) {
         if self.is_empty() || self.generation == other.generation {
             self.generation = other.generation;
             self.successes = self.successes.saturating_add(other.successes);
@@ -90,7 +95,7 @@ impl Tally {
         }
     }
 
-    /// Folds the tally into `record`; reports whether the record changed.
+    /// Folds the batch into `record`; reports whether the record changed.
     pub fn fold_into(self, record: &mut Record, settings: &Settings, now_ms: u64) -> bool {
         if self.successes == 0
             || self.generation != record.generation

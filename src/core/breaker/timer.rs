@@ -1,0 +1,49 @@
+//! When a breaker next needs the timer: the moment time alone could move its record or
+//! change what it shows, so a worker can leave every other breaker alone on its tick.
+
+use crate::core::settings::{Mode, Settings};
+use crate::core::state::{Record, State, TripReason};
+
+use super::rules::{verdict, Verdict};
+
+/// The earliest time at which [`super::tick`] could change `record`, or its failure and
+/// slow-call rates could change: its open time running out, a half-open episode's probes
+/// timing out, the ramp after a recovery ending, the oldest calls leaving the window (a
+/// rate rule may trip as they go); `now_ms` while a forced mode is still to be followed,
+/// or while a closed breaker's rules would trip on the timer's own look, as a trip that
+/// waited for a worker's calls still out does. `None`: time alone changes nothing.
+pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Option<u64> {
+    let mode = record.mode(settings);
+    let forced = record.state == State::Open && record.reason == Some(TripReason::Forced);
+    let follow = matches!(
+        (mode, forced),
+        (Mode::ForcedOpen, false) | (Mode::Enforce | Mode::DryRun, true)
+    );
+    let settle = record.state == State::Closed
+        && mode != Mode::Disabled
+        && matches!(verdict(record, settings, now_ms, false), Verdict::Trip(_));
+    if follow || settle {
+        return Some(now_ms);
+    }
+    let moves = match record.state {
+        _ if mode == Mode::Disabled => None,
+        State::Open if !forced => Some(record.open_until_ms),
+        State::HalfOpen
+            if settings.half_open_max_duration_ms > 0 && record.probes_in_flight > 0 =>
+        {
+            Some(
+                record
+                    .probing_since_ms
+                    .saturating_add(settings.half_open_max_duration_ms),
+            )
+        }
+        _ => None,
+    };
+    let ramp_ends = (record.ramping && mode != Mode::Disabled).then(|| {
+        record
+            .changed_at_ms
+            .saturating_add(settings.recovery_duration_ms)
+    });
+    let window = record.window.next_change_ms(now_ms, settings.window);
+    [moves, ramp_ends, window].into_iter().flatten().min()
+}
