@@ -170,7 +170,7 @@ impl Hosts {
         self.first_heard(address, now_ms);
         let now = self.now(now_ms, spec);
         if failed || slow || address.is_some() {
-            if let Some(h) = self.slot(address, failed || slow, now, spec) {
+            if let Some(h) = self.entry(address, failed || slow, now, spec) {
                 if failed {
                     h.failed = Some(now);
                     h.in_streak = true;
@@ -190,7 +190,7 @@ impl Hosts {
         self.first_heard(sampled, now_ms);
         let now = self.now(now_ms, spec);
         if sampled.is_some() {
-            self.slot(sampled, false, now, spec);
+            self.entry(sampled, false, now, spec);
         }
         self.forget(now, spec);
     }
@@ -311,7 +311,7 @@ impl Hosts {
     /// takes the place of the least useful one when the table is full: one with nothing in
     /// the window, heard from longest ago. A success does not push out a host whose
     /// failures still count.
-    fn slot(
+    fn entry(
         &mut self,
         address: Option<Address>,
         marks: bool,
