@@ -12,6 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use envoy_circuit_breaker::core::codec;
+use envoy_circuit_breaker::core::hosts::Address;
 use envoy_circuit_breaker::core::settings::{Mode, Settings};
 use envoy_circuit_breaker::core::state::{Cause, Record, State, TripReason};
 use envoy_circuit_breaker::core::window::{Window, WindowSpec};
@@ -223,6 +224,14 @@ fn seed_records() -> Vec<Vec<u8>> {
         r.window.add_call(i % 3 == 0, i % 5 == 0, 0, count);
     }
     records.push(codec::encode(&r));
+    let mut r = Record::default();
+    for (host, failed) in [(&b"127.0.0.1:1"[..], true), (b"[::1]:2", false)] {
+        r.hosts
+            .record(Address::new(host), failed, !failed, 7, s.window);
+    }
+    r.hosts.record(None, true, false, 7, s.window);
+    r.hosts.confined = true;
+    records.push(codec::encode(&r));
     // The state and mode bytes map through tables, which give libFuzzer no edge to tell
     // their values apart, so the minimised corpus keeps none of these: seeds hold them.
     for (state, mode) in [
@@ -249,7 +258,7 @@ fn the_state_decoder_never_panics_on_damaged_bytes() {
         "record",
         0x5eed_0002,
         seed_records(),
-        &[b"\0", b"\xff", b"\xcb\x02", b"\x01\0\0\0"],
+        &[b"\0", b"\xff", b"\xcb\x02", b"\xcb\x03", b"\x01\0\0\0"],
         checks::record,
     );
 }

@@ -4,14 +4,21 @@
 //! say whether it must be written back, so the common case (closed, success) can skip the
 //! shared-data write.
 
+mod rules;
+mod success_batch;
 mod timer;
 
+pub use rules::Confined;
+pub use success_batch::SuccessBatch;
 pub use timer::next_timer_ms;
 
 use super::codec::RecordHeader;
+use super::hosts::Address;
 use super::outcome::Outcome;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
+
+use rules::{end_episode, verdict, Verdict};
 
 /// What a request was granted, carried until its outcome is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +79,15 @@ pub enum Admission {
     },
 }
 
+/// Who answered a call, as far as the shell can tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// The host (`upstream.address`); `None` when Envoy had none.
+    pub by: Option<Address>,
+    /// This worker had other calls to the same breaker out, whose hosts it cannot know yet.
+    pub others_out: bool,
+}
+
 /// How a finished call went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {
@@ -97,6 +113,15 @@ impl<T> Step<T> {
             value,
             dirty: dirty || transition.is_some(),
             transition,
+        }
+    }
+
+    /// The same step with its value replaced.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
+        Step {
+            value: f(self.value),
+            dirty: self.dirty,
+            transition: self.transition,
         }
     }
 }
@@ -362,17 +387,28 @@ pub fn tick(record: &mut Record, settings: &Settings, now_ms: u64) -> Step<()> {
         return Step::new((), false, None);
     }
     let transition = follow_mode(record, settings, mode, now_ms)
-        .or_else(|| follow_time(record, settings, now_ms))
-        .or_else(|| {
-            let closed = record.state == State::Closed;
-            let reason = trip_reason(record, settings, now_ms).filter(|_| closed)?;
-            Some(record.transition(Cause::Tripped(reason), settings, now_ms))
-        });
+        .or_else(|| follow_time(record, settings, now_ms));
+    let mut dirty = false;
+    let transition = match transition {
+        Some(t) => Some(t),
+        None if record.state == State::Closed => match verdict(record, settings, now_ms, false) {
+            Verdict::Trip(reason) => {
+                Some(record.transition(Cause::Tripped(reason), settings, now_ms))
+            }
+            // Only a recorded call starts an episode, so that its log line is written.
+            Verdict::Held(_) => None,
+            Verdict::Quiet => {
+                dirty = end_episode(record, settings, now_ms);
+                None
+            }
+        },
+        None => None,
+    };
     let ramp_over = record.ramping && ramp_share(record, settings, now_ms).is_none();
     if ramp_over {
         record.ramping = false;
     }
-    Step::new((), ramp_over, transition)
+    Step::new((), ramp_over || dirty, transition)
 }
 
 /// An operator's reset: closed, counts and backoff forgotten, from whatever state. A
@@ -401,7 +437,8 @@ pub fn set_mode(
     Step::new((), true, t)
 }
 
-/// Records how a request admitted with `ticket` ended.
+/// Records how a request admitted with `ticket` ended, when which host answered is not
+/// known: as a call with no host, which trips as it always did.
 pub fn record(
     record: &mut Record,
     settings: &Settings,
@@ -409,17 +446,32 @@ pub fn record(
     call: Call,
     now_ms: u64,
 ) -> Step<()> {
+    let unknown = Answered::default();
+    record_from(record, settings, ticket, call, unknown, now_ms).map(|_| ())
+}
+
+/// Records how a request admitted with `ticket` ended, and who answered it. The value
+/// says whether a trip rule was held back because the failures behind it came from too
+/// few hosts.
+pub fn record_from(
+    record: &mut Record,
+    settings: &Settings,
+    ticket: Ticket,
+    call: Call,
+    answered: Answered,
+    now_ms: u64,
+) -> Step<Option<Confined>> {
     if ticket.generation != record.generation {
-        return Step::new((), false, None);
+        return Step::new(None, false, None);
     }
     let asked = call.retry_after_ms.filter(|_| settings.honor_retry_after);
     match (record.state, ticket.probe) {
         (State::Closed, false) => {
             if let Some(wait_ms) = asked {
                 let t = record.transition(Cause::UpstreamAsked { wait_ms }, settings, now_ms);
-                return Step::new((), true, Some(t));
+                return Step::new(None, true, Some(t));
             }
-            record_closed(record, settings, call, now_ms)
+            record_closed(record, settings, call, answered, now_ms)
         }
         (State::HalfOpen, true) => {
             record.probes_in_flight = record.probes_in_flight.saturating_sub(1);
@@ -438,9 +490,9 @@ pub fn record(
                 (Outcome::Ignored, None) => None,
             };
             let t = cause.map(|c| record.transition(c, settings, now_ms));
-            Step::new((), true, t)
+            Step::new(None, true, t)
         }
-        _ => Step::new((), false, None),
+        _ => Step::new(None, false, None),
     }
 }
 
@@ -462,107 +514,50 @@ pub fn fleet_successes(
     Step::new((), true, t)
 }
 
-fn record_closed(record: &mut Record, s: &Settings, call: Call, now_ms: u64) -> Step<()> {
+fn record_closed(
+    record: &mut Record,
+    s: &Settings,
+    call: Call,
+    answered: Answered,
+    now_ms: u64,
+) -> Step<Option<Confined>> {
     let slow = s.is_slow(call.elapsed_ms);
-    match call.outcome {
-        Outcome::Ignored => return Step::new((), false, None),
+    let failed = match call.outcome {
+        Outcome::Ignored => return Step::new(None, false, None),
         Outcome::Success => {
-            record.window.add_call(false, slow, now_ms, s.window);
             record.consecutive_failures = 0;
+            record.hosts.end_streak();
+            false
         }
         Outcome::Failure(_) => {
-            record.window.add_call(true, slow, now_ms, s.window);
             record.consecutive_failures = record.consecutive_failures.saturating_add(1);
+            true
         }
-    }
-    let t = trip_reason(record, s, now_ms)
-        .map(|reason| record.transition(Cause::Tripped(reason), s, now_ms));
-    Step::new((), true, t)
-}
-
-/// Which closed-state rule, if any, says the breaker must open now.
-fn trip_reason(record: &Record, s: &Settings, now_ms: u64) -> Option<TripReason> {
-    if s.failure_threshold > 0 && record.consecutive_failures >= s.failure_threshold {
-        return Some(TripReason::ConsecutiveFailures);
-    }
-    let counts = record.counts(s, now_ms);
-    if counts.calls < s.minimum_requests {
-        return None;
-    }
-    if s.failure_rate_threshold > 0.0 && counts.failure_rate() >= s.failure_rate_threshold {
-        return Some(TripReason::FailureRate);
-    }
-    if s.slow_call_rate_threshold > 0.0 && counts.slow_rate() >= s.slow_call_rate_threshold {
-        return Some(TripReason::SlowCallRate);
-    }
-    None
-}
-
-/// Successes a worker has seen but not yet written to the shared record. A closed breaker
-/// with no failure streak gains nothing from hearing about each fast success at once, so
-/// they are batched and folded in on the next write, keeping shared-data writes off the
-/// success path.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SuccessBatch {
-    generation: u32,
-    successes: u32,
-}
-
-impl SuccessBatch {
-    /// Whether the call may wait in the batch instead of being written now, judged against
-    /// the freshest record this worker has seen.
-    pub fn can_defer(
-        last_seen: &RecordHeader,
-        settings: &Settings,
-        ticket: Ticket,
-        call: &Call,
-    ) -> bool {
-        call.outcome == Outcome::Success
-            && !ticket.probe
-            && !settings.is_slow(call.elapsed_ms)
-            && (call.retry_after_ms.is_none() || !settings.honor_retry_after)
-            && last_seen.state == State::Closed
-            && last_seen.generation == ticket.generation
-            && last_seen.consecutive_failures == 0
-    }
-
-    /// Adds one success from `generation`; successes from an older generation are dropped.
-    pub fn defer(&mut self, generation: u32) {
-        if self.generation != generation {
-            *self = SuccessBatch {
-                generation,
-                successes: 0,
-            };
+    };
+    record.window.add_call(failed, slow, now_ms, s.window);
+    record
+        .hosts
+        .record(answered.by, failed, slow, now_ms, s.window);
+    match verdict(record, s, now_ms, answered.others_out) {
+        Verdict::Trip(reason) => {
+            let t = record.transition(Cause::Tripped(reason), s, now_ms);
+            Step::new(None, true, Some(t))
         }
-        self.successes = self.successes.saturating_add(1);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.successes == 0
-    }
-
-    /// Puts back successes a failed write could not fold in.
-    pub fn restore(&mut self, other: SuccessBatch) {
-        if self.is_empty() || self.generation == other.generation {
-            self.generation = other.generation;
-            self.successes = self.successes.saturating_add(other.successes);
+        Verdict::Held(mut confined) => {
+            confined.started = !record.hosts.confined;
+            confined.counted = failed || slow;
+            record.hosts.confined = true;
+            Step::new(Some(confined), true, None)
         }
-    }
-
-    /// Folds the batch into `record`; reports whether the record changed.
-    pub fn fold_into(self, record: &mut Record, settings: &Settings, now_ms: u64) -> bool {
-        if self.successes == 0
-            || self.generation != record.generation
-            || record.state != State::Closed
-        {
-            return false;
+        Verdict::Quiet => {
+            end_episode(record, s, now_ms);
+            Step::new(None, true, None)
         }
-        record
-            .window
-            .add_successes(self.successes, now_ms, settings.window);
-        true
     }
 }
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod host_tests;

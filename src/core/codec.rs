@@ -1,6 +1,10 @@
 //! The byte form of a [`Record`] in shared data: little-endian, with a magic byte and a
 //! version so that bytes from another build, or damaged bytes, are recognised and replaced
 //! by a fresh closed breaker instead of being misread. Every field is checked on the way in.
+//! Version 3 appends the hosts after the window; a version 2 record (an older build's,
+//! met during an upgrade) still reads, with no hosts.
+
+mod hosts;
 
 use std::fmt;
 
@@ -10,7 +14,9 @@ use super::state::{Record, State, TripReason};
 use super::window::{cells_bytes, Bucket, CountWindow, TimeWindow, Window, BUCKETS, MAX_CALLS};
 
 const MAGIC: u8 = 0xCB;
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// The version before the hosts, still read.
+const VERSION_NO_HOSTS: u8 = 2;
 const HEADER_LEN: usize = 53;
 const TIME_LEN: usize = 16 + BUCKETS * 12;
 const COUNT_FIXED_LEN: usize = 24;
@@ -75,6 +81,7 @@ pub fn encode(r: &Record) -> Vec<u8> {
             out.extend_from_slice(&w.cells);
         }
     }
+    hosts::put(&mut out, &r.hosts);
     out
 }
 
@@ -116,7 +123,7 @@ impl RecordHeader {
 pub fn glance(bytes: &[u8]) -> Option<RecordHeader> {
     if bytes.len() < HEADER_LEN + 1
         || bytes[0] != MAGIC
-        || bytes[1] != VERSION
+        || !(VERSION_NO_HOSTS..=VERSION).contains(&bytes[1])
         || bytes[5] > 1
         || bytes[6..8] != [0, 0]
     {
@@ -153,7 +160,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     if magic != MAGIC {
         return Err(DecodeError::Magic(magic));
     }
-    if version != VERSION {
+    if !(VERSION_NO_HOSTS..=VERSION).contains(&version) {
         return Err(DecodeError::Version(version));
     }
     let field = |name, v: u8| DecodeError::Field(name, v.into());
@@ -181,6 +188,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         1 => decode_count(bytes.len(), &mut rd)?,
         tag => return Err(DecodeError::Field("window", tag.into())),
     };
+    if version == VERSION {
+        r.hosts = hosts::decode(bytes.len(), &mut rd)?;
+    }
+    if !rd.is_done() {
+        return Err(short());
+    }
     Ok(r)
 }
 
@@ -201,7 +214,7 @@ fn counters(rd: &mut Reader) -> Option<Record> {
 
 fn decode_time(total: usize, rd: &mut Reader) -> Result<Window, DecodeError> {
     let short = || DecodeError::Length(total);
-    if total != HEADER_LEN + TIME_LEN {
+    if total < HEADER_LEN + TIME_LEN {
         return Err(short());
     }
     let mut w = TimeWindow {
@@ -230,14 +243,11 @@ fn decode_count(total: usize, rd: &mut Reader) -> Result<Window, DecodeError> {
     if len > size || next >= size {
         return Err(DecodeError::Field("window.len", len.into()));
     }
-    if total != HEADER_LEN + COUNT_FIXED_LEN + cells_bytes(size) {
-        return Err(short());
-    }
     let w = CountWindow {
         size,
         len,
         next,
-        cells: rd.rest().to_vec(),
+        cells: rd.take(cells_bytes(size)).ok_or_else(short)?.to_vec(),
         totals,
     };
     if w.recount() != totals {
@@ -256,7 +266,9 @@ fn bucket(rd: &mut Reader) -> Option<Bucket> {
 
 #[cfg(test)]
 mod tests {
+    use super::hosts::{HOSTS_FIXED_LEN, HOST_FIXED_LEN};
     use super::*;
+    use crate::core::hosts::{Address, Host, Hosts, MAX_HOSTS};
     use crate::core::window::WindowSpec;
     use proptest::prelude::*;
 
@@ -312,16 +324,61 @@ mod tests {
         prop_oneof![time, count]
     }
 
+    fn any_hosts() -> impl Strategy<Value = Hosts> {
+        let mark = proptest::option::of(0u64..u64::MAX);
+        let host = (
+            proptest::option::of("[!-~]{1,80}"),
+            any::<u64>(),
+            mark.clone(),
+            mark,
+            any::<bool>(),
+        );
+        (
+            proptest::collection::vec(host, 0..=MAX_HOSTS + 4),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(|(raw, confined, by_calls, calls, since_ms)| {
+                let mut h = Hosts {
+                    confined,
+                    by_calls,
+                    calls,
+                    since_ms,
+                    answers: raw.iter().map(|r| r.1).max().unwrap_or(0),
+                    hosts: Vec::new(),
+                };
+                for (text, heard, failed, slow, in_streak) in raw {
+                    let address = text.and_then(|t| Address::new(t.as_bytes()));
+                    let unseen = !h.hosts.iter().any(|o: &Host| o.address == address);
+                    let room = address.is_none()
+                        || h.hosts.iter().filter(|o| o.address.is_some()).count() < MAX_HOSTS;
+                    if unseen && room {
+                        let heard = if address.is_some() { heard } else { 0 };
+                        h.hosts.push(Host {
+                            address,
+                            heard,
+                            failed,
+                            slow,
+                            in_streak,
+                        });
+                    }
+                }
+                h
+            })
+    }
+
     prop_compose! {
         fn any_record()(
             state in state(), reason in reason(), mode_override in mode(), ramping: bool,
             generation: u32, changed_at_ms: u64, open_until_ms: u64, probing_since_ms: u64,
             consecutive_failures: u32, probes_in_flight: u32, probe_successes: u32,
-            trips_in_row: u32, window in window(),
+            trips_in_row: u32, window in window(), hosts in any_hosts(),
         ) -> Record {
             Record { state, reason, mode_override, ramping, generation, changed_at_ms,
                 open_until_ms, probing_since_ms, consecutive_failures, probes_in_flight, probe_successes,
-                trips_in_row, window }
+                trips_in_row, window, hosts }
         }
     }
 
@@ -360,6 +417,75 @@ mod tests {
             bytes[i] ^= 1 << bit;
             let _ = decode(&bytes);
         }
+    }
+
+    /// A version 2 record, as the build before the hosts wrote it: the same bytes
+    /// without the hosts section.
+    fn version_2(r: &Record) -> Vec<u8> {
+        let mut bytes = encode(&Record {
+            hosts: Hosts::default(),
+            ..r.clone()
+        });
+        bytes[1] = 2;
+        bytes.truncate(bytes.len() - HOSTS_FIXED_LEN);
+        bytes
+    }
+
+    proptest! {
+        #[test]
+        fn a_record_from_the_build_before_the_hosts_still_reads(r in any_record()) {
+            let old = version_2(&r);
+            let expected = Record { hosts: Hosts::default(), ..r.clone() };
+            prop_assert_eq!(decode(&old), Ok(expected));
+            prop_assert_eq!(glance(&old), Some(RecordHeader::of(&r)));
+        }
+    }
+
+    #[test]
+    fn a_record_with_three_hosts_stays_small() {
+        let mut r = Record::default();
+        let spec = WindowSpec::Time { window_ms: 10_000 };
+        for host in ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"] {
+            r.hosts
+                .record(Address::new(host.as_bytes()), true, false, 1, spec);
+        }
+        assert_eq!(
+            encode(&r).len(),
+            HEADER_LEN + TIME_LEN + HOSTS_FIXED_LEN + 3 * (HOST_FIXED_LEN + 15)
+        );
+        assert!(encode(&r).len() < 350, "{}", encode(&r).len());
+    }
+
+    #[test]
+    fn impossible_hosts_are_refused_by_name() {
+        let mut r = Record::default();
+        let spec = WindowSpec::Time { window_ms: 10_000 };
+        r.hosts.record(Address::new(b"a:1"), true, false, 1, spec);
+        let good = encode(&r);
+        let hosts_at = HEADER_LEN + TIME_LEN;
+        let with = |i: usize, v: u8| {
+            let mut b = good.clone();
+            b[i] = v;
+            decode(&b)
+        };
+        assert_eq!(with(hosts_at, 9), Err(DecodeError::Field("hosts.flags", 9)));
+        assert_eq!(
+            with(hosts_at + 1, 99),
+            Err(DecodeError::Field("hosts.count", 99))
+        );
+        let address_at = hosts_at + HOSTS_FIXED_LEN + 1;
+        assert_eq!(
+            with(address_at, b' '),
+            Err(DecodeError::Field("hosts.address", 3))
+        );
+        let streak_at = good.len() - 1;
+        assert_eq!(
+            with(streak_at, 2),
+            Err(DecodeError::Field("hosts.streak", 2))
+        );
+        let mut longer = good.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err(DecodeError::Length(longer.len())));
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub const FAILURE_RATE_THRESHOLD: Limit<f64> = limit(0.0, 1.0, 0.5);
 pub const SLOW_CALL_DURATION_MS: Limit<u64> = limit(1, HOUR, MINUTE);
 pub const SLOW_CALL_RATE_THRESHOLD: Limit<f64> = limit(0.0, 1.0, 0.0);
 pub const MINIMUM_REQUESTS: Limit<u32> = limit(1, 1_000_000, 20);
+pub const TRIP_MIN_HOSTS: Limit<u32> = limit(1, 1_000, 2);
 pub const WINDOW_MS: Limit<u64> = limit(100, HOUR, 10 * SECOND);
 pub const WINDOW_SIZE: Limit<u32> = limit(1, MAX_CALLS, 100);
 pub const OPEN_DURATION_MS: Limit<u64> = limit(10, 24 * HOUR, MINUTE);

@@ -13,6 +13,7 @@ pub mod duration;
 pub mod fallback;
 pub mod fleet;
 pub mod history;
+pub mod hosts;
 pub mod limits;
 pub mod outcome;
 pub mod registry;

@@ -85,6 +85,9 @@ pub struct Settings {
     pub slow_call_rate_threshold: f64,
     /// Calls the window must hold before either rate is trusted.
     pub minimum_requests: u32,
+    /// Distinct hosts the calls behind a trip must come from (or every host known); 1
+    /// trips on any host's failures.
+    pub trip_min_hosts: u32,
     pub window: WindowSpec,
     /// Time open after a first trip.
     pub open_duration_ms: u64,
@@ -128,6 +131,7 @@ impl Default for Settings {
             slow_call_duration_ms: l::SLOW_CALL_DURATION_MS.default,
             slow_call_rate_threshold: l::SLOW_CALL_RATE_THRESHOLD.default,
             minimum_requests: l::MINIMUM_REQUESTS.default,
+            trip_min_hosts: l::TRIP_MIN_HOSTS.default,
             window: WindowSpec::Time {
                 window_ms: l::WINDOW_MS.default,
             },

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::duration::Millis;
+use super::hosts::Hosts;
 use super::settings::{Mode, Settings};
 use super::window::{Bucket, Window};
 
@@ -297,6 +298,8 @@ pub struct Record {
     /// A runtime override of the configured mode.
     pub mode_override: Option<Mode>,
     pub window: Window,
+    /// The hosts heard from, and which of them failed in the window.
+    pub hosts: Hosts,
 }
 
 impl Record {
@@ -327,6 +330,7 @@ impl Record {
         self.probes_in_flight = 0;
         self.probe_successes = 0;
         self.ramping = false;
+        self.hosts.confined = false;
         match cause {
             Cause::Tripped(reason) => {
                 if from == State::Closed
@@ -354,6 +358,7 @@ impl Record {
                 self.reason = None;
                 self.consecutive_failures = 0;
                 self.window.clear();
+                self.hosts.clear_marks();
                 self.ramping = settings.recovery_duration_ms > 0;
             }
             Cause::Reset => {
@@ -361,6 +366,7 @@ impl Record {
                 self.consecutive_failures = 0;
                 self.trips_in_row = 0;
                 self.window.clear();
+                self.hosts.clear_marks();
             }
         }
         self.changed_at_ms = now_ms;

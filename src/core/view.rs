@@ -4,8 +4,10 @@
 
 use serde_json::{json, Value};
 
+use super::breaker::Confined;
 use super::duration::{rfc3339, Millis};
 use super::history::Event;
+use super::hosts::{Address, Rule};
 use super::settings::{Mode, Settings};
 use super::state::{Record, State, TripReason};
 use super::window::WindowSpec;
@@ -40,6 +42,7 @@ pub fn breaker(name: &str, r: &Record, s: &Settings, history: &[Event], now_ms: 
         "failure_rate": round3(counts.failure_rate()),
         "slow_call_rate": round3(counts.slow_rate()),
         "trips_in_row": r.trips_in_row,
+        "hosts": hosts(r, s, now_ms),
         "generation": r.generation,
         "settings": settings(s),
         "transitions": history,
@@ -107,6 +110,7 @@ fn settings(s: &Settings) -> Value {
         "slow_call_duration": Millis(s.slow_call_duration_ms).to_string(),
         "slow_call_rate_threshold": s.slow_call_rate_threshold,
         "minimum_requests": s.minimum_requests,
+        "trip_min_hosts": s.trip_min_hosts,
         "window": window,
         "open_duration": Millis(s.open_duration_ms).to_string(),
         "max_open_duration": Millis(s.max_open_duration_ms).to_string(),
@@ -114,6 +118,44 @@ fn settings(s: &Settings) -> Value {
         "half_open_max_requests": s.half_open_max_requests,
         "success_threshold": s.success_threshold,
         "recovery_duration": Millis(s.recovery_duration_ms).to_string(),
+    })
+}
+
+/// The hosts heard from, those whose failures or slow calls are in the window, and, while
+/// a trip is held back because they are too few, what the log said.
+fn hosts(r: &Record, s: &Settings, now_ms: u64) -> Value {
+    let (failing, hostless) = r.hosts.behind(Rule::Failures, now_ms, s.window);
+    let (slow, _) = r.hosts.behind(Rule::Slow, now_ms, s.window);
+    let known = r.hosts.known(now_ms, s.window);
+    let names = |hosts: &[Address]| {
+        hosts
+            .iter()
+            .map(|a| a.as_str().to_string())
+            .collect::<Vec<_>>()
+    };
+    let confined = (r.hosts.confined && r.state == State::Closed).then(|| {
+        let (reason, hosts) = match failing.is_empty() {
+            true => (TripReason::SlowCallRate, slow.clone()),
+            false => (TripReason::FailureRate, failing.clone()),
+        };
+        let c = Confined {
+            reason,
+            hosts,
+            known,
+            started: false,
+            counted: false,
+        };
+        format!(
+            "{}: not tripping; outlier detection ejects single hosts",
+            c.summary()
+        )
+    });
+    json!({
+        "known": known,
+        "failing": names(&failing),
+        "slow": names(&slow),
+        "failures_without_host": hostless,
+        "confined": confined,
     })
 }
 
@@ -156,6 +198,33 @@ mod tests {
         let v = breaker("auth", &Record::default(), &Settings::default(), &[], 0);
         assert!(v["reason"].is_null() && v["seconds_to_half_open"].is_null());
         assert_eq!(v["admitted_share"], 1.0);
+    }
+
+    #[test]
+    fn a_view_says_when_failures_are_confined_to_too_few_hosts() {
+        use crate::core::hosts::Address;
+        let s = Settings::default();
+        let mut r = Record::default();
+        for (host, failed) in [("a:1", false), ("b:1", false), ("c:1", true)] {
+            r.hosts.record(
+                Address::new(host.as_bytes()),
+                failed,
+                false,
+                1_000,
+                s.window,
+            );
+        }
+        let v = breaker("school", &r, &s, &[], 1_000);
+        assert_eq!(v["hosts"]["known"], 3);
+        assert_eq!(v["hosts"]["failing"], json!(["c:1"]));
+        assert!(v["hosts"]["confined"].is_null(), "no rule held back yet");
+        r.hosts.confined = true;
+        let v = breaker("school", &r, &s, &[], 1_000);
+        assert_eq!(
+            v["hosts"]["confined"],
+            "failures confined to 1 of 3 hosts (c:1): not tripping; outlier detection ejects single hosts"
+        );
+        assert_eq!(v["settings"]["trip_min_hosts"], 2);
     }
 
     #[test]

@@ -17,6 +17,26 @@ pub enum WindowSpec {
     Count { size: u32 },
 }
 
+impl WindowSpec {
+    /// Whether a call marked `stamp` is still inside the window at `now`. For a time
+    /// window both are times, and a call leaves with its bucket, as it does from the
+    /// totals; for a count window both are call numbers.
+    pub fn holds(self, stamp: u64, now: u64) -> bool {
+        match self {
+            WindowSpec::Time { window_ms } => {
+                let width = bucket_width(window_ms);
+                (now / width).saturating_sub(stamp / width) < BUCKETS as u64
+            }
+            WindowSpec::Count { size } => now.saturating_sub(stamp) < u64::from(size),
+        }
+    }
+
+    /// Whether the window counts calls rather than time.
+    pub fn counts_calls(self) -> bool {
+        matches!(self, WindowSpec::Count { .. })
+    }
+}
+
 /// Calls counted; `slow` calls are also counted as successes or failures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {
@@ -388,6 +408,16 @@ mod tests {
         assert_eq!(w.totals(u64::MAX, spec).failures, 1);
     }
 
+    #[test]
+    fn a_stamp_leaves_the_window_with_its_bucket() {
+        assert!(TIME.holds(1_000, 10_999));
+        assert!(!TIME.holds(1_000, 11_000));
+        assert!(TIME.holds(5_000, 4_000), "a clock that stepped back");
+        let count = WindowSpec::Count { size: 3 };
+        assert!(count.holds(7, 9));
+        assert!(!count.holds(7, 10));
+    }
+
     proptest! {
         #[test]
         fn time_totals_equal_the_calls_of_the_last_window(
@@ -410,6 +440,17 @@ mod tests {
                 }
             }
             prop_assert_eq!(w.totals(now, TIME), expected);
+        }
+
+        #[test]
+        fn a_stamp_is_held_exactly_while_its_call_is_in_the_totals(
+            window_ms in 100u64..100_000, at in 0u64..1_000_000, later in 0u64..300_000,
+        ) {
+            let spec = WindowSpec::Time { window_ms };
+            let mut w = Window::default();
+            w.add_call(true, false, at, spec);
+            let now = at + later;
+            prop_assert_eq!(spec.holds(at, now), w.totals(now, spec).failures == 1);
         }
 
         #[test]

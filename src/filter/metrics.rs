@@ -23,6 +23,8 @@ pub enum Counted {
     WouldReject = 5,
     /// Took a half-open probe slot.
     Probe = 6,
+    /// A failure or slow call whose trip was held back: it came from too few hosts.
+    Confined = 7,
 }
 
 impl Counted {
@@ -65,9 +67,9 @@ pub fn stat_name(base: &str, labels: &[(&str, &str)], cluster: &str) -> String {
 
 /// One breaker's stat ids and not-yet-published request counts.
 pub struct Metrics {
-    /// Ids of the request outcomes, then would-reject, then probes.
-    counted: [Option<u32>; 7],
-    pending: [u64; 7],
+    /// Ids of the request outcomes, then would-reject, probes and confined failures.
+    counted: [Option<u32>; 8],
+    pending: [u64; 8],
     transitions: [Option<u32>; 6],
     trips: [Option<u32>; 7],
     state: Option<u32>,
@@ -89,16 +91,18 @@ impl Metrics {
         let counter =
             |base: &str, labels: &[(&str, &str)]| define(MetricKind::Counter, base, labels);
         let gauge = |base: &str| define(MetricKind::Gauge, base, &[]);
-        let mut counted = [None; 7];
+        let mut counted = [None; 8];
         for (i, o) in OUTCOMES.iter().enumerate() {
             counted[i] = counter("circuit_breaker_requests_total", &[("outcome", o)]);
         }
         counted[Counted::WouldReject as usize] =
             counter("circuit_breaker_dry_run_rejections_total", &[]);
         counted[Counted::Probe as usize] = counter("circuit_breaker_probes_total", &[]);
+        counted[Counted::Confined as usize] =
+            counter("circuit_breaker_confined_failures_total", &[]);
         Metrics {
             counted,
-            pending: [0; 7],
+            pending: [0; 8],
             transitions: MOVES.map(|(from, to)| {
                 counter(
                     "circuit_breaker_transitions_total",

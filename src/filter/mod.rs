@@ -13,6 +13,9 @@ pub mod worker;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod host_tests;
+
 #[cfg(all(target_arch = "wasm32", not(test)))]
 proxy_wasm::main! {{
     logger::install();

@@ -4,11 +4,14 @@
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, TripReason};
 
+use super::rules::{verdict, Verdict};
+
 /// The earliest time at which [`super::tick`] could change `record`, or its failure and
 /// slow-call rates could change: its open time running out, a half-open episode's probes
 /// timing out, the ramp after a recovery ending, the oldest calls leaving the window (a
-/// rate rule may trip as they go); `now_ms` while a forced mode is still to be followed.
-/// `None`: time alone changes nothing.
+/// rate rule may trip as they go); `now_ms` while a forced mode is still to be followed,
+/// or while a closed breaker's rules would trip on the timer's own look, as a trip that
+/// waited for a worker's calls still out does. `None`: time alone changes nothing.
 pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Option<u64> {
     let mode = record.mode(settings);
     let forced = record.state == State::Open && record.reason == Some(TripReason::Forced);
@@ -16,7 +19,10 @@ pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Optio
         (mode, forced),
         (Mode::ForcedOpen, false) | (Mode::Enforce | Mode::DryRun, true)
     );
-    if follow {
+    let settle = record.state == State::Closed
+        && mode != Mode::Disabled
+        && matches!(verdict(record, settings, now_ms, false), Verdict::Trip(_));
+    if follow || settle {
         return Some(now_ms);
     }
     let moves = match record.state {

@@ -41,6 +41,7 @@ pub(super) fn compile_block(
             d.minimum_requests,
             l::MINIMUM_REQUESTS,
         )?,
+        trip_min_hosts: check.within("trip_min_hosts", d.trip_min_hosts, l::TRIP_MIN_HOSTS)?,
         window: window(&check, d)?,
         open_duration_ms,
         backoff_multiplier: check.within(

@@ -91,6 +91,13 @@ settings_doc! {
     /// Calls the window must hold before either rate counts. 1 to 1000000, default 20.
     #[schemars(range(min = l::MINIMUM_REQUESTS.min, max = l::MINIMUM_REQUESTS.max))]
     minimum_requests: u32,
+    /// Distinct hosts of the cluster the failures (or slow calls) behind a trip must come
+    /// from, within the window: fewer do not trip, since a bad host is outlier
+    /// detection's to eject. A cluster whose hosts all failed, or that has one host,
+    /// trips as with 1, and so do failures with no host. 1 to 1000, default 2; 1 trips
+    /// on any host's failures.
+    #[schemars(range(min = l::TRIP_MIN_HOSTS.min, max = l::TRIP_MIN_HOSTS.max))]
+    trip_min_hosts: u32,
     /// `time` (a sliding window of `window`, 10 buckets) or `count` (the last `window_size`
     /// calls). Default `time`.
     window_type: WindowTypeDoc,

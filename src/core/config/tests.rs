@@ -61,7 +61,7 @@ fn every_new_field_reaches_the_settings() {
         r#"{"default": {
             "slow_call_duration": "750ms", "slow_call_rate_threshold": 0.4,
             "window_type": "count", "window_size": 50,
-            "backoff_multiplier": 2, "max_open_duration": "5m", "jitter": 0.1,
+            "backoff_multiplier": 2, "max_open_duration": "5m", "jitter": 0.1, "trip_min_hosts": 3,
             "half_open_max_duration": "20s", "recovery_duration": "30s",
             "honor_retry_after": true,
             "failure_status": ["5xx", 429], "ignore_status": ["501-502"],
@@ -78,6 +78,7 @@ fn every_new_field_reaches_the_settings() {
     assert_eq!(s.slow_call_duration_ms, 750);
     assert_eq!(s.slow_call_rate_threshold, 0.4);
     assert_eq!(s.window, WindowSpec::Count { size: 50 });
+    assert_eq!(s.trip_min_hosts, 3);
     assert_eq!(
         (s.backoff_multiplier, s.max_open_duration_ms, s.jitter),
         (2.0, 300_000, 0.1)
@@ -406,7 +407,7 @@ fn every_bound_in_the_schema_is_the_bound_the_parser_enforces() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 15, "bounds found in the schema");
+    assert_eq!(checked, 16, "bounds found in the schema");
 }
 
 /// Durations are strings in the schema, so their bounds live in the limits alone: each is
@@ -498,6 +499,52 @@ fn fleet_refusals_name_the_field() {
     assert!(msg.contains("missing field `etcd_cluster`"), "{msg}");
     let msg = refusal(r#"{"clusters": {"auth": {"fleet": "no"}}}"#);
     assert!(msg.contains("clusters.auth.fleet"), "{msg}");
+}
+
+#[test]
+fn trip_min_hosts_defaults_to_two_and_one_keeps_any_host_enough() {
+    assert_eq!(parse("{}").unwrap().default.trip_min_hosts, 2);
+    let config =
+        parse(r#"{"default": {"trip_min_hosts": 3}, "clusters": {"one": {"trip_min_hosts": 1}}}"#)
+            .unwrap();
+    assert_eq!(config.settings_for("other").trip_min_hosts, 3);
+    assert_eq!(config.settings_for("one").trip_min_hosts, 1);
+}
+
+#[test]
+fn bad_trip_min_hosts_are_refused_naming_the_field() {
+    for (json, expected) in [
+        (
+            r#"{"clusters": {"school": {"trip_min_hosts": 0}}}"#,
+            "invalid plugin configuration: clusters.school.trip_min_hosts: must be between 1 and 1000, but was 0",
+        ),
+        (
+            r#"{"default": {"trip_min_hosts": 1001}}"#,
+            "invalid plugin configuration: default.trip_min_hosts: must be between 1 and 1000, but was 1001",
+        ),
+    ] {
+        assert_eq!(refusal(json), expected);
+    }
+    for json in [
+        r#"{"clusters": {"school": {"trip_min_hosts": -1}}}"#,
+        r#"{"clusters": {"school": {"trip_min_hosts": "two"}}}"#,
+        r#"{"clusters": {"school": {"trip_min_hosts": 2.5}}}"#,
+    ] {
+        let msg = refusal(json);
+        assert!(msg.contains("clusters.school"), "{json}: {msg}");
+    }
+    let msg = refusal(r#"{"clusters": {"school": {"trip_min_hosts": -1}}}"#);
+    assert!(
+        msg.contains("clusters.school.trip_min_hosts: invalid value: integer `-1`"),
+        "{msg}"
+    );
+    let msg = refusal(r#"{"clusters": {"school": {"trip_min_hosts": "two"}}}"#);
+    assert!(
+        msg.contains("clusters.school.trip_min_hosts: invalid type: string \"two\""),
+        "{msg}"
+    );
+    let msg = refusal(r#"{"default": {"trip_min_hosts": 4294967296}}"#);
+    assert!(msg.contains("default.trip_min_hosts"), "{msg}");
 }
 
 /// The fleet block's bounds come from the limits too: each is tried just inside and just

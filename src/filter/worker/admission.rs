@@ -3,10 +3,11 @@
 //! decision needs, and no more.
 
 use crate::core::breaker::{
-    self, Admission, Call, Now, RejectKind, Rejection, SuccessBatch, Ticket,
+    self, Admission, Answered, Call, Confined, Now, RejectKind, Rejection, SuccessBatch, Ticket,
 };
 use crate::core::cache::Entry;
 use crate::core::codec;
+use crate::core::hosts::Address;
 use crate::core::outcome::{Outcome, StreamEnd};
 use crate::core::reply::{Answer, RejectReply};
 use crate::core::retry_after;
@@ -22,6 +23,7 @@ use super::fleet::probe::ProbeSlot;
 /// Property paths, NUL-separated as the ABI wants them.
 const RESPONSE_CODE: &[u8] = b"response\0code";
 const RESPONSE_FLAGS: &[u8] = b"response\0flags";
+const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
 
 /// What to do with a request.
 pub enum Decision {
@@ -126,6 +128,9 @@ pub fn record(breaker: &mut Breaker, host: &impl Host, admitted: Admitted) -> Re
         capture,
         ..
     } = admitted;
+    if !ticket.probe {
+        breaker.in_flight = breaker.in_flight.saturating_sub(1);
+    }
     let outcome = outcome(breaker, host, seen);
     let needs_clock = breaker.settings.slow_call_rate_threshold > 0.0
         || retry_after.is_some()
@@ -144,13 +149,30 @@ pub fn record(breaker: &mut Breaker, host: &impl Host, admitted: Admitted) -> Re
     }
     if SuccessBatch::can_defer(&breaker.header, &breaker.settings, ticket, &call) {
         breaker.batch.defer(ticket.generation);
+        if breaker.batch.wants_host() {
+            breaker.batch.sample(answered_by(host));
+        }
         return Recorded::Kept;
     }
     if outcome == Outcome::Ignored && !ticket.probe {
         return Recorded::Kept;
     }
     let now = now_ms.unwrap_or_else(|| host.now_ms());
-    let _ = breaker.write(host, now, |r, s| breaker::record(r, s, ticket, call, now));
+    // Only the closed state's rules ask who answered; a probe's host is not read.
+    let answered = Answered {
+        by: if ticket.probe {
+            None
+        } else {
+            answered_by(host)
+        },
+        others_out: breaker.in_flight > 0,
+    };
+    let held = breaker.write_with(host, now, |r, s| {
+        breaker::record_from(r, s, ticket, call, answered, now)
+    });
+    if let Some(confined) = held.flatten() {
+        held_back(breaker, &confined);
+    }
     Recorded::Written {
         now_ms: now,
         outcome,
@@ -241,6 +263,8 @@ fn answer(
         Admission::Admitted(ticket) => {
             if ticket.probe {
                 b.metrics.count(Counted::Probe);
+            } else {
+                b.in_flight = b.in_flight.saturating_add(1);
             }
             Decision::Admitted(ticket)
         }
@@ -287,6 +311,17 @@ fn outcome(b: &Breaker, host: &impl Host, seen: Seen) -> Outcome {
         })
 }
 
+/// A trip held back because the failures behind it came from too few hosts: counted,
+/// and logged once per episode, by the worker whose write started it.
+fn held_back(b: &mut Breaker, confined: &Confined) {
+    if confined.counted {
+        b.metrics.count(Counted::Confined);
+    }
+    if confined.started {
+        log::info!("{}", confined.log_line(&b.name));
+    }
+}
+
 /// Keeps a captured answer for the cache, if the call succeeded.
 fn keep(b: &mut Breaker, captured: Captured, outcome: Outcome, now_ms: u64) {
     if let (Some(cache), Outcome::Success) = (&mut b.cache, outcome) {
@@ -298,4 +333,11 @@ fn keep(b: &mut Breaker, captured: Captured, outcome: Outcome, now_ms: u64) {
         };
         cache.put(&captured.key, entry);
     }
+}
+
+/// The host that answered the stream (`upstream.address`); `None` when Envoy chose none,
+/// or cannot say, which the breaker takes as a failure of the whole cluster.
+fn answered_by(host: &impl Host) -> Option<Address> {
+    let bytes = host.property(UPSTREAM_ADDRESS).ok().flatten()?;
+    Address::new(&bytes)
 }

@@ -34,6 +34,8 @@ pub struct Breaker {
     pub fleet_settled: bool,
     /// Successes admitted here and not yet written to the shared record.
     pub batch: SuccessBatch,
+    /// Requests this worker admitted (not as probes) whose outcome is not recorded yet.
+    pub in_flight: u32,
     pub metrics: Metrics,
     pub reply: RejectReply,
     pub cache: Option<ResponseCache>,
@@ -79,6 +81,7 @@ impl Breaker {
             settings,
             last_seen,
             batch: SuccessBatch::default(),
+            in_flight: 0,
             key,
             dry_run_unlogged: 0,
             dry_run_logged_at_ms: 0,
@@ -99,7 +102,17 @@ impl Breaker {
         now_ms: u64,
         decide: impl Fn(&mut Record, &Settings) -> Step<()>,
     ) -> bool {
-        let pending = std::mem::take(&mut self.batch);
+        self.write_with(host, now_ms, decide).is_some()
+    }
+
+    /// [`Breaker::write`], giving back the decision's value; `None` if the store gave up.
+    pub fn write_with<T>(
+        &mut self,
+        host: &impl Host,
+        now_ms: u64,
+        decide: impl Fn(&mut Record, &Settings) -> Step<T>,
+    ) -> Option<T> {
+        let pending = self.batch.take();
         let settings = &self.settings;
         let result = store::update(&SharedData(host), &self.key, CAS_ATTEMPTS, |r| {
             let folded = pending.fold_into(r, settings, now_ms);
@@ -108,14 +121,11 @@ impl Breaker {
             step
         });
         match result {
-            Ok(updated) => {
-                self.absorb(host, updated, now_ms);
-                true
-            }
+            Ok(updated) => Some(self.absorb(host, updated, now_ms)),
             Err(_) => {
                 self.batch.restore(pending);
                 self.metrics.store_give_up(host);
-                false
+                None
             }
         }
     }
@@ -131,8 +141,8 @@ impl Breaker {
     }
 
     /// Takes in what a store call returned at `now_ms`: the freshest record, and any
-    /// transition.
-    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>, now_ms: u64) {
+    /// transition; gives back the decision's value.
+    pub fn absorb<T>(&mut self, host: &impl Host, updated: Updated<T>, now_ms: u64) -> T {
         if let Some(damage) = &updated.damaged {
             log::warn!(
                 "[CIRCUIT_BREAKER] {} state in shared data was unreadable ({damage}); starting again from closed",
@@ -157,6 +167,7 @@ impl Breaker {
         self.header = RecordHeader::of(&updated.record);
         self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
+        updated.value
     }
 
     /// Everything that hangs off a transition: the log line, stats, the stored history and
