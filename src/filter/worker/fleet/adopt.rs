@@ -127,7 +127,7 @@ impl Fleet {
         let settings = breaker.settings.clone();
         let mut adopted = None;
         let result = store::update(&SharedData(host), &breaker.key, CAS_ATTEMPTS, |r| {
-            adopted = Some(merge::adopt(r, record, &settings, now_ms));
+            adopted = Some(merge::adopt(r, record, &settings, now_ms, false));
             Step {
                 value: (),
                 dirty: true,
@@ -141,7 +141,7 @@ impl Fleet {
         breaker.absorb(host, updated, now_ms);
         breaker.moved = true;
         if let Some(a) = adopted.filter(|a| a.moved || record.cause == FleetCause::ModeChanged) {
-            let line = record.log_line(&breaker.name, a.from);
+            let line = record.log_line(&breaker.name, a.from, &[]);
             log::info!("{line}");
             if let Some(t) = record.transition(a.from) {
                 let event = Event::of(&breaker.name, &t).decided_by(&record.member, line);
