@@ -624,15 +624,7 @@ fn trip_quorum_refuses_anything_but_a_count_within_its_limit() {
     );
     let unset = parse(r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "/p"}}"#).unwrap();
     assert_eq!(unset.fleet.unwrap().trip_quorum, q.default);
-    for bad in [
-        "0",
-        "-1",
-        "\"2\"",
-        "1001",
-        "2.5",
-        "true",
-        "4294967296",
-    ] {
+    for bad in ["0", "-1", "\"2\"", "1001", "2.5", "true", "4294967296"] {
         let msg = with(bad)
             .map(|_| String::new())
             .unwrap_or_else(|e| e.to_string());

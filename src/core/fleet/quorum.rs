@@ -332,6 +332,27 @@ pub fn step(count: &Count, me: &str, shadow: &Shadow) -> QuorumStep {
     }
 }
 
+/// Where a breaker stands, for views: `"open in the fleet"`, or, for a member open by its
+/// own failures, `"open here by its own failures, 1 of 2 votes"`.
+pub fn standing(state: State, shadow: &Shadow, count: &Count, votes_on: bool) -> String {
+    let what = match state {
+        State::Closed => return "closed".to_string(),
+        State::Open => "open",
+        State::HalfOpen => "half-open",
+    };
+    if !votes_on || fleet_episode(shadow) {
+        return format!("{what} in the fleet");
+    }
+    let by = match state {
+        State::Open => "by its own failures",
+        _ => "on its own",
+    };
+    format!(
+        "{what} here {by}, {} of {} votes",
+        count.votes, count.needed
+    )
+}
+
 /// The fleet's open, as a member that voted publishes it: open for what is left of its own
 /// open time, and at least the base open time.
 pub fn open_record(

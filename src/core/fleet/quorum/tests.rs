@@ -446,3 +446,38 @@ proptest! {
         let _ = Members::decode(&set);
     }
 }
+
+#[test]
+fn views_say_whether_a_breaker_is_open_here_or_in_the_fleet() {
+    let mut t = Tally::default();
+    t.put("gw-1", vote(1_000), 10);
+    let c = count(
+        &t,
+        &members(&["gw-1", "gw-2", "gw-3"]),
+        "gw-1",
+        2,
+        10_000,
+        1_000,
+    );
+    assert_eq!(
+        standing(State::Open, &voting(), &c, true),
+        "open here by its own failures, 1 of 2 votes"
+    );
+    assert_eq!(
+        standing(State::HalfOpen, &voting(), &c, true),
+        "half-open here on its own, 1 of 2 votes"
+    );
+    let in_fleet = Shadow {
+        seen: Some((open_record(2, "gw-2"), 5)),
+        ..voting()
+    };
+    assert_eq!(
+        standing(State::Open, &in_fleet, &c, true),
+        "open in the fleet"
+    );
+    assert_eq!(
+        standing(State::Open, &voting(), &c, false),
+        "open in the fleet"
+    );
+    assert_eq!(standing(State::Closed, &voting(), &c, true), "closed");
+}

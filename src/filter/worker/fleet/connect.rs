@@ -32,6 +32,9 @@ impl Fleet {
             self.reauthenticate(host);
         }
         self.run(host, commands, now_ms);
+        if self.holds() {
+            self.vote_gauges(host, breakers, now_ms);
+        }
         self.publish(host, breakers, now_ms);
     }
 
@@ -175,7 +178,7 @@ impl Fleet {
                 w.link.on_watch(revision, now_ms);
                 for (deleted, kv) in &events {
                     if *deleted {
-                        self.deleted(host, breakers, &kv.key);
+                        self.deleted(host, breakers, &kv.key, now_ms);
                     } else {
                         self.stored(host, breakers, &kv.key, &kv.value, kv.mod_revision, now_ms);
                     }
