@@ -90,7 +90,11 @@ fn one_broken_gateway_opens_only_itself_and_a_service_wide_failure_opens_the_fle
         let r = g3.call("/schools");
         assert!(is_rejection(&r), "{} {}", r.status, r.text());
     }
-    assert_eq!(f.stack.school.hits(), hits, "no upstream call from gateway-3");
+    assert_eq!(
+        f.stack.school.hits(),
+        hits,
+        "no upstream call from gateway-3"
+    );
     let sum = wait_for("the propagation histogram", Duration::from_secs(12), || {
         (stat(g3, "circuit_breaker_fleet_propagation_ms_count")? >= 1.0)
             .then(|| stat(g3, "circuit_breaker_fleet_propagation_ms_sum"))
@@ -131,15 +135,22 @@ fn a_voter_that_dies_takes_its_vote_with_it() {
     });
     f.stack.envoy.kill();
     let killed = Instant::now();
-    let gone = wait_for("the dead voter's vote to go", Duration::from_secs(10), || {
-        (!keys_under(&f.etcd, PREFIX).contains(&vote_key("gateway-1"))).then(|| killed.elapsed())
-    });
+    let gone = wait_for(
+        "the dead voter's vote to go",
+        Duration::from_secs(10),
+        || {
+            (!keys_under(&f.etcd, PREFIX).contains(&vote_key("gateway-1")))
+                .then(|| killed.elapsed())
+        },
+    );
     eprintln!("the dead voter's vote left with its lease {gone:?} after the kill");
     let (g2, g3) = (&f.others[0], &f.others[1]);
     for e in [g2, g3] {
-        wait_for("the vote gone from the tally", Duration::from_secs(3), || {
-            (school_view(e)?["fleet"]["voters"] == serde_json::json!([])).then_some(())
-        });
+        wait_for(
+            "the vote gone from the tally",
+            Duration::from_secs(3),
+            || (school_view(e)?["fleet"]["voters"] == serde_json::json!([])).then_some(()),
+        );
     }
     // gateway-2 trips alone: one vote of the two live members, so the fleet stays closed.
     trip_through(g2, &f.stack);
@@ -159,10 +170,8 @@ fn a_voter_that_dies_takes_its_vote_with_it() {
 #[test]
 fn a_quorum_that_is_not_a_count_from_1_to_1000_is_refused_naming_the_field() {
     for bad in ["0", "-1", "\"2\"", "1001"] {
-        let json = plugin_json_quorum("3s", "", 1).replace(
-            r#""trip_quorum": 1"#,
-            &format!(r#""trip_quorum": {bad}"#),
-        );
+        let json = plugin_json_quorum("3s", "", 1)
+            .replace(r#""trip_quorum": 1"#, &format!(r#""trip_quorum": {bad}"#));
         let yaml = with_port(&sample_yaml().unwrap(), 10000, free_port().unwrap());
         let yaml = with_plugin_json(&with_port(&yaml, 9901, 0), &json).unwrap();
         let yaml = add_clusters(&yaml, &etcd_cluster(free_port().unwrap()));
