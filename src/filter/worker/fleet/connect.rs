@@ -184,6 +184,9 @@ impl Fleet {
                     }
                 }
                 SharedLink::update(host, |c| c.revision = c.revision.max(revision));
+                // What the events made owed goes now: the holder may be the main thread's
+                // context, which no notice wakes.
+                self.publish(host, breakers, now_ms);
             }
             // Compacted past our revision, or refused: read everything again.
             Ok(WatchMessage::Canceled { .. }) => self.down(host, 0, now_ms),

@@ -67,7 +67,7 @@ impl Fleet {
         };
         let transition = breaker.unpublished.take();
         let mode_only = std::mem::take(&mut breaker.mode_unpublished);
-        if !breaker.settings.fleet {
+        if !breaker.settings.fleet || (transition.is_none() && !mode_only) {
             return;
         }
         let name = breaker.name.clone();
