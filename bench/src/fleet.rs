@@ -51,9 +51,17 @@ pub fn etcd_cluster(port: u16) -> String {
     )
 }
 
-/// The plugin JSON's `fleet` member (to go inside the top-level object).
+/// The plugin JSON's `fleet` member (to go inside the top-level object), with the default
+/// `trip_quorum`.
 pub fn fleet_block() -> String {
     format!(r#""fleet": {{"etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms"}}"#)
+}
+
+/// [`fleet_block`] with `trip_quorum` set.
+pub fn fleet_block_with(trip_quorum: u32) -> String {
+    format!(
+        r#""fleet": {{"etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "trip_quorum": {trip_quorum}}}"#
+    )
 }
 
 /// A sample with no labels in Envoy's Prometheus text (`name{} 1` or `name 1`).

@@ -86,6 +86,9 @@ pub const GRPC_FAILURE_CODES: [u32; 4] = [4, 8, 13, 14];
 pub const FLEET_TIMEOUT_MS: Limit<u64> = limit(1, MINUTE, 500);
 /// `fleet.lease_ttl`: etcd grants nothing under 2 s.
 pub const FLEET_LEASE_TTL_MS: Limit<u64> = limit(2 * SECOND, 5 * MINUTE, 6 * SECOND);
+/// `fleet.trip_quorum`: how many members must have tripped on their own failures before
+/// the breaker opens in the whole fleet; 1 lets any one member open it everywhere.
+pub const FLEET_TRIP_QUORUM: Limit<u32> = limit(1, 1_000, 2);
 /// Longest `fleet.etcd_cluster`: its serialized `GrpcService` must keep every length in
 /// one varint byte under 0x80 to be valid UTF-8 (see `fleet::etcd::grpc_service`).
 pub const MAX_ETCD_CLUSTER_BYTES: usize = 120;

@@ -10,18 +10,27 @@ use super::*;
 
 pub const PREFIX: &str = "/ecb/fleet-test";
 
+/// The fleet's plugin JSON with `trip_quorum` 1: any one Envoy's trip opens the breaker
+/// everywhere, as fleet mode did before votes, which the suites written for it check.
 pub fn plugin_json(open: &str) -> String {
     plugin_json_with(open, "")
 }
 
-/// The fleet's plugin JSON with `school` appended to the school breaker's settings.
+/// The fleet's plugin JSON (`trip_quorum` 1) with `school` appended to the school
+/// breaker's settings.
 pub fn plugin_json_with(open: &str, school: &str) -> String {
+    plugin_json_quorum(open, school, 1)
+}
+
+/// The fleet's plugin JSON with `school` appended to the school breaker's settings and
+/// `fleet.trip_quorum` set to `quorum`.
+pub fn plugin_json_quorum(open: &str, school: &str, quorum: u32) -> String {
     format!(
         r#"{{
   "default": {{ "failure_threshold": 5, "open_duration": "{open}" }},
   "clusters": {{ "school": {{ "failure_threshold": 5, "open_duration": "{open}"{school} }},
                  "auth": {{ "fleet": false }} }},
-  "fleet": {{ "etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "lease_ttl": "2s" }}
+  "fleet": {{ "etcd_cluster": "etcd", "prefix": "{PREFIX}", "timeout": "500ms", "lease_ttl": "2s", "trip_quorum": {quorum} }}
 }}"#
     )
 }
@@ -147,6 +156,51 @@ pub fn another_edited(
         }
     }
     Envoy::start_with_env(&edit(yaml), 2, env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Three Envoys of one fleet where gateway-1's `school` cluster points at a port nothing
+/// listens on (its own broken path: a bad NIC, a zone cut off) while gateway-2's and
+/// gateway-3's reach the healthy service under the same cluster name.
+pub fn fleet_with_one_broken_path(json: &str) -> Fleet {
+    let dead = free_port().unwrap();
+    let mut school_port = 0;
+    let etcd = Etcd::start(&school_system::etcd::Options {
+        members: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let cluster = etcd_cluster(etcd_port(&etcd, 0));
+    let token = [("CIRCUIT_BREAKER_ADMIN_TOKEN", TOKEN)];
+    let stack = Stack::start_with_env(Some(json), 2, &token, |y| {
+        school_port = listener_port(&y, "school");
+        format!(
+            "node: {{ id: gateway-1 }}\n{}",
+            with_port(&add_clusters(&y, &cluster), school_port, dead)
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let others = (2..=3)
+        .map(|n| {
+            another_edited(&stack.envoy, &format!("gateway-{n}"), &token, |y| {
+                with_port(&y, dead, school_port)
+            })
+        })
+        .collect();
+    let f = Fleet {
+        etcd,
+        stack,
+        others,
+    };
+    for e in f.envoys() {
+        wait_connected(e);
+    }
+    f
+}
+
+/// The port of the first endpoint of cluster `name` in `yaml`.
+fn listener_port(yaml: &str, name: &str) -> u16 {
+    let addr = listener_of(yaml, name).unwrap_or_else(|| panic!("no cluster {name}"));
+    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// One etcd member and `envoys` Envoys, each connected.

@@ -4,8 +4,13 @@
 //! polling each Envoy from the moment the tripping request's answer returns, and each
 //! Envoy's own `circuit_breaker_fleet_propagation_ms`, from the publisher's clock); what
 //! the fleet puts on etcd (etcd's own gRPC counters) and what each Envoy holds in memory,
-//! idle and during a storm of trips and recoveries across 20 clusters. What fleet mode adds
-//! to a request is the first part (`bench --only closed,fleet`).
+//! idle and during a storm of trips and recoveries across 20 clusters, all with
+//! `trip_quorum` 1 (any one Envoy's trip opens the breaker everywhere); then what each
+//! `trip_quorum` costs in a service-wide outage (`quorum.rs`). What fleet mode adds to a
+//! request is the first part (`bench --only closed,fleet`).
+
+#[path = "fleet/quorum.rs"]
+mod quorum;
 
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +18,7 @@ use std::time::{Duration, Instant};
 use ecb_bench::envoy;
 use ecb_bench::fleet::{
     by_label, cumulative_quantiles, envoy_memory, etcd_addr, etcd_cluster, etcd_metrics,
-    fleet_block, start_etcd, unlabelled, wait_connected, FleetStats,
+    fleet_block_with, start_etcd, unlabelled, wait_connected, FleetStats,
 };
 use ecb_bench::keep_alive::KeepAlive;
 use school_system::client;
@@ -51,13 +56,37 @@ struct Options {
     /// Pause between two polls of one Envoy: twenty pollers polling back to back would
     /// take both CPUs of the machine this was built on from the Envoys they measure.
     poll_gap: Duration,
+    /// The `trip_quorum`s measured in a service-wide outage, and trials of each.
+    quorums: Vec<u32>,
+    quorum_trials: usize,
 }
 
-const USAGE: &str =
-    "usage: fleet [--sizes 3,20] [--trips 100] [--idle 20] [--storm 30] [--poll-gap-us 500]";
+const USAGE: &str = "usage: fleet [--sizes 3,20|none] [--trips 100] [--idle 20] [--storm 30] [--poll-gap-us 500] [--quorums 1,2,3|none] [--quorum-trials 20]";
+
+/// A comma-separated list of numbers, or `none`.
+fn list<T: std::str::FromStr>(name: &str, default: &str) -> Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let text = school_system::arg(name).unwrap_or_else(|| default.into());
+    if text == "none" {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|s| s.trim().parse::<T>().map_err(|e| format!("{name}: {e}")))
+        .collect()
+}
 
 fn options() -> Result<Options> {
-    let known = ["--sizes", "--trips", "--idle", "--storm", "--poll-gap-us"];
+    let known = [
+        "--sizes",
+        "--trips",
+        "--idle",
+        "--storm",
+        "--poll-gap-us",
+        "--quorums",
+        "--quorum-trials",
+    ];
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         match pair {
@@ -71,15 +100,11 @@ fn options() -> Result<Options> {
             None => Ok(default),
         }
     };
-    let sizes = school_system::arg("--sizes")
-        .unwrap_or_else(|| "3,20".into())
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|e| format!("--sizes: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let sizes: Vec<usize> = list("--sizes", "3,20")?;
+    let quorums: Vec<u32> = list("--quorums", "1,2,3")?;
+    if quorums.iter().any(|&q| !(1..=3).contains(&q)) {
+        return Err("--quorums: each from 1 to 3 (three Envoys)".into());
+    }
     if sizes.iter().any(|&n| !(2..=40).contains(&n)) {
         return Err("--sizes: each fleet holds 2 to 40 Envoys".into());
     }
@@ -89,6 +114,8 @@ fn options() -> Result<Options> {
         idle: Duration::from_secs(num("--idle", 20)?),
         storm: Duration::from_secs(num("--storm", 30)?),
         poll_gap: Duration::from_micros(num("--poll-gap-us", 500)?),
+        quorums,
+        quorum_trials: num("--quorum-trials", 20)? as usize,
     })
 }
 
@@ -114,6 +141,9 @@ fn run() -> Result<()> {
     for &n in &opts.sizes {
         fleet_of(n, up, &opts)?;
     }
+    if !opts.quorums.is_empty() {
+        quorum::run(&opts.quorums, opts.quorum_trials, up)?;
+    }
     Ok(())
 }
 
@@ -137,7 +167,7 @@ fn fleet_of(n: usize, up: u16, opts: &Options) -> Result<()> {
     let started = Instant::now();
     let mut envoys = Vec::new();
     for i in 0..n {
-        let yaml = member_yaml(i, port()?, port()?, up, etcd.members[0].client_port);
+        let yaml = member_yaml(i, port()?, port()?, up, etcd.members[0].client_port, 1);
         envoys.push(Envoy::start_with_env(
             &yaml,
             1,
@@ -713,10 +743,17 @@ fn upstream_yaml(port: u16) -> String {
 /// Fleet member `i`: the breaker (with a fleet block) on a gateway routing `/p/` to the
 /// propagation cluster and `/cN/` to the storm's clusters, the control API on its own
 /// listener, and the `etcd` cluster.
-fn member_yaml(i: usize, gateway: u16, control_port: u16, up: u16, etcd: u16) -> String {
+fn member_yaml(
+    i: usize,
+    gateway: u16,
+    control_port: u16,
+    up: u16,
+    etcd: u16,
+    trip_quorum: u32,
+) -> String {
     let plugin = format!(
         r#"{{"default": {{"failure_threshold": {THRESHOLD}, "open_duration": "1s", "half_open_max_requests": 1, "success_threshold": 1}}, "clusters": {{"{TRIP}": {{"open_duration": "30s"}}}}, {}}}"#,
-        fleet_block()
+        fleet_block_with(trip_quorum)
     );
     let filter = envoy::wasm_filter(
         "circuit_breaker",

@@ -649,3 +649,43 @@ fn names_and_paths_are_bounded_by_the_limits() {
     assert!(excluded(l::MAX_PATH_BYTES).is_ok());
     assert!(excluded(l::MAX_PATH_BYTES + 1).is_err());
 }
+
+/// `fleet.trip_quorum`: a whole number within its limit, refused otherwise by its path,
+/// whatever the wrong value's type; its documentation states the bounds and the default.
+#[test]
+fn trip_quorum_refuses_anything_but_a_count_within_its_limit() {
+    use crate::core::limits as l;
+    let with = |q: &str| {
+        parse(&format!(
+            r#"{{"fleet": {{"etcd_cluster": "etcd", "prefix": "/p", "trip_quorum": {q}}}}}"#
+        ))
+    };
+    let q = l::FLEET_TRIP_QUORUM;
+    assert_eq!(
+        with(&q.min.to_string()).unwrap().fleet.unwrap().trip_quorum,
+        q.min
+    );
+    assert_eq!(
+        with(&q.max.to_string()).unwrap().fleet.unwrap().trip_quorum,
+        q.max
+    );
+    let unset = parse(r#"{"fleet": {"etcd_cluster": "etcd", "prefix": "/p"}}"#).unwrap();
+    assert_eq!(unset.fleet.unwrap().trip_quorum, q.default);
+    for bad in ["0", "-1", "\"2\"", "1001", "2.5", "true", "4294967296"] {
+        let msg = with(bad)
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(msg.contains("fleet.trip_quorum"), "{bad}: {msg:?}");
+    }
+    assert!(with("0")
+        .unwrap_err()
+        .to_string()
+        .ends_with("must be between 1 and 1000, but was 0"));
+    let schema = serde_json::to_value(schemars::schema_for!(PluginConfigDoc)).unwrap();
+    let doc = schema["$defs"]["FleetDoc"]["properties"]["trip_quorum"]["description"]
+        .as_str()
+        .unwrap_or("");
+    for v in [q.min, q.max, q.default] {
+        assert!(doc.contains(&v.to_string()), "{doc:?} does not state {v}");
+    }
+}

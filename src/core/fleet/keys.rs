@@ -1,5 +1,5 @@
-//! The fleet's keys under `prefix`, and the reverse: which breaker, slot or member a key
-//! from the watch is about. Breaker names are escaped so that no name holds a `/` and one
+//! The fleet's keys under `prefix`, and the reverse: which breaker, slot, member or vote a
+//! key from the watch is about. Breaker names are escaped so that no name holds a `/` and one
 //! breaker's keys are never a prefix range of another's; keys outside the prefix, or that
 //! do not parse, are ignored by the caller.
 
@@ -22,6 +22,8 @@ pub enum FleetKey {
     },
     /// `P/m/<member>`: a member's heartbeat.
     Member(String),
+    /// `P/v/<breaker>/<member>`: a member's vote to open the breaker in the fleet.
+    Vote { breaker: String, member: String },
 }
 
 /// Escapes a name for a key: bytes outside `[A-Za-z0-9._-]` become `%XX`.
@@ -95,6 +97,11 @@ pub fn member(prefix: &str, name: &str) -> String {
     format!("{prefix}/m/{}", escape(name))
 }
 
+/// A member's vote to open `breaker` in the fleet.
+pub fn vote(prefix: &str, breaker: &str, member: &str) -> String {
+    format!("{prefix}/v/{}/{}", escape(breaker), escape(member))
+}
+
 /// The watch range: everything under the prefix.
 pub fn everything(prefix: &str) -> String {
     format!("{prefix}/")
@@ -112,6 +119,13 @@ pub fn parse(prefix: &str, key: &[u8]) -> Option<FleetKey> {
     match kind {
         "b" => Some(FleetKey::Decision(unescape(rest)?)),
         "m" => Some(FleetKey::Member(unescape(rest)?)),
+        "v" => {
+            let (breaker, member) = rest.split_once('/')?;
+            Some(FleetKey::Vote {
+                breaker: unescape(breaker)?,
+                member: unescape(member)?,
+            })
+        }
         "p" => {
             let mut parts = rest.split('/');
             let breaker = unescape(parts.next()?)?;
@@ -142,6 +156,10 @@ mod tests {
         assert_eq!(decision(P, "school/by-id"), "/ecb/gw/b/school%2Fby-id");
         assert_eq!(slot(P, "auth", 42, 1), "/ecb/gw/p/auth/0000000042/1");
         assert_eq!(member(P, "gateway 2"), "/ecb/gw/m/gateway%202");
+        assert_eq!(
+            vote(P, "school/by-id", "gw 1"),
+            "/ecb/gw/v/school%2Fby-id/gw%201"
+        );
     }
 
     #[test]
@@ -170,6 +188,13 @@ mod tests {
             parse(P, member(P, "gw-1").as_bytes()),
             Some(FleetKey::Member("gw-1".into()))
         );
+        assert_eq!(
+            parse(P, vote(P, name, "gw/1").as_bytes()),
+            Some(FleetKey::Vote {
+                breaker: name.into(),
+                member: "gw/1".into()
+            })
+        );
     }
 
     #[test]
@@ -187,6 +212,10 @@ mod tests {
             "/ecb/gw/p/auth/0000000042/01",
             "/ecb/gw/p/auth/0000000042/1/2",
             "/ecb/gw/p/auth/9999999999/1",
+            "/ecb/gw/v/school",
+            "/ecb/gw/v/school/",
+            "/ecb/gw/v/school/gw-1/x",
+            "/ecb/gw/v//gw-1",
         ] {
             assert_eq!(parse(P, bad.as_bytes()), None, "{bad}");
         }

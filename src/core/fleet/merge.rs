@@ -7,6 +7,7 @@
 use std::cmp::Ordering;
 
 use super::record::{FleetCause, FleetRecord};
+use super::vote::OwnVote;
 use crate::core::settings::Settings;
 use crate::core::state::{Record, State};
 
@@ -25,6 +26,8 @@ pub struct Shadow {
     pub claim: Option<FleetRecord>,
     /// Probes of the current half-open episode that ended here and are not yet in etcd.
     pub progress: Option<Progress>,
+    /// This member's vote to open the breaker in the fleet (`fleet.trip_quorum` above 1).
+    pub vote: OwnVote,
 }
 
 /// Probes that ended on this Envoy in one half-open episode (fleet generation), not yet
@@ -134,10 +137,15 @@ pub enum Decision {
 
 /// Which of a claim and a stored record wins. The order: the newer generation; then the
 /// more protective state (open, half-open, closed); then the later end of the open time;
-/// then the higher backoff step; all equal, the stored record (it needs no write).
+/// then the higher backoff step; all equal, the stored record (it needs no write). A claim
+/// of the fleet's open by quorum only wants the fleet open: a stored open of the same step
+/// settles it, whatever its end.
 pub fn claim_wins(claim: &FleetRecord, stored: &FleetRecord) -> bool {
     if claim.generation != stored.generation {
         return newer(claim.generation, stored.generation);
+    }
+    if claim.cause == FleetCause::QuorumReached && stored.state == State::Open {
+        return false;
     }
     // Only an open record has an end; between two half-open or closed records of the same
     // step, a later timestamp is no reason to replace the stored one (and would start a
@@ -217,15 +225,27 @@ pub struct Adopted {
 /// Makes `local` follow `stored`. A change of state is a new local generation, so outcomes
 /// of requests admitted before it are ignored, as after any transition; the open time is
 /// carried as a duration and shortened by the record's age, never lengthened past it, so a
-/// receiver whose clock is behind stays open the full time.
+/// receiver whose clock is behind stays open the full time. With `keep_own` (see
+/// `quorum::keeps_own`) only the mode override is taken: the member stays open by its own
+/// failures.
 pub fn adopt(
     local: &mut Record,
     stored: &FleetRecord,
     settings: &Settings,
     now_ms: u64,
+    keep_own: bool,
 ) -> Adopted {
     let from = local.state;
     let age = now_ms.saturating_sub(stored.published_at_ms);
+    if keep_own {
+        local.mode_override = stored.mode_override;
+        return Adopted {
+            from,
+            to: from,
+            moved: false,
+            delay_ms: age,
+        };
+    }
     local.mode_override = stored.mode_override;
     local.reason = stored.reason;
     local.trips_in_row = stored.trips_in_row;

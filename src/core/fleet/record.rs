@@ -29,10 +29,13 @@ pub enum FleetCause {
     Reset,
     /// An operator changed the mode override without a change of state.
     ModeChanged,
+    /// Enough members tripped on their own failures (`fleet.trip_quorum`): the breaker
+    /// opens in the fleet.
+    QuorumReached,
 }
 
 impl FleetCause {
-    const ALL: [FleetCause; 8] = [
+    const ALL: [FleetCause; 9] = [
         FleetCause::Tripped,
         FleetCause::UpstreamAsked,
         FleetCause::Forced,
@@ -41,6 +44,7 @@ impl FleetCause {
         FleetCause::Recovered,
         FleetCause::Reset,
         FleetCause::ModeChanged,
+        FleetCause::QuorumReached,
     ];
 
     fn code(self) -> u8 {
@@ -71,9 +75,10 @@ impl FleetCause {
     /// The state a record with this cause must be in (`None`: any).
     fn state(self) -> Option<State> {
         match self {
-            FleetCause::Tripped | FleetCause::UpstreamAsked | FleetCause::Forced => {
-                Some(State::Open)
-            }
+            FleetCause::Tripped
+            | FleetCause::UpstreamAsked
+            | FleetCause::Forced
+            | FleetCause::QuorumReached => Some(State::Open),
             FleetCause::OpenElapsed | FleetCause::Released => Some(State::HalfOpen),
             FleetCause::Recovered | FleetCause::Reset => Some(State::Closed),
             FleetCause::ModeChanged => None,
@@ -165,7 +170,7 @@ impl FleetRecord {
     /// placed on the publisher's clock; `None` for a mode change without a change of state.
     pub fn transition(&self, from: State) -> Option<Transition> {
         let cause = match self.cause {
-            FleetCause::Tripped => Cause::Tripped(self.reason?),
+            FleetCause::Tripped | FleetCause::QuorumReached => Cause::Tripped(self.reason?),
             FleetCause::UpstreamAsked => Cause::UpstreamAsked {
                 wait_ms: self.open_for_ms,
             },
@@ -192,8 +197,25 @@ impl FleetRecord {
     }
 
     /// The adopting Envoy's log line, naming the member that decided:
-    /// `[CIRCUIT_BREAKER] school circuit breaker OPENED by gateway-2: 5 consecutive failures, open for 30s`.
-    pub fn log_line(&self, breaker: &str, from: State) -> String {
+    /// `[CIRCUIT_BREAKER] school circuit breaker OPENED by gateway-2: 5 consecutive failures, open for 30s`,
+    /// or for an open by quorum the members whose votes made it (`voters`; the publisher
+    /// when none is known):
+    /// `[CIRCUIT_BREAKER] school circuit breaker OPENED in the fleet: votes from gateway-1, gateway-2; open for 30s`.
+    pub fn log_line(&self, breaker: &str, from: State, voters: &[String]) -> String {
+        if self.cause == FleetCause::QuorumReached {
+            let names = if voters.is_empty() {
+                self.member.clone()
+            } else {
+                voters.join(", ")
+            };
+            let open = match self.open_for_ms {
+                u64::MAX => String::new(),
+                ms => format!("; open for {}", crate::core::duration::Millis(ms)),
+            };
+            return format!(
+                "[CIRCUIT_BREAKER] {breaker} circuit breaker OPENED in the fleet: votes from {names}{open}"
+            );
+        }
         let said = match self.transition(from) {
             Some(t) => t.to_string(),
             None => format!(
@@ -370,8 +392,25 @@ pub(crate) mod tests {
     fn the_adopters_log_line_names_the_member() {
         let r = open_record(7, "gateway-2");
         assert_eq!(
-            r.log_line("school", State::Closed),
+            r.log_line("school", State::Closed, &[]),
             "[CIRCUIT_BREAKER] school circuit breaker OPENED by gateway-2: 5 consecutive failures, open for 30s"
+        );
+        let quorum = FleetRecord {
+            cause: FleetCause::QuorumReached,
+            ..r.clone()
+        };
+        assert_eq!(
+            quorum.log_line("school", State::Open, &["gateway-1".into(), "gateway-2".into()]),
+            "[CIRCUIT_BREAKER] school circuit breaker OPENED in the fleet: votes from gateway-1, gateway-2; open for 30s"
+        );
+        assert!(quorum
+            .log_line("school", State::Closed, &[])
+            .ends_with("OPENED in the fleet: votes from gateway-2; open for 30s"));
+        let back = FleetRecord::decode(&quorum.encode()).unwrap();
+        assert_eq!(back, quorum);
+        assert_eq!(
+            back.transition(State::Closed).map(|t| t.cause),
+            Some(Cause::Tripped(TripReason::ConsecutiveFailures))
         );
         let mode = FleetRecord {
             state: State::Closed,
@@ -381,7 +420,7 @@ pub(crate) mod tests {
             ..open_record(8, "gateway-1")
         };
         assert_eq!(
-            mode.log_line("auth", State::Closed),
+            mode.log_line("auth", State::Closed, &[]),
             "[CIRCUIT_BREAKER] auth circuit breaker MODE by gateway-1: set to dry_run"
         );
     }
@@ -415,7 +454,7 @@ pub(crate) mod tests {
         let t = local.transition(Cause::Recovered, &s, 5_000);
         let r = FleetRecord::of_transition(&t, None, 7, "gw-2", 5_000, local.reason);
         let stored = FleetRecord::decode(&r.encode()).unwrap();
-        let line = stored.log_line("school", State::HalfOpen);
+        let line = stored.log_line("school", State::HalfOpen, &[]);
         assert!(
             line.ends_with("CLOSED by gw-2: recovery successful after 3 successful probes"),
             "{line}"
@@ -436,6 +475,9 @@ pub(crate) mod tests {
         assert!(FleetRecord::decode(&bad).is_err(), "unknown flags");
         let mut bad = good.clone();
         bad[4] = 6; // recovered, but the state says open
+        assert!(FleetRecord::decode(&bad).is_err());
+        let mut bad = good.clone();
+        bad[4] = 10; // no such cause
         assert!(FleetRecord::decode(&bad).is_err());
         let mut bad = good.clone();
         bad[3] = 0; // open without a reason

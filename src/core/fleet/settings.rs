@@ -32,6 +32,11 @@ pub struct FleetDoc {
     /// This Envoy's name in the fleet. Default: the Envoy node id. 1 to 64 printable
     /// characters.
     pub member: Option<String>,
+    /// How many members must have tripped on their own failures (within the breaker's
+    /// window) before the breaker opens on every member; a member that trips alone opens
+    /// only itself. 1 to 1000, default 2; 1 lets any one member open it everywhere. With
+    /// fewer live members than this, all of them must agree.
+    pub trip_quorum: Option<u32>,
     /// Host environment variable holding the etcd user name (list it in
     /// `vm_config.environment_variables.host_env_keys`). Set both or neither.
     pub username_env: Option<String>,
@@ -49,6 +54,8 @@ pub struct FleetSettings {
     pub timeout_ms: u64,
     pub lease_ttl_ms: u64,
     pub member: Option<String>,
+    /// Members that must have tripped on their own before the fleet opens.
+    pub trip_quorum: u32,
     /// Names of the environment variables with the etcd user and password.
     pub credentials_env: Option<(String, String)>,
 }
@@ -88,6 +95,7 @@ impl FleetSettings {
             timeout_ms: check.duration("timeout", &doc.timeout, l::FLEET_TIMEOUT_MS)?,
             lease_ttl_ms: check.duration("lease_ttl", &doc.lease_ttl, l::FLEET_LEASE_TTL_MS)?,
             member,
+            trip_quorum: check.within("trip_quorum", doc.trip_quorum, l::FLEET_TRIP_QUORUM)?,
             credentials_env: credentials_env(&check, doc)?,
         })
     }
@@ -177,6 +185,21 @@ mod tests {
         assert_eq!(s.lease_ttl_secs(), 6);
         assert_eq!(s.grpc_service.as_bytes(), b"\x0a\x06\x0a\x04etcd");
         assert_eq!(s.credentials_env, None);
+        assert_eq!(s.trip_quorum, 2, "agreement of two members by default");
+    }
+
+    #[test]
+    fn trip_quorum_is_a_whole_number_from_1_to_1000() {
+        let with =
+            |q: &str| format!(r#"{{"etcd_cluster": "etcd", "prefix": "/p", "trip_quorum": {q}}}"#);
+        assert_eq!(parse(&with("1")).unwrap().trip_quorum, 1);
+        assert_eq!(parse(&with("1000")).unwrap().trip_quorum, 1_000);
+        assert_eq!(
+            refused(&with("0")),
+            "invalid plugin configuration: fleet.trip_quorum: must be between 1 and 1000, but was 0"
+        );
+        assert!(refused(&with("1001"))
+            .contains("fleet.trip_quorum: must be between 1 and 1000, but was 1001"));
     }
 
     #[test]

@@ -9,17 +9,19 @@ use std::collections::BTreeSet;
 use super::keys::FleetKey;
 use super::merge::{Progress, Shadow, MAX_RELEASED};
 use super::record::{FleetRecord, MAX_RECORD_BYTES};
+use super::vote::{OwnVote, Vote, VOTE_BYTES};
 use crate::core::bytes::Reader;
 
 const SHADOW_MAGIC: u8 = 0xF3;
 const SLOTS_MAGIC: u8 = 0xF4;
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Most slots one breaker can have: one per probe `half_open_max_requests` allows.
 pub const MAX_SLOTS: u32 = crate::core::limits::HALF_OPEN_MAX_REQUESTS.max;
 
 /// Encodes a shadow: magic, version, then the seen record (revision and bytes) and the
 /// claim, each behind a presence byte and a length, then the progress behind a presence
-/// byte (generation, successes, count of released slots, each slot).
+/// byte (generation, successes, count of released slots, each slot), then the own vote:
+/// the cast vote's bytes and the stored vote's time and lease, each behind a presence byte.
 pub fn encode(shadow: &Shadow) -> Vec<u8> {
     let mut out = vec![SHADOW_MAGIC, VERSION];
     match &shadow.seen {
@@ -47,6 +49,21 @@ pub fn encode(shadow: &Shadow) -> Vec<u8> {
             for n in released {
                 out.extend_from_slice(&n.to_le_bytes());
             }
+        }
+        None => out.push(0),
+    }
+    match &shadow.vote.cast {
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&v.encode());
+        }
+        None => out.push(0),
+    }
+    match shadow.vote.stored {
+        Some((at, lease)) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_le_bytes());
+            out.extend_from_slice(&lease.to_le_bytes());
         }
         None => out.push(0),
     }
@@ -97,11 +114,27 @@ pub fn decode(bytes: &[u8]) -> Option<Shadow> {
         }
         _ => return None,
     };
+    let vote = own_vote(&mut r)?;
     r.is_done().then_some(Shadow {
         seen,
         claim,
         progress,
+        vote,
     })
+}
+
+fn own_vote(r: &mut Reader) -> Option<OwnVote> {
+    let cast = match r.u8()? {
+        0 => None,
+        1 => Some(Vote::decode(r.take(VOTE_BYTES)?)?),
+        _ => return None,
+    };
+    let stored = match r.u8()? {
+        0 => None,
+        1 => Some((r.u64()?, r.i64()?)),
+        _ => return None,
+    };
+    Some(OwnVote { cast, stored })
 }
 
 fn record(r: &mut Reader) -> Option<FleetRecord> {
@@ -218,13 +251,12 @@ mod tests {
             Shadow::default(),
             Shadow {
                 seen: Some((open_record(4, "a"), 17)),
-                claim: None,
-                progress: None,
+                ..Shadow::default()
             },
             Shadow {
                 seen: Some((open_record(4, "a"), -1)),
                 claim: Some(open_record(5, "b")),
-                progress: None,
+                ..Shadow::default()
             },
             Shadow {
                 seen: Some((open_record(4, "a"), 17)),
@@ -234,6 +266,17 @@ mod tests {
                     successes: 2,
                     released: vec![0, 7],
                 }),
+                vote: OwnVote::default(),
+            },
+            Shadow {
+                vote: OwnVote {
+                    cast: Some(Vote {
+                        reason: crate::core::state::TripReason::FailureRate,
+                        voted_at_ms: 1_700_000_000_000,
+                    }),
+                    stored: Some((1_699_999_999_000, -3)),
+                },
+                ..Shadow::default()
             },
         ] {
             assert_eq!(decode(&encode(&shadow)), Some(shadow));
@@ -245,7 +288,7 @@ mod tests {
         let good = encode(&Shadow {
             seen: Some((open_record(4, "a"), 17)),
             claim: Some(open_record(5, "b")),
-            progress: None,
+            ..Shadow::default()
         });
         assert_eq!(decode(&good[..good.len() - 1]), None);
         let mut longer = good.clone();
@@ -263,9 +306,10 @@ mod tests {
             }),
             ..Shadow::default()
         });
-        let count_at = too_many.len() - 5;
+        let count_at = too_many.len() - 7;
         too_many[count_at] = MAX_RELEASED as u8 + 1;
-        too_many.extend(std::iter::repeat_n(0u8, 4 * MAX_RELEASED));
+        too_many.truncate(count_at + 1);
+        too_many.extend(std::iter::repeat_n(0u8, 4 * MAX_RELEASED + 2));
         assert_eq!(
             decode(&too_many),
             None,

@@ -141,7 +141,7 @@ fn breaker_view(
     let (record, settings, history) = current(host, breakers, name)?;
     let mut view = view::breaker(name, &record, &settings, &history, now_ms);
     if let Some(fleet) = fleet {
-        view["fleet"] = fleet.breaker_view(host, name, settings.fleet);
+        view["fleet"] = fleet.breaker_view(host, name, record.state, &settings, now_ms);
     }
     Some(view)
 }

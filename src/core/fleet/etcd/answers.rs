@@ -125,6 +125,12 @@ pub fn watch_message(bytes: &[u8]) -> Result<WatchMessage, WireError> {
     })
 }
 
+/// A `Put` answer: the revision that stored it.
+pub fn put_revision(bytes: &[u8]) -> Result<i64, WireError> {
+    let r: PutResponse = decode_bounded(bytes, MAX_SMALL_RESPONSE)?;
+    Ok(r.header.map_or(0, |h| h.revision))
+}
+
 /// A `LeaseGrant` answer: the lease ID and the TTL etcd granted.
 pub fn lease_granted(bytes: &[u8]) -> Result<(i64, i64), WireError> {
     let r: LeaseGrantResponse = decode_bounded(bytes, MAX_SMALL_RESPONSE)?;

@@ -15,6 +15,7 @@ pub mod method {
     pub const RANGE: &str = "Range";
     pub const PUT: &str = "Put";
     pub const TXN: &str = "Txn";
+    pub const DELETE_RANGE: &str = "DeleteRange";
     pub const WATCH: &str = "etcdserverpb.Watch";
     /// Bidirectional stream.
     pub const WATCH_STREAM: &str = "Watch";
@@ -195,7 +196,16 @@ pub fn txn_claim_slot(
     .encode_to_vec()
 }
 
-/// A plain put, for the member heartbeat key bound to the member's lease.
+/// A `DeleteRange` of one key (a member's vote, withdrawn).
+pub fn delete_key(key: &[u8]) -> Vec<u8> {
+    DeleteRangeRequest {
+        key: key.to_vec(),
+        range_end: Vec::new(),
+    }
+    .encode_to_vec()
+}
+
+/// A plain put, for the member heartbeat key and a member's vote, bound to its lease.
 pub fn put(key: &[u8], value: &[u8], lease: i64) -> Vec<u8> {
     PutRequest {
         key: key.to_vec(),

@@ -21,6 +21,7 @@ fn seen(r: FleetRecord, rev: i64) -> Shadow {
         seen: Some((r, rev)),
         claim: None,
         progress: None,
+        vote: Default::default(),
     }
 }
 
@@ -45,6 +46,7 @@ fn only_a_move_to_half_open_over_another_members_trip_waits() {
         seen: Some((r, 10)),
         claim: None,
         progress: None,
+        vote: Default::default(),
     };
     assert!(defers(&elapsed("b"), &over(open_record(5, "a")), "b"));
     assert!(
@@ -66,6 +68,7 @@ fn successes_on_several_envoys_add_up_to_one_threshold() {
         seen: Some((half_open(7, 1), 30)),
         claim: None,
         progress: Some(ended.clone()),
+        vote: Default::default(),
     };
     match progress_step(&shadow, 3) {
         ProgressStep::Publish {
@@ -95,12 +98,14 @@ fn progress_waits_for_a_claim_and_ends_with_its_episode() {
         seen: Some((half_open(7, 0), 30)),
         claim: Some(open_record(8, "a")),
         progress: progress.clone(),
+        vote: Default::default(),
     };
     assert_eq!(progress_step(&claimed, 2), ProgressStep::Nothing);
     let moved_on = Shadow {
         seen: Some((open_record(8, "b"), 31)),
         claim: None,
         progress,
+        vote: Default::default(),
     };
     assert_eq!(progress_step(&moved_on, 2), ProgressStep::Nothing);
 }
@@ -212,6 +217,7 @@ fn two_envoys_tripping_at_once_end_in_one_record() {
         seen: Some((base.clone(), 10)),
         claim: Some(b),
         progress: None,
+        vote: Default::default(),
     };
     assert_eq!(on_stored(&b_shadow, &a, 11), Decision::Adopt);
     // Had B's won instead, A would adopt it too: the order decides, not the names.
@@ -219,6 +225,7 @@ fn two_envoys_tripping_at_once_end_in_one_record() {
         seen: Some((base, 10)),
         claim: Some(a),
         progress: None,
+        vote: Default::default(),
     };
     let b_stored = FleetRecord {
         published_at_ms: 999,
@@ -240,6 +247,7 @@ fn a_reset_racing_a_trip_loses_to_the_trip() {
         seen: Some((open_record(4, "x"), 10)),
         claim: Some(closed(5, "operator")),
         progress: None,
+        vote: Default::default(),
     };
     assert_eq!(
         on_stored(&shadow, &open_record(5, "t"), 11),
@@ -253,6 +261,7 @@ fn a_claim_made_alone_counts_as_one_step() {
         seen: Some((open_record(4, "x"), 10)),
         claim: None,
         progress: None,
+        vote: Default::default(),
     };
     assert_eq!(claim_generation(&shadow), 5);
     assert_eq!(claim_generation(&Shadow::default()), 1);
@@ -269,7 +278,7 @@ fn adopting_a_trip_refuses_from_now_for_the_time_left() {
     let s = Settings::default();
     let mut local = Record::default();
     let stored = open_record(5, "gw-2"); // published at 1_000, open for 30 s
-    let a = adopt(&mut local, &stored, &s, 1_004);
+    let a = adopt(&mut local, &stored, &s, 1_004, false);
     assert_eq!(
         (a.from, a.to, a.moved, a.delay_ms),
         (State::Closed, State::Open, true, 4)
@@ -300,7 +309,13 @@ fn two_moves_to_half_open_at_the_same_step_keep_the_stored_one() {
 #[test]
 fn a_receiver_whose_clock_is_behind_stays_open_the_full_time() {
     let mut local = Record::default();
-    let a = adopt(&mut local, &open_record(5, "gw"), &Settings::default(), 500);
+    let a = adopt(
+        &mut local,
+        &open_record(5, "gw"),
+        &Settings::default(),
+        500,
+        false,
+    );
     assert_eq!(a.delay_ms, 0);
     assert_eq!(local.open_until_ms, 30_500);
 }
@@ -319,7 +334,7 @@ fn adopting_the_same_state_keeps_the_local_generation() {
         probe_successes: 2,
         ..open_record(7, "gw")
     };
-    let a = adopt(&mut local, &stored, &Settings::default(), 2_000);
+    let a = adopt(&mut local, &stored, &Settings::default(), 2_000, false);
     assert!(!a.moved);
     assert_eq!((local.generation, local.probes_in_flight), (3, 1));
     assert_eq!(
@@ -343,7 +358,7 @@ fn adopting_a_recovery_ramps_when_configured() {
         cause: FleetCause::Recovered,
         ..closed(8, "gw")
     };
-    adopt(&mut local, &stored, &s, 5_000);
+    adopt(&mut local, &stored, &s, 5_000, false);
     assert_eq!(local.state, State::Closed);
     assert!(local.ramping);
     assert_eq!(local.consecutive_failures, 0);
@@ -379,7 +394,7 @@ proptest! {
         let mut stored = (closed(0, "genesis"), 1i64);
         let mut pending: Vec<Shadow> = claims
             .into_iter()
-            .map(|c| Shadow { seen: Some(stored.clone()), claim: Some(c), progress: None })
+            .map(|c| Shadow { seen: Some(stored.clone()), claim: Some(c), progress: None, vote: Default::default() })
             .collect();
         let mut rounds = 0;
         while let Some(mut writer) = pending.pop() {

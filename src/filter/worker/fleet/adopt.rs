@@ -1,13 +1,16 @@
 //! What etcd says, met with what this Envoy knows: a record under a decision key goes
 //! through `core::fleet::merge` against the breaker's shadow and, when it wins, becomes the
 //! local record, announced like a transition with the member that decided it; slot keys
-//! update the known-taken probe slots; damaged or foreign keys are ignored with one line.
+//! update the known-taken probe slots, vote and member keys the votes (`votes.rs`);
+//! damaged or foreign keys are ignored with one line.
 
 use crate::core::breaker::Step;
 use crate::core::fleet::keys::{self, FleetKey};
 use crate::core::fleet::merge::{self, Decision};
+use crate::core::fleet::quorum::{self, VoteChange};
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::history::Event;
+use crate::core::state::State;
 use crate::core::store;
 
 use crate::filter::host::Host;
@@ -17,6 +20,7 @@ use super::super::breakers::Breakers;
 use super::metrics::Counter;
 use super::shadows::update_shadow;
 use super::shared_link::SharedLink;
+use super::votes::load_tally;
 use super::Fleet;
 
 impl Fleet {
@@ -35,6 +39,11 @@ impl Fleet {
             Some(FleetKey::Decision(name)) => name,
             Some(slot @ FleetKey::Slot { .. }) => {
                 return self.slot_seen(host, breakers, &slot, false)
+            }
+            Some(FleetKey::Member(member)) => return self.member_seen(host, &member),
+            Some(FleetKey::Vote { breaker, member }) if self.votes() => {
+                let about = (breaker.as_str(), member.as_str());
+                return self.vote_seen(host, breakers, key, about, value, mod_revision, now_ms);
             }
             _ => return,
         };
@@ -68,11 +77,23 @@ impl Fleet {
         }
     }
 
-    /// A key deleted under the prefix: a freed probe slot matters; a decision key's
-    /// deletion changes nothing (the next decision is created again).
-    pub(super) fn deleted(&mut self, host: &impl Host, breakers: &Breakers, key: &[u8]) {
-        if let Some(slot @ FleetKey::Slot { .. }) = keys::parse(&self.settings.prefix, key) {
-            self.slot_seen(host, breakers, &slot, true);
+    /// A key deleted under the prefix: a freed probe slot, a withdrawn vote and a member
+    /// gone matter; a decision key's deletion changes nothing (the next decision is created
+    /// again).
+    pub(super) fn deleted(
+        &mut self,
+        host: &impl Host,
+        breakers: &mut Breakers,
+        key: &[u8],
+        now_ms: u64,
+    ) {
+        match keys::parse(&self.settings.prefix, key) {
+            Some(slot @ FleetKey::Slot { .. }) => self.slot_seen(host, breakers, &slot, true),
+            Some(FleetKey::Member(member)) => self.member_gone(host, breakers, &member, now_ms),
+            Some(FleetKey::Vote { breaker, member }) => {
+                self.vote_gone(host, breakers, (&breaker, &member), now_ms)
+            }
+            _ => {}
         }
     }
 
@@ -92,6 +113,8 @@ impl Fleet {
         };
         let decision = update_shadow(host, &name, |s| {
             let d = merge::on_stored(s, &record, rev);
+            // Judged on what was seen before this record.
+            let keep_own = quorum::keeps_own(s, &record);
             match d {
                 Decision::Adopt => {
                     s.seen = Some((record.clone(), rev));
@@ -100,11 +123,13 @@ impl Fleet {
                 Decision::Rebase { .. } => s.seen = Some((record.clone(), rev)),
                 Decision::Ignore => {}
             }
-            d
+            (d, keep_own)
         });
         match decision {
-            Some(Decision::Adopt) => self.adopt(host, breakers, i, &record, now_ms),
-            Some(Decision::Rebase { .. }) => {
+            Some((Decision::Adopt, keep_own)) => {
+                self.adopt(host, breakers, i, &record, keep_own, now_ms)
+            }
+            Some((Decision::Rebase { .. }, _)) => {
                 self.owed.entry(name).or_default().due_ms = now_ms;
             }
             _ => {}
@@ -112,13 +137,17 @@ impl Fleet {
     }
 
     /// Makes the local record follow a stored record that won: a local transition when the
-    /// state changes, logged with the member that decided it, and every worker told.
-    fn adopt(
+    /// state changes, logged with the member that decided it (an open by quorum with the
+    /// members that voted for it, whether or not it moved this one), and every worker told.
+    /// With `keep_own`, a member open by its own failures takes only the mode. A member left
+    /// closed withdraws its vote.
+    pub(super) fn adopt(
         &mut self,
         host: &impl Host,
         breakers: &mut Breakers,
         i: usize,
         record: &FleetRecord,
+        keep_own: bool,
         now_ms: u64,
     ) {
         let Some(breaker) = breakers.get_mut(i) else {
@@ -127,7 +156,7 @@ impl Fleet {
         let settings = breaker.settings.clone();
         let mut adopted = None;
         let result = store::update(&SharedData(host), &breaker.key, CAS_ATTEMPTS, |r| {
-            adopted = Some(merge::adopt(r, record, &settings, now_ms));
+            adopted = Some(merge::adopt(r, record, &settings, now_ms, keep_own));
             Step {
                 value: (),
                 dirty: true,
@@ -140,18 +169,34 @@ impl Fleet {
         };
         breaker.absorb(host, updated, now_ms);
         breaker.moved = true;
-        if let Some(a) = adopted.filter(|a| a.moved || record.cause == FleetCause::ModeChanged) {
-            let line = record.log_line(&breaker.name, a.from);
+        let closed = breaker.last_seen.state == State::Closed;
+        let name = breaker.name.clone();
+        let said = matches!(
+            record.cause,
+            FleetCause::ModeChanged | FleetCause::QuorumReached
+        );
+        if let Some(a) = adopted.filter(|a| a.moved || said) {
+            let voters = match record.cause {
+                FleetCause::QuorumReached => load_tally(host, &name).voters(),
+                _ => Vec::new(),
+            };
+            let line = record.log_line(&name, a.from, &voters);
             log::info!("{line}");
-            if let Some(t) = record.transition(a.from) {
-                let event = Event::of(&breaker.name, &t).decided_by(&record.member, line);
+            if let Some(t) = record.transition(a.from).filter(|_| a.moved) {
+                let event = Event::of(&name, &t).decided_by(&record.member, line);
                 breaker.record_event(host, &t, event);
             }
-            self.metrics.bump(Counter::Adopted);
-            self.metrics.propagation(host, a.delay_ms);
+            // The publisher of an open by quorum takes its own record: nothing propagated.
+            if record.cause != FleetCause::QuorumReached || record.member != self.member {
+                self.metrics.bump(Counter::Adopted);
+                self.metrics.propagation(host, a.delay_ms);
+            }
         }
         let member = record.member.clone();
         SharedLink::update(host, |c| c.last_member.clone_from(&member));
+        if closed && self.votes() {
+            self.change_vote(host, breakers, &name, VoteChange::Withdraw);
+        }
         self.announce(host, breakers, i);
     }
 }

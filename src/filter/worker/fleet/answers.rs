@@ -42,6 +42,20 @@ impl Fleet {
                 },
                 0,
             ) => self.progressed(host, breakers, &breaker, &sent, &progress, &body, now_ms),
+            (
+                Pending::Vote {
+                    breaker,
+                    sent,
+                    lease,
+                },
+                status,
+            ) => {
+                let sent = Some((sent, lease));
+                self.vote_answered(host, breakers, &breaker, sent, status, &body, now_ms)
+            }
+            (Pending::Unvote { breaker }, status) => {
+                self.vote_answered(host, breakers, &breaker, None, status, &body, now_ms)
+            }
             (Pending::Publish { breaker, .. } | Pending::Progress { breaker, .. }, status) => {
                 if status == UNAUTHENTICATED {
                     SharedLink::update(host, |c| c.token.clear());

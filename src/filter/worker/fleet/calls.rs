@@ -8,6 +8,7 @@ use crate::core::fleet::keys;
 use crate::core::fleet::merge::Progress;
 use crate::core::fleet::record::FleetRecord;
 use crate::core::fleet::settings::FleetSettings;
+use crate::core::fleet::vote::Vote;
 
 use crate::filter::host::{GrpcTarget, Host};
 
@@ -27,6 +28,16 @@ pub enum Pending {
         breaker: String,
         sent: FleetRecord,
         progress: Progress,
+    },
+    /// This member's vote on a breaker, put with this lease.
+    Vote {
+        breaker: String,
+        sent: Vote,
+        lease: i64,
+    },
+    /// This member's vote on a breaker, deleted.
+    Unvote {
+        breaker: String,
     },
     /// The holder's first read of the prefix, in its connection attempt.
     Range(u32),

@@ -32,6 +32,9 @@ impl Fleet {
             self.reauthenticate(host);
         }
         self.run(host, commands, now_ms);
+        if self.holds() {
+            self.vote_gauges(host, breakers, now_ms);
+        }
         self.publish(host, breakers, now_ms);
     }
 
@@ -175,12 +178,15 @@ impl Fleet {
                 w.link.on_watch(revision, now_ms);
                 for (deleted, kv) in &events {
                     if *deleted {
-                        self.deleted(host, breakers, &kv.key);
+                        self.deleted(host, breakers, &kv.key, now_ms);
                     } else {
                         self.stored(host, breakers, &kv.key, &kv.value, kv.mod_revision, now_ms);
                     }
                 }
                 SharedLink::update(host, |c| c.revision = c.revision.max(revision));
+                // What the events made owed goes now: the holder may be the main thread's
+                // context, which no notice wakes.
+                self.publish(host, breakers, now_ms);
             }
             // Compacted past our revision, or refused: read everything again.
             Ok(WatchMessage::Canceled { .. }) => self.down(host, 0, now_ms),

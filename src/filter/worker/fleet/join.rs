@@ -128,6 +128,9 @@ impl Fleet {
         let Ok((revision, kvs)) = etcd::range_answer(body) else {
             return self.down(host, 2, now_ms);
         };
+        if self.votes() {
+            self.forget_votes(host, &kvs);
+        }
         for kv in &kvs {
             self.stored(host, breakers, &kv.key, &kv.value, kv.mod_revision, now_ms);
         }
@@ -194,6 +197,9 @@ impl Fleet {
             return self.down(host, 2, now_ms);
         };
         SharedLink::update(host, |c| c.lease = id);
+        if self.votes() {
+            self.revote(host);
+        }
         let heartbeat = format!(
             "{{\"build\":\"{}\",\"started_ms\":{now_ms}}}",
             env!("CARGO_PKG_VERSION")

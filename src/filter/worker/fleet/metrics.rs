@@ -1,7 +1,10 @@
 //! The fleet's stats: one set per process (every VM defines the same names, Envoy adds
 //! them up); counts wait for the timer like the breakers' request counts.
 
+use std::collections::HashMap;
+
 use crate::filter::host::{Host, MetricKind};
+use crate::filter::metrics::stat_name;
 
 /// The fleet's counters.
 #[derive(Debug, Clone, Copy)]
@@ -10,13 +13,16 @@ pub enum Counter {
     Adopted = 1,
     PublishFailures = 2,
     Ignored = 3,
+    IgnoredVotes = 4,
 }
 
 pub struct FleetMetrics {
-    counters: [Option<u32>; 4],
-    pending: [u64; 4],
+    counters: [Option<u32>; 5],
+    pending: [u64; 5],
     connected: Option<u32>,
     propagation: Option<u32>,
+    /// The votes gauge of each breaker, defined on first use.
+    votes: HashMap<String, Option<u32>>,
 }
 
 impl FleetMetrics {
@@ -28,8 +34,9 @@ impl FleetMetrics {
                 counter("circuit_breaker_fleet_adopted_total"),
                 counter("circuit_breaker_fleet_publish_failures_total"),
                 counter("circuit_breaker_fleet_ignored_records_total"),
+                counter("circuit_breaker_fleet_ignored_votes_total"),
             ],
-            pending: [0; 4],
+            pending: [0; 5],
             connected: host
                 .define_metric(MetricKind::Gauge, "circuit_breaker_fleet_connected")
                 .ok(),
@@ -39,6 +46,18 @@ impl FleetMetrics {
                     "circuit_breaker_fleet_propagation_ms",
                 )
                 .ok(),
+            votes: HashMap::new(),
+        }
+    }
+
+    /// `circuit_breaker_fleet_votes` of `breaker`: the votes that count now.
+    pub fn votes(&mut self, host: &impl Host, breaker: &str, votes: u32) {
+        let id = *self.votes.entry(breaker.to_string()).or_insert_with(|| {
+            let name = stat_name("circuit_breaker_fleet_votes", &[], breaker);
+            host.define_metric(MetricKind::Gauge, &name).ok()
+        });
+        if let Some(id) = id {
+            let _ = host.record_metric(id, u64::from(votes));
         }
     }
 

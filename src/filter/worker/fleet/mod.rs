@@ -3,7 +3,7 @@
 //! answers back; one root context per process, elected in shared data, holds the watch
 //! and the lease. The pure rules live in `core::fleet`; [`Fleet`] makes the host calls,
 //! its methods spread by job over the files beside this one (joining, keeping the link,
-//! publishing, adopting, probes, progress, answers, views).
+//! publishing, adopting, votes, probes, progress, answers, views).
 
 mod adopt;
 mod answers;
@@ -17,12 +17,15 @@ mod publish;
 mod shadows;
 mod shared_link;
 mod views;
+mod votes;
 mod watch;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vote_tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::BuildHasher;
 
 use crate::core::fleet::settings::FleetSettings;
@@ -55,6 +58,10 @@ pub struct Fleet {
     watch: Option<Watch>,
     calls: Calls,
     owed: BTreeMap<String, OwedWrite>,
+    /// Writes of this member's own votes owed to etcd, by breaker.
+    votes_owed: BTreeMap<String, OwedWrite>,
+    /// Breakers with votes seen here, whose votes gauge the holder keeps up as they age.
+    tallied: BTreeSet<String>,
     /// Keys already said to be damaged or unknown, so each is logged once.
     warned: HashSet<Vec<u8>>,
     metrics: FleetMetrics,
@@ -89,6 +96,8 @@ impl Fleet {
             watch: None,
             calls: Calls::default(),
             owed: BTreeMap::new(),
+            votes_owed: BTreeMap::new(),
+            tallied: BTreeSet::new(),
             warned: HashSet::new(),
             metrics: FleetMetrics::define(host),
             credentials,

@@ -10,6 +10,7 @@
 use crate::core::breaker::Ticket;
 use crate::core::fleet::etcd::{self, method};
 use crate::core::fleet::keys::{self, FleetKey};
+use crate::core::fleet::quorum;
 use crate::core::outcome::Outcome;
 use crate::core::state::State;
 
@@ -68,6 +69,10 @@ impl Fleet {
             return Probe::Go(None);
         }
         let shadow = load_shadow(host, &breaker.name);
+        // With votes, a member half-open on its own probes on its own gate.
+        if self.votes() && !quorum::fleet_episode(&shadow) {
+            return Probe::Go(None);
+        }
         let max = breaker.settings.half_open_max_requests;
         match (&shadow.seen, &shadow.claim, conn.lease) {
             // A decision of this Envoy's not yet in etcd, or no lease to bind a slot to:

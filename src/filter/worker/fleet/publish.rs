@@ -4,7 +4,8 @@
 
 use crate::core::fleet::etcd::{self, method, Delete, Expect, TxnOutcome};
 use crate::core::fleet::keys;
-use crate::core::fleet::merge::{self, HALF_OPEN_DEFER_MS};
+use crate::core::fleet::merge::{self, Shadow, HALF_OPEN_DEFER_MS};
+use crate::core::fleet::quorum;
 use crate::core::fleet::record::{FleetCause, FleetRecord};
 use crate::core::state::{Counts, Record, State};
 
@@ -18,23 +19,33 @@ use super::shared_link::SharedLink;
 use super::watch::jitter;
 use super::{Fleet, OwedWrite};
 
-/// The record of an operator's mode override that moved no state: the state as it is, so
-/// adopting it changes only the mode.
-fn mode_record(r: &Record, generation: u32, member: &str, now_ms: u64) -> FleetRecord {
+/// The record of an operator's mode override that moved no state: the fleet's state as it
+/// is, so adopting it changes only the mode. With votes, a member open by its own failures
+/// outside a fleet episode speaks for the fleet's state, not its own.
+fn mode_record(
+    r: &Record,
+    shadow: &Shadow,
+    votes: bool,
+    generation: u32,
+    member: &str,
+    now_ms: u64,
+) -> FleetRecord {
+    let own = votes && !quorum::fleet_episode(shadow);
+    let state = if own { State::Closed } else { r.state };
     FleetRecord {
-        state: r.state,
-        reason: r.reason.filter(|_| r.state != State::Closed),
+        state,
+        reason: r.reason.filter(|_| state != State::Closed),
         cause: FleetCause::ModeChanged,
         mode_override: r.mode_override,
         generation,
         published_at_ms: now_ms,
-        open_for_ms: match r.state {
+        open_for_ms: match state {
             State::Open if r.open_until_ms == u64::MAX => u64::MAX,
             State::Open => r.open_until_ms.saturating_sub(now_ms),
             _ => 0,
         },
         trips_in_row: r.trips_in_row,
-        probe_successes: r.probe_successes,
+        probe_successes: if own { 0 } else { r.probe_successes },
         counts: Counts::default(),
         member: member.to_string(),
     }
@@ -47,7 +58,8 @@ pub(super) const RETRY_MS: u64 = 250;
 
 impl Fleet {
     /// What a worker does wherever it tells the others of a change of breaker `i`: the
-    /// transition it just made becomes the breaker's claim, owed to etcd by this worker.
+    /// transition it just made becomes the breaker's claim, owed to etcd by this worker, or,
+    /// with votes, only changes this member's vote (`quorum::route`).
     pub fn claim(&mut self, host: &impl Host, breakers: &mut Breakers, i: usize) {
         let now_ms = breakers.clock_ms;
         let Some(breaker) = breakers.get_mut(i) else {
@@ -55,19 +67,26 @@ impl Fleet {
         };
         let transition = breaker.unpublished.take();
         let mode_only = std::mem::take(&mut breaker.mode_unpublished);
-        if !breaker.settings.fleet {
+        if !breaker.settings.fleet || (transition.is_none() && !mode_only) {
             return;
         }
         let name = breaker.name.clone();
         let member = self.member.clone();
+        let votes = self.votes();
         match transition {
-            Some((t, mode, reason)) => self.claim_with(host, breakers, &name, now_ms, |g| {
-                FleetRecord::of_transition(&t, mode, g, &member, t.at_ms, reason)
-            }),
+            Some((t, mode, reason)) => {
+                let route = quorum::route(&t, self.settings.trip_quorum, &load_shadow(host, &name));
+                self.change_vote(host, breakers, &name, route.vote);
+                if route.publish {
+                    self.claim_with(host, breakers, &name, now_ms, false, |g, _| {
+                        FleetRecord::of_transition(&t, mode, g, &member, t.at_ms, reason)
+                    });
+                }
+            }
             None if mode_only => {
                 let r = breaker.last_seen.clone();
-                self.claim_with(host, breakers, &name, now_ms, |g| {
-                    mode_record(&r, g, &member, now_ms)
+                self.claim_with(host, breakers, &name, now_ms, false, |g, s| {
+                    mode_record(&r, s, votes, g, &member, now_ms)
                 });
             }
             None => {}
@@ -80,19 +99,21 @@ impl Fleet {
         breakers.tell_others(host, i);
     }
 
-    /// Makes `record(generation)` breaker `name`'s claim, owed to etcd by this worker.
-    fn claim_with(
+    /// Makes `record(generation, shadow)` breaker `name`'s claim, owed to etcd by this
+    /// worker; `defer` holds it back as a move to half-open over another member's trip is.
+    pub(super) fn claim_with(
         &mut self,
         host: &impl Host,
         breakers: &Breakers,
         name: &str,
         now_ms: u64,
-        record: impl Fn(u32) -> FleetRecord,
+        defer: bool,
+        record: impl Fn(u32, &Shadow) -> FleetRecord,
     ) {
         let member = self.member.clone();
         let claimed = update_shadow(host, name, |s| {
-            let claim = record(merge::claim_generation(s));
-            let defers = merge::defers(&claim, s, &member);
+            let claim = record(merge::claim_generation(s), s);
+            let defers = defer || merge::defers(&claim, s, &member);
             s.claim = Some(claim);
             defers
         });
@@ -119,9 +140,10 @@ impl Fleet {
     /// Sends every claim this worker owes whose time has come, while etcd is reachable;
     /// cut off, claims wait and the breakers decide locally.
     pub fn publish(&mut self, host: &impl Host, breakers: &mut Breakers, now_ms: u64) {
-        if self.owed.is_empty() || !SharedLink::is_connected(host) {
+        if (self.owed.is_empty() && self.votes_owed.is_empty()) || !SharedLink::is_connected(host) {
             return;
         }
+        self.send_votes(host, now_ms);
         let due: Vec<String> = self
             .owed
             .iter()
@@ -232,6 +254,12 @@ impl Fleet {
             s.claim.is_none() && s.progress.is_none()
         });
         self.metrics.bump(Counter::Published);
+        // The fleet's open by quorum is this member's too: its open time, and its log line.
+        if let (FleetCause::QuorumReached, Some(i)) =
+            (sent.cause, breakers.find(breaker.as_bytes()))
+        {
+            self.adopt(host, breakers, i, &sent, false, now_ms);
+        }
         match settled {
             Some(true) => {
                 self.owed.remove(breaker);

@@ -26,7 +26,7 @@ use crate::filter::http::Stream;
 
 const LOCAL: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
 const FLEET: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
-    "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1"}}"#;
+    "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1", "trip_quorum": 1}}"#;
 
 fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
     let config = match PluginConfig::parse(json.as_bytes()) {
@@ -522,7 +522,7 @@ fn a_probe_that_succeeds_below_the_threshold_frees_its_slot_and_adds_to_the_flee
     // The slot's deletion comes back on the watch; the next probe completes the count.
     let slot = keys::slot("/p", "school", 3, 0);
     with_fleet(&w, |fleet, breakers| {
-        fleet.deleted(&host, breakers, slot.as_bytes())
+        fleet.deleted(&host, breakers, slot.as_bytes(), 0)
     });
     probe_with_a_slot(&host, &w, 200);
     assert_eq!(local_record(&host).state, State::Closed);

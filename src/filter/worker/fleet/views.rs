@@ -1,10 +1,15 @@
 //! The fleet's part of the control API's views: the link as this process knows it, and
-//! one breaker's last record seen in etcd.
+//! one breaker's standing in the fleet (its votes, the last record seen in etcd).
 
 use crate::filter::host::Host;
 
+use crate::core::fleet::quorum;
+use crate::core::settings::Settings;
+use crate::core::state::State;
+
 use super::shadows::load_shadow;
 use super::shared_link::{LinkState, SharedLink};
+use super::votes::{load_members, load_tally};
 use super::Fleet;
 
 impl Fleet {
@@ -23,13 +28,37 @@ impl Fleet {
         })
     }
 
-    /// One breaker's fleet view: whether it is shared, the last record seen in etcd (its
+    /// One breaker's fleet view: whether it is shared, where it stands (open here by its
+    /// own failures, with the votes, or in the fleet), the last record seen in etcd (its
     /// member, generation and revision) and whether a decision made here is not stored yet.
-    pub fn breaker_view(&self, host: &impl Host, name: &str, shared: bool) -> serde_json::Value {
+    pub fn breaker_view(
+        &self,
+        host: &impl Host,
+        name: &str,
+        state: State,
+        settings: &Settings,
+        now_ms: u64,
+    ) -> serde_json::Value {
         let shadow = load_shadow(host, name);
         let seen = shadow.seen.as_ref();
+        let q = self.settings.trip_quorum;
+        let count = quorum::count(
+            &load_tally(host, name),
+            &load_members(host),
+            &self.member,
+            q,
+            quorum::vote_life_ms(settings),
+            now_ms,
+        );
+        let votes_on = self.votes() && settings.fleet;
         serde_json::json!({
-            "shared": shared,
+            "shared": settings.fleet,
+            "standing": settings.fleet.then(|| quorum::standing(state, &shadow, &count, votes_on)),
+            "trip_quorum": q,
+            "votes": votes_on.then_some(count.votes),
+            "votes_needed": votes_on.then_some(count.needed),
+            "voters": votes_on.then_some(count.voters),
+            "voted": votes_on.then_some(shadow.vote.cast.is_some()),
             "last_member": seen.map(|(r, _)| r.member.clone()),
             "generation": seen.map(|(r, _)| r.generation),
             "revision": seen.map(|(_, rev)| *rev),
