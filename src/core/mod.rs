@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod history;
 pub mod limits;
 pub mod outcome;
+pub mod probe;
 pub mod registry;
 pub mod reply;
 pub mod retry_after;
