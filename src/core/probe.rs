@@ -5,8 +5,10 @@
 //! what its answer means; the shell only sends it and reports back.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use super::breaker::{self, Step};
+use super::duration::{rfc3339, Millis};
 use super::outcome::StatusSet;
 use super::settings::{Mode, Settings};
 use super::state::{Cause, Record, State, TripReason};
@@ -296,6 +298,28 @@ impl LastProbe {
         }
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// The `probe` part of a breaker's view: what it probes, the last probe (result, status,
+/// latency, when) and, while half-open, when the next one goes.
+pub fn view(r: &Record, probe: &ProbeSettings, last: Option<&LastProbe>, now_ms: u64) -> Value {
+    let next = (r.state == State::HalfOpen)
+        .then(|| next_due_ms(r, probe))
+        .flatten();
+    json!({
+        "target": probe.target(),
+        "interval": Millis(probe.interval_ms).to_string(),
+        "timeout": Millis(probe.timeout_ms).to_string(),
+        "in_flight": r.state == State::HalfOpen && r.probes_in_flight > 0,
+        "seconds_to_next": next.map(|at| at.saturating_sub(now_ms).div_ceil(1_000)),
+        "last": last.map(|l| json!({
+            "result": l.report.result.as_str(),
+            "status": l.report.status,
+            "latency_ms": l.report.latency_ms,
+            "at": rfc3339(l.at_ms),
+            "seconds_ago": now_ms.saturating_sub(l.at_ms) / 1_000,
+        })),
+    })
 }
 
 #[cfg(test)]
