@@ -122,11 +122,14 @@ pub struct ProbeReport {
 }
 
 /// What the answer to a probe means: in time with an expected status it passed; at or
-/// past the timeout (Envoy answers a call it gave up on with its own 504) it timed out;
-/// anything else failed.
+/// past the timeout it timed out, and so did a 504 or no answer at all in the timeout's
+/// last tenth (Envoy answers a call it gave up on with its own 504, timed by its own clock,
+/// which is not quite the one the filter reads); anything else failed.
 pub fn judge(probe: &ProbeSettings, status: Option<u32>, latency_ms: u64) -> ProbeReport {
+    let gave_up = matches!(status, None | Some(504))
+        && latency_ms.saturating_add(probe.timeout_ms / 10) >= probe.timeout_ms;
     let result = match status {
-        _ if latency_ms >= probe.timeout_ms => ProbeResult::Timeout,
+        _ if latency_ms >= probe.timeout_ms || gave_up => ProbeResult::Timeout,
         Some(s) if probe.expect_status.contains(s) => ProbeResult::Success,
         _ => ProbeResult::Failure,
     };

@@ -38,7 +38,9 @@ fn probes_sent(host: &FakeHost) -> usize {
 
 fn state(host: &FakeHost, w: &Rc<RefCell<Worker>>) -> String {
     let command = crate::core::control::Command::Show("school".into());
-    let answer = w.borrow_mut().control(host, &command, b"", host.clock_ms.get());
+    let answer = w
+        .borrow_mut()
+        .control(host, &command, b"", host.clock_ms.get());
     let body = answer.map(|(_, _, body)| body).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
     v["state"].as_str().unwrap_or("").to_string()
@@ -60,7 +62,11 @@ fn one_worker_probes_and_the_others_leave_it_alone() {
     assert_eq!(state(&host, &b), "half_open", "one pass of two");
     host.advance(500);
     tick_all(&host, &[&a, &b]);
-    assert_eq!(probes_sent(&host), 0, "the next goes an interval after the first");
+    assert_eq!(
+        probes_sent(&host),
+        0,
+        "the next goes an interval after the first"
+    );
     host.advance(500);
     tick_all(&host, &[&b, &a]);
     assert_eq!(probes_sent(&host), 1);
@@ -68,7 +74,10 @@ fn one_worker_probes_and_the_others_leave_it_alone() {
     b.borrow_mut().call_answered(&host, 2, Some(204));
     assert_eq!(state(&host, &a), "closed");
     assert_eq!(request(&host, &a, "school", 200), Action::Continue);
-    assert_eq!(host.counter("circuit_breaker_probes_total.result=success.cluster=school"), 2);
+    assert_eq!(
+        host.counter("circuit_breaker_probes_total.result=success.cluster=school"),
+        2
+    );
 }
 
 #[test]
@@ -80,7 +89,10 @@ fn an_answer_for_another_worker_or_a_webhook_is_not_taken_as_a_probe() {
     tick_all(&host, &[&a]);
     b.borrow_mut().call_answered(&host, 1, Some(200));
     assert_eq!(state(&host, &a), "half_open");
-    assert_eq!(host.counter("circuit_breaker_probes_total.result=success.cluster=school"), 0);
+    assert_eq!(
+        host.counter("circuit_breaker_probes_total.result=success.cluster=school"),
+        0
+    );
 }
 
 #[test]
@@ -93,7 +105,10 @@ fn a_failed_probe_reopens_and_a_lost_one_is_given_up() {
     host.advance(600);
     a.borrow_mut().call_answered(&host, 1, None);
     assert_eq!(state(&host, &b), "open");
-    assert_eq!(host.counter("circuit_breaker_probes_total.result=timeout.cluster=school"), 1);
+    assert_eq!(
+        host.counter("circuit_breaker_probes_total.result=timeout.cluster=school"),
+        1
+    );
     // Its worker dies with the next probe out: the others give it up and reopen.
     host.advance(1_000);
     tick_all(&host, &[&a]);
@@ -114,6 +129,9 @@ fn a_cluster_the_host_does_not_know_is_tried_every_interval_while_users_wait() {
         tick_all(&host, &[&w]);
         assert_eq!(request(&host, &w, "school", 200), Action::Pause);
     }
-    assert_eq!(host.counter("circuit_breaker_probes_total.result=error.cluster=school"), 3);
+    assert_eq!(
+        host.counter("circuit_breaker_probes_total.result=error.cluster=school"),
+        3
+    );
     assert_eq!(state(&host, &w), "half_open");
 }

@@ -205,7 +205,10 @@ impl Worker {
     /// delivery's (`status` `None` when no response came).
     pub fn call_answered(&mut self, host: &impl Host, token: u32, status: Option<u32>) {
         if self.probes.sent(token) {
-            if let Some(i) = self.probes.answered(host, &mut self.breakers, token, status) {
+            if let Some(i) = self
+                .probes
+                .answered(host, &mut self.breakers, token, status)
+            {
                 self.tell_others(host, i);
             }
             return;
@@ -287,7 +290,10 @@ impl Worker {
         };
         if self.probes.claiming(token) {
             let b = &mut self.breakers;
-            if let Some(i) = self.probes.slot_answered(host, b, fleet, token, status, size) {
+            if let Some(i) = self
+                .probes
+                .slot_answered(host, b, fleet, token, status, size)
+            {
                 self.tell_others(host, i);
             }
             return;

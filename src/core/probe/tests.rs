@@ -151,6 +151,14 @@ fn a_probe_at_its_timeout_timed_out_and_reopens() {
         ProbeResult::Timeout
     );
     assert_eq!(judge(&probe(), None, 10).result, ProbeResult::Failure);
+    assert_eq!(judge(&probe(), Some(504), 899).result, ProbeResult::Failure);
+    assert_eq!(
+        judge(&probe(), Some(504), 900).result,
+        ProbeResult::Timeout,
+        "Envoy's own"
+    );
+    assert_eq!(judge(&probe(), None, 990).result, ProbeResult::Timeout);
+    assert_eq!(judge(&probe(), Some(200), 990).result, ProbeResult::Success);
     let t = answer(&mut r, &s, ticket, report, 11_000);
     assert_eq!(t.to, State::Open);
     assert!(

@@ -4,10 +4,10 @@
 use crate::core::breaker::{self, Step};
 use crate::core::control::{self, ApiError, Command};
 use crate::core::history::{self, Event};
+use crate::core::probe;
 use crate::core::settings::Settings;
 use crate::core::state::Record;
 use crate::core::store;
-use crate::core::probe;
 use crate::core::view;
 
 use crate::filter::host::Host;

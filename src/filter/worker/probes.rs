@@ -33,8 +33,9 @@ struct Claiming {
     claim: ProbeSlotClaim,
 }
 
-/// One breaker's probe stats: results by kind, and the latency of those that got an
-/// answer or timed out.
+/// One breaker's probe stats: results by kind, and the latency in milliseconds of those
+/// that were sent (the name has no unit, as Envoy's own millisecond histograms: a `_ms`
+/// suffix is against Prometheus' naming rules, and seconds would not fit its integers).
 struct ProbeMetrics {
     results: [Option<u32>; 4],
     latency: Option<u32>,
@@ -44,13 +45,17 @@ impl ProbeMetrics {
     fn define(host: &impl Host, name: &str) -> ProbeMetrics {
         ProbeMetrics {
             results: ProbeResult::ALL.map(|r| {
-                let stat = stat_name("circuit_breaker_probes_total", &[("result", r.as_str())], name);
+                let stat = stat_name(
+                    "circuit_breaker_probes_total",
+                    &[("result", r.as_str())],
+                    name,
+                );
                 host.define_metric(MetricKind::Counter, &stat).ok()
             }),
             latency: host
                 .define_metric(
                     MetricKind::Histogram,
-                    &stat_name("circuit_breaker_probe_latency_ms", &[], name),
+                    &stat_name("circuit_breaker_probe_latency", &[], name),
                 )
                 .ok(),
         }
