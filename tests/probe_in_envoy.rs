@@ -131,6 +131,15 @@ fn with_no_user_traffic_the_breaker_closes_once_the_service_answers_its_probe() 
         200,
         "users go through again"
     );
+    let url = format!(
+        "http://{}/circuit-breakers/dashboard",
+        stack.envoy.control.clone().unwrap()
+    );
+    let dom = browser_dom(&url, 4_000);
+    assert!(
+        dom.contains(r#"<dd data-probe="success">success (200) in "#),
+        "the dashboard:\n{dom}"
+    );
 }
 
 #[test]
