@@ -97,12 +97,12 @@ impl Probes {
             let Some(p) = &b.settings.probe else {
                 continue;
             };
-            if !self.metrics.contains_key(&i) {
-                self.metrics.insert(i, ProbeMetrics::define(host, &b.name));
-            }
+            self.metrics
+                .entry(i)
+                .or_insert_with(|| ProbeMetrics::define(host, &b.name));
             let r = &b.last_seen;
             let due = probe::next_due_ms(r, p).or_else(|| probe::lost_at_ms(r, p));
-            if due.is_none_or(|at| now_ms < at) {
+            if !due.is_some_and(|at| now_ms >= at) {
                 continue;
             }
             if let Some(ticket) = claim(host, breakers, i, now_ms) {
@@ -285,7 +285,7 @@ impl Probes {
         };
         let _ = host.set_shared_data(&key, &last.encode(), 0);
         report.result == ProbeResult::Error
-            && before.is_none_or(|l| l.report.result != ProbeResult::Error)
+            && !before.is_some_and(|l| l.report.result == ProbeResult::Error)
     }
 }
 
