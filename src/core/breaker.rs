@@ -15,6 +15,7 @@ pub use timer::next_timer_ms;
 use super::codec::RecordHeader;
 use super::hosts::Address;
 use super::outcome::Outcome;
+use super::probe;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
 
@@ -312,6 +313,15 @@ pub fn admit(record: &mut Record, settings: &Settings, now_ms: u64, roll: u32) -
                 record.open_until_ms.saturating_sub(now_ms)
             },
         }),
+        // The breaker probes by itself: users wait for its verdict.
+        State::HalfOpen if settings.probe.is_some() => Admission::Rejected(Rejection {
+            kind: RejectKind::HalfOpen,
+            reason: record.reason,
+            retry_after_ms: settings
+                .probe
+                .as_ref()
+                .map_or(SHORT_RETRY_MS, |p| probe::retry_after_ms(record, p, now_ms)),
+        }),
         State::HalfOpen if record.probes_in_flight < settings.half_open_max_requests => {
             if record.probes_in_flight == 0 {
                 record.probing_since_ms = now_ms;
@@ -366,15 +376,25 @@ fn follow_time(record: &mut Record, s: &Settings, now_ms: u64) -> Option<Transit
         {
             Some(record.transition(Cause::OpenElapsed, s, now_ms))
         }
-        State::HalfOpen
-            if s.half_open_max_duration_ms > 0
-                && record.probes_in_flight > 0
-                && now_ms.saturating_sub(record.probing_since_ms)
-                    >= s.half_open_max_duration_ms =>
-        {
+        State::HalfOpen if probe_lost(record, s, now_ms) => {
             Some(record.transition(Cause::Tripped(TripReason::HalfOpenTimeout), s, now_ms))
         }
         _ => None,
+    }
+}
+
+/// Whether the half-open probe out the longest has been out too long to wait for: past
+/// `half_open_max_duration`, or for the breaker's own probe, past its timeout and a grace.
+fn probe_lost(record: &Record, s: &Settings, now_ms: u64) -> bool {
+    if record.probes_in_flight == 0 {
+        return false;
+    }
+    match &s.probe {
+        Some(p) => probe::lost_at_ms(record, p).is_some_and(|at| now_ms >= at),
+        None => {
+            s.half_open_max_duration_ms > 0
+                && now_ms.saturating_sub(record.probing_since_ms) >= s.half_open_max_duration_ms
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 mod block;
 mod check;
 pub mod doc;
+mod probe;
 
 use super::config_error::Check;
 pub use super::config_error::ConfigError;
@@ -74,8 +75,9 @@ impl PluginConfig {
                 });
             }
             let merged = block.over(&doc.default);
+            // A field inside a block (`probe.path`) is set by whoever set the block.
             let at = |f: &str| {
-                if block.sets(f) {
+                if block.sets(f.split('.').next().unwrap_or(f)) {
                     format!("clusters.{name}.{f}")
                 } else {
                     format!("default.{f}")

@@ -53,6 +53,14 @@ pub const CACHE_MAX_ENTRIES: Limit<u32> = limit(1, 10_000, 100);
 pub const CACHE_MAX_BYTES: Limit<u64> = limit(1, 67_108_864, 1_048_576);
 pub const CACHE_MAX_AGE_MS: Limit<u64> = limit(SECOND, 24 * HOUR, 5 * MINUTE);
 pub const EVENTS_TIMEOUT_MS: Limit<u64> = limit(1, MINUTE, 5 * SECOND);
+/// `probe.timeout`: at most `probe.interval` and `open_duration` as well.
+pub const PROBE_TIMEOUT_MS: Limit<u64> = limit(1, MINUTE, SECOND);
+/// `probe.interval`: the timer ticks every 100 ms, so a shorter one could not be kept.
+pub const PROBE_INTERVAL_MS: Limit<u64> = limit(100, HOUR, 5 * SECOND);
+/// Most extra headers one probe sends.
+pub const MAX_PROBE_HEADERS: usize = 16;
+/// Longest probe header value, and longest `probe.authority`.
+pub const MAX_PROBE_HEADER_BYTES: usize = 1_024;
 /// Whether a breaker joins the fleet when a `fleet` block exists (`"fleet": false` keeps
 /// it local).
 pub const FLEET_SHARED: bool = true;

@@ -16,6 +16,7 @@ pub mod history;
 pub mod hosts;
 pub mod limits;
 pub mod outcome;
+pub mod probe;
 pub mod registry;
 pub mod reply;
 pub mod retry_after;

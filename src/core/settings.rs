@@ -6,6 +6,7 @@ use super::cache::CacheSettings;
 use super::fallback::Fallback;
 use super::limits as l;
 use super::outcome::Classifier;
+use super::probe::ProbeSettings;
 use super::window::WindowSpec;
 
 /// How a breaker acts on its decisions.
@@ -121,6 +122,8 @@ pub struct Settings {
     pub store_failure: StoreFailure,
     /// With fleet mode on: whether this breaker's decisions go through etcd.
     pub fleet: bool,
+    /// The breaker's own health probe, sent instead of admitting users while half-open.
+    pub probe: Option<ProbeSettings>,
 }
 
 impl Default for Settings {
@@ -152,6 +155,7 @@ impl Default for Settings {
             cache: None,
             store_failure: StoreFailure::default(),
             fleet: l::FLEET_SHARED,
+            probe: None,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::duration::Millis;
 use super::hosts::Hosts;
+use super::probe::{ProbeReport, ProbeResult};
 use super::settings::{Mode, Settings};
 use super::window::{Bucket, Window};
 
@@ -208,6 +209,8 @@ pub struct Transition {
     pub open_until_ms: u64,
     /// Trips in a row, after this one.
     pub trips_in_row: u32,
+    /// The breaker's own health probe whose answer made this transition, if one did.
+    pub probe: Option<ProbeReport>,
 }
 
 impl Transition {
@@ -239,9 +242,10 @@ impl fmt::Display for Transition {
                 c.slow,
                 c.calls
             ),
-            Cause::Tripped(TripReason::ProbeFailed) => {
-                write!(f, "OPENED: a half-open probe failed")
-            }
+            Cause::Tripped(TripReason::ProbeFailed) => match &self.probe {
+                Some(p) => write!(f, "OPENED: the health probe {}", probe_said(p)),
+                None => write!(f, "OPENED: a half-open probe failed"),
+            },
             Cause::Tripped(TripReason::HalfOpenTimeout) => {
                 write!(f, "OPENED: half-open probes did not finish in time")
             }
@@ -253,12 +257,18 @@ impl fmt::Display for Transition {
             }
             Cause::OpenElapsed => write!(f, "HALF_OPEN: attempting recovery"),
             Cause::Released => write!(f, "HALF_OPEN: no longer forced open, probing"),
-            Cause::Recovered => write!(
-                f,
-                "CLOSED: recovery successful after {} successful probe{}",
-                c.probe_successes,
-                if c.probe_successes == 1 { "" } else { "s" }
-            ),
+            Cause::Recovered => {
+                let n = c.probe_successes;
+                let plural = if n == 1 { "" } else { "s" };
+                match &self.probe {
+                    Some(p) => write!(
+                        f,
+                        "CLOSED: recovery successful after {n} passing health probe{plural} (the last {})",
+                        probe_said(p)
+                    ),
+                    None => write!(f, "CLOSED: recovery successful after {n} successful probe{plural}"),
+                }
+            }
             Cause::Reset => write!(f, "CLOSED: reset by an operator"),
         }?;
         if self.to == State::Open {
@@ -272,6 +282,15 @@ impl fmt::Display for Transition {
             }
         }
         Ok(())
+    }
+}
+
+/// What a health probe's answer was, for a log line: `answered 500 in 3ms`.
+fn probe_said(p: &ProbeReport) -> String {
+    match (p.result, p.status) {
+        (ProbeResult::Timeout, _) => format!("timed out after {}", Millis(p.latency_ms)),
+        (_, Some(status)) => format!("answered {status} in {}", Millis(p.latency_ms)),
+        (_, None) => format!("got no answer ({} in)", Millis(p.latency_ms)),
     }
 }
 
@@ -379,6 +398,7 @@ impl Record {
             counts,
             open_until_ms: self.open_until_ms,
             trips_in_row: self.trips_in_row,
+            probe: None,
         }
     }
 }

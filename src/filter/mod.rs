@@ -11,6 +11,8 @@ pub mod shared;
 pub mod worker;
 
 #[cfg(test)]
+mod probe_tests;
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

@@ -76,14 +76,14 @@ impl Root {
         }
     }
 
-    /// The webhook's answer to an event delivery.
+    /// The answer to an HTTP call: a health probe's or the webhook's.
     pub fn call_answered(&mut self, host: &impl Host, token: u32, headers: usize) {
         let status = (headers > 0)
             .then(|| super::host::header_u32(host, Map::CallResponseHeaders, ":status"))
             .flatten();
         if let Some(worker) = &self.worker {
             if let Ok(mut worker) = worker.try_borrow_mut() {
-                worker.delivered(host, token, status);
+                worker.call_answered(host, token, status);
             }
         }
     }

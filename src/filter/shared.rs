@@ -29,6 +29,11 @@ pub fn history_key(cluster: &str) -> String {
     format!("{KEY_PREFIX}history/{cluster}")
 }
 
+/// The shared-data key of one breaker's last health probe.
+pub fn probe_key(cluster: &str) -> String {
+    format!("{KEY_PREFIX}probe/{cluster}")
+}
+
 /// The shared-data key of one piece of fleet state (`fleet/<name>`).
 pub fn fleet_key(name: &str) -> String {
     format!("{KEY_PREFIX}fleet/{name}")

@@ -11,6 +11,7 @@ mod control_api;
 mod events;
 pub mod fleet;
 mod notices;
+mod probes;
 
 use crate::core::breaker::{Now, Ticket};
 use crate::core::config::PluginConfig;
@@ -28,12 +29,15 @@ use breakers::Breakers;
 use events::Deliveries;
 use fleet::probe::{Probe, ProbeSlotClaim};
 use fleet::Fleet;
+use probes::Probes;
 
 pub struct Worker {
     breakers: Breakers,
     deliveries: Deliveries,
     /// Fleet mode's state in this VM, when the configuration has a `fleet` block.
     fleet: Option<Fleet>,
+    /// The breakers' own health probes this context sends.
+    probes: Probes,
     rng: Rng,
     /// The bearer token for control API changes, from the host environment.
     token: Option<String>,
@@ -51,6 +55,7 @@ impl Worker {
             breakers: Breakers::new(host, config, now_ms),
             deliveries,
             fleet,
+            probes: Probes::default(),
             rng: Rng::new(now_ms),
             token: std::env::var(control::TOKEN_ENV)
                 .ok()
@@ -149,6 +154,12 @@ impl Worker {
         for i in self.breakers.tick(host, now_ms) {
             self.tell_others(host, i);
         }
+        for i in self
+            .probes
+            .tick(host, &mut self.breakers, self.fleet.as_mut(), now_ms)
+        {
+            self.tell_others(host, i);
+        }
         self.deliveries.deliver(host, &mut self.breakers);
         if let Some(fleet) = &mut self.fleet {
             fleet.tick(host, &mut self.breakers, now_ms);
@@ -190,8 +201,18 @@ impl Worker {
         control::authorize(self.token.as_deref(), authorization)
     }
 
-    /// The webhook's answer to event delivery `token`.
-    pub fn delivered(&mut self, host: &impl Host, token: u32, status: Option<u32>) {
+    /// The answer to one of this context's HTTP calls: a health probe's or a webhook
+    /// delivery's (`status` `None` when no response came).
+    pub fn call_answered(&mut self, host: &impl Host, token: u32, status: Option<u32>) {
+        if self.probes.sent(token) {
+            if let Some(i) = self
+                .probes
+                .answered(host, &mut self.breakers, token, status)
+            {
+                self.tell_others(host, i);
+            }
+            return;
+        }
         self.deliveries
             .delivered(host, token, status, &self.breakers);
     }
@@ -264,9 +285,20 @@ impl Worker {
         size: usize,
         now_ms: u64,
     ) {
-        if let Some(fleet) = &mut self.fleet {
-            fleet.answered(host, &mut self.breakers, token, status, size, now_ms);
+        let Some(fleet) = &mut self.fleet else {
+            return;
+        };
+        if self.probes.claiming(token) {
+            let b = &mut self.breakers;
+            if let Some(i) = self
+                .probes
+                .slot_answered(host, b, fleet, token, status, size)
+            {
+                self.tell_others(host, i);
+            }
+            return;
         }
+        fleet.answered(host, &mut self.breakers, token, status, size, now_ms);
     }
 
     /// A message on one of the fleet's streams.

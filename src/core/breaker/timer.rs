@@ -1,6 +1,7 @@
 //! When a breaker next needs the timer: the moment time alone could move its record or
 //! change what it shows, so a worker can leave every other breaker alone on its tick.
 
+use crate::core::probe;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, TripReason};
 
@@ -8,10 +9,11 @@ use super::rules::{verdict, Verdict};
 
 /// The earliest time at which [`super::tick`] could change `record`, or its failure and
 /// slow-call rates could change: its open time running out, a half-open episode's probes
-/// timing out, the ramp after a recovery ending, the oldest calls leaving the window (a
-/// rate rule may trip as they go); `now_ms` while a forced mode is still to be followed,
-/// or while a closed breaker's rules would trip on the timer's own look, as a trip that
-/// waited for a worker's calls still out does. `None`: time alone changes nothing.
+/// timing out, the breaker's own probe falling due, the ramp after a recovery ending, the
+/// oldest calls leaving the window (a rate rule may trip as they go); `now_ms` while a
+/// forced mode is still to be followed, or while a closed breaker's rules would trip on the
+/// timer's own look, as a trip that waited for a worker's calls still out does. `None`:
+/// time alone changes nothing.
 pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Option<u64> {
     let mode = record.mode(settings);
     let forced = record.state == State::Open && record.reason == Some(TripReason::Forced);
@@ -28,6 +30,11 @@ pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Optio
     let moves = match record.state {
         _ if mode == Mode::Disabled => None,
         State::Open if !forced => Some(record.open_until_ms),
+        // The breaker's own probe: the next one due, or the one out given up as lost.
+        State::HalfOpen if settings.probe.is_some() => settings
+            .probe
+            .as_ref()
+            .and_then(|p| probe::next_due_ms(record, p).or_else(|| probe::lost_at_ms(record, p))),
         State::HalfOpen
             if settings.half_open_max_duration_ms > 0 && record.probes_in_flight > 0 =>
         {

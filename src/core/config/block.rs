@@ -80,6 +80,11 @@ pub(super) fn compile_block(
             .transpose()?,
         store_failure: d.store_failure_mode.unwrap_or_default(),
         fleet: d.fleet.unwrap_or(l::FLEET_SHARED),
+        probe: d
+            .probe
+            .as_ref()
+            .map(|p| check.probe(p, open_duration_ms))
+            .transpose()?,
     })
 }
 

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::l;
 use crate::core::fleet::settings::FleetDoc;
+use crate::core::probe::ProbeMethod;
 use crate::core::settings::{Mode, StoreFailure};
 
 /// The plugin JSON as written by the user.
@@ -179,6 +180,39 @@ settings_doc! {
     /// With a `fleet` block: whether this breaker's decisions are shared with the fleet.
     /// Default true; false keeps this breaker local.
     fleet: bool,
+    /// The breaker's own health probe: when the open time ends it calls this path on the
+    /// cluster itself instead of letting users through, and closes after
+    /// `success_threshold` passing probes in a row. Default none (users probe).
+    probe: ProbeDoc,
+}
+
+/// A health probe of the cluster, sent by the breaker itself while half-open.
+#[derive(schemars::JsonSchema, Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeDoc {
+    /// The path probed, starting with "/", such as "/health" (at most 200 characters).
+    /// Choose one that exercises the service's dependencies: a path that answers while the
+    /// real work fails closes the breaker only for it to trip again.
+    #[schemars(regex(pattern = "^/"))]
+    pub path: String,
+    /// The method. Default `GET`.
+    pub method: Option<ProbeMethod>,
+    /// Extra request headers: names are HTTP tokens (not pseudo-headers, `host`, or
+    /// hop-by-hop headers), values printable, at most 1024 bytes. At most 16.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// The `:authority` sent (at most 1024 bytes). Default the cluster's name.
+    pub authority: Option<String>,
+    /// How long one probe may take before it counts as timed out, which reopens the
+    /// breaker. "1ms" to "60s", default "1s"; no longer than `interval` or `open_duration`.
+    #[schemars(regex(pattern = l::DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Statuses that pass: codes, ranges and classes such as `[200, "2xx"]`; anything else
+    /// fails. Default `["2xx"]`; never empty.
+    pub expect_status: Option<Vec<StatusItemDoc>>,
+    /// Time from one probe to the next while half-open: after one that passed (below
+    /// `success_threshold`) or one that could not be sent. "100ms" to "1h", default "5s".
+    #[schemars(regex(pattern = l::DURATION_PATTERN))]
+    pub interval: Option<String>,
 }
 
 /// Kind of window.

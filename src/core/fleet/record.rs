@@ -193,6 +193,7 @@ impl FleetRecord {
             },
             open_until_ms: self.published_at_ms.saturating_add(self.open_for_ms),
             trips_in_row: self.trips_in_row,
+            probe: None,
         })
     }
 

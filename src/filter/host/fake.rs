@@ -46,6 +46,8 @@ pub struct FakeHost {
     grpc_tokens: Cell<u32>,
     /// What the next read of the gRPC receive buffer returns.
     pub grpc_answer: RefCell<Vec<u8>>,
+    /// Clusters an HTTP call to is refused, as Envoy refuses one it does not know.
+    pub unknown_clusters: RefCell<Vec<String>>,
     journal: RefCell<Vec<Call>>,
 }
 
@@ -151,7 +153,11 @@ impl Host for FakeHost {
         _timeout_ms: u32,
     ) -> Result<u32, HostError> {
         self.note(Call::HttpCall(cluster.to_string()));
-        Ok(1)
+        if self.unknown_clusters.borrow().iter().any(|c| c == cluster) {
+            return Err(HostError(2));
+        }
+        self.grpc_tokens.set(self.grpc_tokens.get() + 1);
+        Ok(self.grpc_tokens.get())
     }
 
     fn define_metric(&self, _kind: MetricKind, name: &str) -> Result<u32, HostError> {

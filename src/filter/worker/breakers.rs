@@ -113,6 +113,18 @@ impl Breakers {
         self.config.clusters.contains_key(name)
     }
 
+    /// The Envoy cluster breaker `name` guards: its own name, or for a route breaker
+    /// (`<cluster>/<route>`) the cluster it belongs to, found as its settings are.
+    pub fn cluster_of<'a>(&self, name: &'a str) -> &'a str {
+        if self.is_configured(name) {
+            return name;
+        }
+        name.match_indices('/')
+            .map(|(at, _)| &name[..at])
+            .find(|c| self.config.settings_for(c).max_route_breakers.is_some())
+            .unwrap_or(name)
+    }
+
     /// Settings of a breaker by name: a configured cluster, else the cluster a route
     /// breaker belongs to, else the default.
     fn settings_for_breaker(&self, name: &str) -> &Settings {

@@ -4,6 +4,7 @@
 use crate::core::breaker::{self, Step};
 use crate::core::control::{self, ApiError, Command};
 use crate::core::history::{self, Event};
+use crate::core::probe;
 use crate::core::settings::Settings;
 use crate::core::state::Record;
 use crate::core::store;
@@ -140,6 +141,10 @@ fn breaker_view(
 ) -> Option<serde_json::Value> {
     let (record, settings, history) = current(host, breakers, name)?;
     let mut view = view::breaker(name, &record, &settings, &history, now_ms);
+    if let Some(p) = &settings.probe {
+        let last = super::probes::last_probe(host, name);
+        view["probe"] = probe::view(&record, p, last.as_ref(), now_ms);
+    }
     if let Some(fleet) = fleet {
         view["fleet"] = fleet.breaker_view(host, name, record.state, &settings, now_ms);
     }

@@ -97,6 +97,58 @@ impl Fleet {
         }
     }
 
+    /// The fleet gate of a breaker's own health probe: its one slot (slot 0) for the whole
+    /// fleet, kept by this Envoy from one probe of an episode to the next, so no other
+    /// Envoy probes until the episode ends (publishing its end deletes the slot) or this
+    /// Envoy's lease does.
+    pub fn own_probe(&mut self, host: &impl Host, breakers: &Breakers, i: usize) -> Probe {
+        let Some(breaker) = breakers.get(i) else {
+            return Probe::Go(None);
+        };
+        let conn = SharedLink::load(host);
+        if !breaker.settings.fleet || conn.link != LinkState::Connected {
+            return Probe::Go(None);
+        }
+        let name = breaker.name.clone();
+        let shadow = load_shadow(host, &name);
+        match (&shadow.seen, &shadow.claim, conn.lease) {
+            (_, Some(_), _) | (_, _, 0) => Probe::Refuse,
+            (Some((record, revision)), None, lease) if record.state == State::HalfOpen => {
+                let slots = load_slots(host, &name);
+                // Held under this lease: a slot of an expired lease is gone from etcd.
+                let held = load_held(host, &name).filter(|(h, l)| {
+                    h.generation == record.generation
+                        && *l == lease
+                        && slots.next_free(record.generation, 1).is_none()
+                });
+                if let Some((slot, _)) = held {
+                    return Probe::Go(Some(slot));
+                }
+                if slots.next_free(record.generation, 1).is_none() {
+                    return Probe::Refuse;
+                }
+                let claim = ProbeSlotClaim {
+                    token: 0,
+                    breaker: name,
+                    generation: record.generation,
+                    slot: 0,
+                    revision: *revision,
+                    rounds: 0,
+                };
+                self.send_claim(host, claim, lease)
+            }
+            _ => Probe::Refuse,
+        }
+    }
+
+    /// Notes that this Envoy holds `slot` for breaker `name`'s own probe.
+    pub fn hold_probe_slot(&self, host: &impl Host, name: &str, slot: ProbeSlot) {
+        let lease = SharedLink::load(host).lease;
+        let mut bytes = [slot.generation.to_le_bytes(), slot.slot.to_le_bytes()].concat();
+        bytes.extend_from_slice(&lease.to_le_bytes());
+        let _ = host.set_shared_data(&held_key(name), &bytes, 0);
+    }
+
     fn send_claim(&self, host: &impl Host, mut claim: ProbeSlotClaim, lease: i64) -> Probe {
         let p = &self.settings.prefix;
         let b = &claim.breaker;
@@ -232,10 +284,32 @@ impl Fleet {
     }
 }
 
-/// The probe limit of breaker `name` (1 for one this worker does not have).
+/// The probe limit of breaker `name` (1 for one this worker does not have, or one that
+/// sends its own probe).
 fn max_probes(breakers: &Breakers, name: &str) -> u32 {
     breakers
         .find(name.as_bytes())
         .and_then(|i| breakers.get(i))
+        .filter(|b| b.settings.probe.is_none())
         .map_or(1, |b| b.settings.half_open_max_requests)
+}
+
+/// The shared-data key of the slot this Envoy holds for a breaker's own probe.
+fn held_key(name: &str) -> String {
+    crate::filter::shared::fleet_key(&format!("own-probe/{name}"))
+}
+
+/// The slot this Envoy last held for breaker `name`'s own probe, and the lease it was
+/// held under.
+fn load_held(host: &impl Host, name: &str) -> Option<(ProbeSlot, i64)> {
+    let Ok(Some((bytes, _))) = host.shared_data(&held_key(name)) else {
+        return None;
+    };
+    let mut rd = crate::core::bytes::Reader::new(&bytes);
+    let slot = ProbeSlot {
+        generation: rd.u32()?,
+        slot: rd.u32()?,
+    };
+    let lease = rd.i64()?;
+    rd.is_done().then_some((slot, lease))
 }
