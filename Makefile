@@ -15,7 +15,9 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
+MDBOOK_VERSION := 0.5.4
+
+.PHONY: docs build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
 
 build: wasm services
 
@@ -51,7 +53,7 @@ hooks-wasm: wasm-target
 
 ## test: every test: core natively and as wasm, config validation, Envoy integration, and a
 ## short coverage-guided run of each fuzz target.
-test: build envoy hooks-wasm test-tools etcd-tools test-wasm validate fuzz-short
+test: build envoy hooks-wasm test-tools etcd-tools test-wasm validate docs fuzz-short
 	@if cargo nextest --version >/dev/null 2>&1; then \
 	  cargo nextest run --workspace --features envoy-circuit-breaker/envoy-tests --no-fail-fast --test-threads 2; \
 	else \
@@ -77,6 +79,12 @@ fuzz-short:
 ## (`cargo fuzz coverage` and llvm-cov from nightly's llvm-tools).
 fuzz-coverage:
 	tools/fuzz-coverage.sh
+
+## docs: the manual, an mdBook (docs/src), built to target/book; installs mdbook when missing.
+## `make test` builds it, and tests/book.rs checks its links, examples and reference.
+docs:
+	@mdbook --version 2>/dev/null | grep -q "v$(MDBOOK_VERSION)" || cargo install mdbook --locked --no-default-features --version $(MDBOOK_VERSION)
+	mdbook build docs
 
 ## soak: the load tests at length: SOAK_SECS of mixed traffic with trips (default 600),
 ## CYCLES half-open cycles (default 200), one test at a time so memory is Envoy's alone.

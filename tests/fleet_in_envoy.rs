@@ -405,7 +405,7 @@ fn a_lost_quorum_is_detected_and_the_link_returns_with_it() {
     })
     .unwrap();
     // Envoy reaches member 0 only, the one `break_quorum` leaves alone: a member without
-    // a leader, which still answers progress requests (docs/fleet.md).
+    // a leader, which still answers progress requests (docs/src/fleet-design.md).
     let port0 = etcd_port(&etcd, 0);
     let cluster = etcd_cluster(port0);
     let stack = stack_with(Some(&plugin_json("30s")), 2, |y| {

@@ -25,7 +25,7 @@ pub struct PluginConfigDoc {
     #[serde(default)]
     pub events: Option<EventsDoc>,
     /// Share every breaker's decisions with the other Envoys of a fleet through etcd v3
-    /// (optional; see "Fleet mode" in the README).
+    /// (optional; see "Fleet mode" in the manual).
     #[serde(default)]
     pub fleet: Option<FleetDoc>,
 }

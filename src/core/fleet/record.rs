@@ -1,6 +1,6 @@
 //! The fleet record: one breaker's decision as stored in etcd under `P/b/<breaker>`. Small,
 //! versioned and bounded, because anything under the prefix may be damaged, from another
-//! build or hostile, and must be refused whole rather than misread. Layout in docs/fleet.md.
+//! build or hostile, and must be refused whole rather than misread. Layout in docs/src/fleet-design.md.
 
 use std::fmt;
 

@@ -280,7 +280,7 @@ impl Demo {
 
     fn some_failures(&mut self) -> Result<()> {
         self.step(
-            "2. Failures injected (seed 003 step 2)",
+            "2. Failures injected",
             "the school service now fails 70% of requests; five in a row would open its breaker",
         );
         self.faults("school", json!({"failure_rate": 0.7, "is_healthy": true}))?;
@@ -292,7 +292,7 @@ impl Demo {
 
     fn outage(&mut self) -> Result<()> {
         self.step(
-            "3. The school service goes down, and slow (seed 003 step 3, seed 004 test 1)",
+            "3. The school service goes down, and slow",
             "every request now fails after 1.5s; 5 failures in a row (step 2's count on) open the breaker",
         );
         self.faults(
@@ -385,7 +385,7 @@ impl Demo {
 
     fn recovery(&mut self) -> Result<()> {
         self.step(
-            "5. Recovery (seed 003 step 4, seed 004 test 3)",
+            "5. Recovery",
             "the school service is healthy again; after the open time one probe decides",
         );
         self.faults("school", json!({"failure_rate": 0.0, "is_healthy": true}))?;

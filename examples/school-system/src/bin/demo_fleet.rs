@@ -465,7 +465,7 @@ impl Demo {
             .collect();
         check(
             adopted.len() == 2 && adopted.iter().all(|(_, d)| *d < Duration::from_secs(1)),
-            "gateway-2 and gateway-3 adopted gateway-1's trip within 1 s (the issue's bound)",
+            "gateway-2 and gateway-3 adopted gateway-1's trip within 1 s (the bound this demo checks)",
         )?;
         self.trip_to_open = adopted;
         Ok(())

@@ -1,5 +1,5 @@
 //! Fleet mode in the shell: one breaker for many Envoys through etcd v3 (design in
-//! docs/fleet.md). Each worker publishes the transitions it makes and adopts what etcd
+//! docs/src/fleet-design.md). Each worker publishes the transitions it makes and adopts what etcd
 //! answers back; one root context per process, elected in shared data, holds the watch
 //! and the lease. The pure rules live in `core::fleet`; [`Fleet`] makes the host calls,
 //! its methods spread by job over the files beside this one (joining, keeping the link,
