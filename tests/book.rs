@@ -219,18 +219,35 @@ fn every_link_in_the_book_and_from_the_readme_lands() {
         count += 1;
         check_link(&readme, &target, &root(), &mut problems);
     }
-    assert!(count > 50, "only {count} links found: is the scanner broken?");
-    assert!(problems.is_empty(), "broken links:\n{}", problems.join("\n"));
+    assert!(
+        count > 50,
+        "only {count} links found: is the scanner broken?"
+    );
+    assert!(
+        problems.is_empty(),
+        "broken links:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
 fn the_link_checker_finds_a_broken_link_and_a_missing_heading() {
     let mut problems = Vec::new();
     let page = book_dir().join("configuration.md");
-    check_link(&page, "fleet.md#no-such-heading", &book_dir(), &mut problems);
+    check_link(
+        &page,
+        "fleet.md#no-such-heading",
+        &book_dir(),
+        &mut problems,
+    );
     check_link(&page, "no-such-page.md", &book_dir(), &mut problems);
     check_link(&page, "../../README.md", &book_dir(), &mut problems);
-    check_link(&page, "fleet.md#the-fleet-trips-on-agreement", &book_dir(), &mut problems);
+    check_link(
+        &page,
+        "fleet.md#the-fleet-trips-on-agreement",
+        &book_dir(),
+        &mut problems,
+    );
     assert_eq!(problems.len(), 3, "{problems:#?}");
 }
 
@@ -371,8 +388,8 @@ mod envoy_yaml {
 
     fn place(kind: &str, fragment: Value) -> Option<Value> {
         let mut config = base();
-        let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
-            [0]["typed_config"];
+        let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
         match kind {
             "envoy" => return Some(fragment),
             "envoy-http-filters" => {
@@ -405,7 +422,9 @@ mod envoy_yaml {
     fn validate(config: &Value) -> Result<(), String> {
         let dir = scratch_dir().unwrap();
         let file = dir.join("envoy.json");
-        let text = config.to_string().replace("/path/to/envoy_circuit_breaker.wasm", &wasm());
+        let text = config
+            .to_string()
+            .replace("/path/to/envoy_circuit_breaker.wasm", &wasm());
         std::fs::write(&file, text).unwrap();
         let out = Command::new(envoy_bin())
             .current_dir(&dir)
@@ -436,7 +455,10 @@ mod envoy_yaml {
             let config = place(&s.kind, fragment)
                 .unwrap_or_else(|| panic!("{}:{}: unknown kind {:?}", s.page, s.line, s.kind));
             if let Err(e) = validate(&config) {
-                panic!("{}:{} ({}): envoy --mode validate:\n{e}", s.page, s.line, s.kind);
+                panic!(
+                    "{}:{} ({}): envoy --mode validate:\n{e}",
+                    s.page, s.line, s.kind
+                );
             }
             checked += 1;
         }

@@ -4,6 +4,7 @@
 //! say whether it must be written back, so the common case (closed, success) can skip the
 //! shared-data write.
 
+pub mod probe_due;
 mod rules;
 mod success_batch;
 mod timer;
@@ -15,7 +16,6 @@ pub use timer::next_timer_ms;
 use super::codec::RecordHeader;
 use super::hosts::Address;
 use super::outcome::Outcome;
-use super::probe;
 use super::settings::{Mode, Settings, StoreFailure};
 use super::state::{Cause, Record, State, Transition, TripReason};
 
@@ -317,10 +317,9 @@ pub fn admit(record: &mut Record, settings: &Settings, now_ms: u64, roll: u32) -
         State::HalfOpen if settings.probe.is_some() => Admission::Rejected(Rejection {
             kind: RejectKind::HalfOpen,
             reason: record.reason,
-            retry_after_ms: settings
-                .probe
-                .as_ref()
-                .map_or(SHORT_RETRY_MS, |p| probe::retry_after_ms(record, p, now_ms)),
+            retry_after_ms: settings.probe.as_ref().map_or(SHORT_RETRY_MS, |p| {
+                probe_due::retry_after_ms(record, p, now_ms)
+            }),
         }),
         State::HalfOpen if record.probes_in_flight < settings.half_open_max_requests => {
             if record.probes_in_flight == 0 {
@@ -390,7 +389,7 @@ fn probe_lost(record: &Record, s: &Settings, now_ms: u64) -> bool {
         return false;
     }
     match &s.probe {
-        Some(p) => probe::lost_at_ms(record, p).is_some_and(|at| now_ms >= at),
+        Some(p) => probe_due::lost_at_ms(record, p).is_some_and(|at| now_ms >= at),
         None => {
             s.half_open_max_duration_ms > 0
                 && now_ms.saturating_sub(record.probing_since_ms) >= s.half_open_max_duration_ms

@@ -17,6 +17,7 @@ pub mod hosts;
 pub mod limits;
 pub mod outcome;
 pub mod probe;
+pub mod probe_spec;
 pub mod registry;
 pub mod reply;
 pub mod retry_after;

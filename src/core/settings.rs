@@ -6,7 +6,7 @@ use super::cache::CacheSettings;
 use super::fallback::Fallback;
 use super::limits as l;
 use super::outcome::Classifier;
-use super::probe::ProbeSettings;
+use super::probe_spec::ProbeSettings;
 use super::window::WindowSpec;
 
 /// How a breaker acts on its decisions.

@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::duration::Millis;
 use super::hosts::Hosts;
-use super::probe::{ProbeReport, ProbeResult};
+use super::probe_spec::{ProbeReport, ProbeResult};
 use super::settings::{Mode, Settings};
 use super::window::{Bucket, Window};
 

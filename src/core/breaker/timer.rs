@@ -1,7 +1,7 @@
 //! When a breaker next needs the timer: the moment time alone could move its record or
 //! change what it shows, so a worker can leave every other breaker alone on its tick.
 
-use crate::core::probe;
+use super::probe_due;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, TripReason};
 
@@ -31,10 +31,9 @@ pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Optio
         _ if mode == Mode::Disabled => None,
         State::Open if !forced => Some(record.open_until_ms),
         // The breaker's own probe: the next one due, or the one out given up as lost.
-        State::HalfOpen if settings.probe.is_some() => settings
-            .probe
-            .as_ref()
-            .and_then(|p| probe::next_due_ms(record, p).or_else(|| probe::lost_at_ms(record, p))),
+        State::HalfOpen if settings.probe.is_some() => settings.probe.as_ref().and_then(|p| {
+            probe_due::next_due_ms(record, p).or_else(|| probe_due::lost_at_ms(record, p))
+        }),
         State::HalfOpen
             if settings.half_open_max_duration_ms > 0 && record.probes_in_flight > 0 =>
         {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::l;
 use crate::core::fleet::settings::FleetDoc;
-use crate::core::probe::ProbeMethod;
+use crate::core::probe_spec::ProbeMethod;
 use crate::core::settings::{Mode, StoreFailure};
 
 /// The plugin JSON as written by the user.

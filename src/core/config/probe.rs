@@ -5,7 +5,7 @@ use super::l;
 use super::ProbeDoc;
 use crate::core::config_error::{Check, ConfigError};
 use crate::core::duration::Millis;
-use crate::core::probe::ProbeSettings;
+use crate::core::probe_spec::ProbeSettings;
 
 /// Headers a probe may not set: pseudo-headers and `host` come from `path`, `method` and
 /// `authority`; hop-by-hop and length headers are Envoy's to write.
@@ -136,7 +136,7 @@ mod tests {
     use crate::core::config::PluginConfig;
     use crate::core::duration::Millis;
     use crate::core::limits as l;
-    use crate::core::probe::ProbeMethod;
+    use crate::core::probe_spec::ProbeMethod;
 
     fn parse(probe: &str) -> Result<PluginConfig, String> {
         let json =

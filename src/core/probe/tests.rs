@@ -1,7 +1,10 @@
 //! The breaker's own probe, one behaviour per test, on a fake clock.
 
 use super::*;
+use crate::core::breaker::probe_due::lost_at_ms;
 use crate::core::breaker::{admit, next_timer_ms, tick, Admission, RejectKind};
+use crate::core::outcome::StatusSet;
+use crate::core::probe_spec::{judge, ProbeMethod};
 use crate::core::state::Transition;
 use proptest::prelude::*;
 

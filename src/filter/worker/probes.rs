@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 
+use crate::core::breaker::probe_due;
 use crate::core::duration::Millis;
-use crate::core::probe::{self, LastProbe, ProbeReport, ProbeResult, ProbeTicket};
+use crate::core::probe::{self, LastProbe, ProbeTicket};
+use crate::core::probe_spec::{self, ProbeReport, ProbeResult};
 use crate::core::store;
 
 use crate::filter::host::{Host, MetricKind};
@@ -101,7 +103,7 @@ impl Probes {
                 .entry(i)
                 .or_insert_with(|| ProbeMetrics::define(host, &b.name));
             let r = &b.last_seen;
-            let due = probe::next_due_ms(r, p).or_else(|| probe::lost_at_ms(r, p));
+            let due = probe_due::next_due_ms(r, p).or_else(|| probe_due::lost_at_ms(r, p));
             if !due.is_some_and(|at| now_ms >= at) {
                 continue;
             }
@@ -224,7 +226,7 @@ impl Probes {
         let b = breakers.get(sent.breaker)?;
         let p = b.settings.probe.as_ref()?;
         let now_ms = host.now_ms();
-        let report = probe::judge(p, status, now_ms.saturating_sub(sent.sent_ms));
+        let report = probe_spec::judge(p, status, now_ms.saturating_sub(sent.sent_ms));
         self.finish(host, breakers, sent.breaker, sent.ticket, report, now_ms);
         Some(sent.breaker)
     }
