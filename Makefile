@@ -15,7 +15,7 @@ export ENVOY_BIN := $(CURDIR)/$(ENVOY)
 WASI_RUNNER := node --no-warnings tools/wasi-runner.mjs
 CONFIGS := $(wildcard envoy/*.yaml)
 
-.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
+.PHONY: build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet bench-protection clean
 
 build: wasm services
 
@@ -158,6 +158,17 @@ bench: build envoy bench-tools
 bench-propagation: build envoy
 	cargo build --release -p ecb-bench --bin propagation
 	target/release/propagation $(BENCH_ARGS)
+
+## bench-protection: outages (hard down, brownout, one bad host of three, ...) played against
+## Envoy with no protection, with outlier detection, admission_control, a retry budget and
+## the breaker, side by side; figures and a picture per scenario in target/bench-protection/
+## (see BENCHMARKS.md, "Protection"). About 10 minutes;
+## BENCH_PROTECTION_ARGS="--only brownout" plays one scenario, "--retries-only" skips the
+## runs without retries.
+bench-protection: build envoy
+	@[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || tools/apt-install.sh no-such-command:fonts-dejavu-core
+	cargo build --release -p ecb-bench --bin protection
+	target/release/protection $(BENCH_PROTECTION_ARGS)
 
 ## bench-fleet: fleet mode's figures (BENCHMARKS.md, "Fleet mode"): the breaker closed with
 ## and without a fleet block linked to a real etcd, side by side in CPU rounds and
