@@ -110,7 +110,13 @@ fn write(
         "scenarios_without_retries": no_retries,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("results.json"), text).map_err(|e| e.to_string())
+    std::fs::write(out.join("results.json"), text).map_err(|e| e.to_string())?;
+    let tables = format!(
+        "With retries:\n\n{}\nWithout retries:\n\n{}",
+        summary::markdown(results),
+        summary::markdown(no_retries)
+    );
+    std::fs::write(out.join("table.md"), tables).map_err(|e| e.to_string())
 }
 
 /// Plays `s` against every variant at once and computes their figures.
@@ -136,7 +142,18 @@ fn play(s: &Scenario, retries: bool, wasm: &std::path::Path) -> Result<Vec<Playe
             envoy,
         });
     }
-    let start = Instant::now() + Duration::from_millis(300);
+    // Every Envoy answers once and then all rest a moment, so no variant starts its warm-up
+    // while another is still compiling the filter (a slow start fails calls on time-outs).
+    for st in &setups {
+        let ok = client::get(&st.envoy.gateway, "/").is_ok_and(|r| r.status == 200);
+        if !ok {
+            return Err(format!(
+                "{}: the healthy service did not answer 200",
+                st.variant
+            ));
+        }
+    }
+    let start = Instant::now() + Duration::from_millis(1_500);
     let length = Duration::from_millis(s.end_ms);
     let loads: Vec<_> = setups
         .iter()
@@ -149,6 +166,16 @@ fn play(s: &Scenario, retries: bool, wasm: &std::path::Path) -> Result<Vec<Playe
     let mut outcomes = Vec::new();
     for ((st, handle), fails) in setups.into_iter().zip(loads).zip(connect_fails) {
         let answers = handle.join().map_err(|_| "a load thread panicked")?;
+        let early = answers
+            .iter()
+            .filter(|a| a.sent_ms < s.fault_start_ms as f64 && a.outcome != Outcome::Success)
+            .count();
+        if early > 0 {
+            println!(
+                "  note: {} had {early} failed or refused answers before the fault",
+                st.variant
+            );
+        }
         outcomes.push(outcome(s, &st, &answers, start, fails));
     }
     Ok(outcomes)

@@ -41,10 +41,14 @@ pub struct Figures {
     pub refused: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Median time to a local refusal during the fault (0 for none).
+    pub refused_p50_ms: f64,
     pub first_refusal_ms: Option<f64>,
     pub recovery_s: Option<f64>,
     pub collateral_refusals: u64,
     pub calls_first_second_back: u64,
+    /// Upstream calls during the fault after the first refusal: what half-open let through.
+    pub calls_after_first_refusal: u64,
     pub trips: u64,
 }
 
@@ -65,6 +69,12 @@ pub fn figures(run: &Run, t: &Timeline) -> Figures {
     let count = |o: Outcome| during.iter().filter(|a| a.outcome == o).count() as u64;
     let mut latencies: Vec<f64> = during.iter().map(|a| a.latency_ms).collect();
     latencies.sort_by(f64::total_cmp);
+    let mut refusals: Vec<f64> = during
+        .iter()
+        .filter(|a| a.outcome == Outcome::Refused)
+        .map(|a| a.latency_ms)
+        .collect();
+    refusals.sort_by(f64::total_cmp);
     let first_refusal_ms = run
         .answers
         .iter()
@@ -81,6 +91,13 @@ pub fn figures(run: &Run, t: &Timeline) -> Figures {
         })
         .count() as u64;
     let back = t.fault_end..t.fault_end + 1_000.0;
+    let after_refusal = first_refusal_ms.map_or(0, |r| {
+        let from = t.fault_start + r;
+        run.arrivals
+            .iter()
+            .filter(|&&a| a >= from && a < t.fault_end)
+            .count() as u64
+    });
     Figures {
         upstream_calls_during_fault: run.arrivals.iter().filter(|&&a| in_fault(a)).count() as u64
             + run.refused_connects,
@@ -89,10 +106,12 @@ pub fn figures(run: &Run, t: &Timeline) -> Figures {
         refused: count(Outcome::Refused),
         p50_ms: quantile(&latencies, 0.5),
         p99_ms: quantile(&latencies, 0.99),
+        refused_p50_ms: quantile(&refusals, 0.5),
         first_refusal_ms,
         recovery_s: recovery_s(run.answers, t.fault_end, t.end),
         collateral_refusals: collateral,
         calls_first_second_back: run.arrivals.iter().filter(|a| back.contains(a)).count() as u64,
+        calls_after_first_refusal: after_refusal,
         trips: run.trips,
     }
 }
@@ -154,16 +173,53 @@ pub fn rate_series(times: impl Iterator<Item = f64>, bucket_ms: f64, end: f64) -
 /// One variant's entry in results.json.
 pub fn to_json(f: &Figures) -> Value {
     let round = |v: f64| (v * 10.0).round() / 10.0;
+    let ms = |v: f64| (v * 100.0).round() / 100.0;
     json!({
         "upstream_calls_during_fault": f.upstream_calls_during_fault,
         "users": {"success": f.success, "upstream_failure": f.upstream_failure, "refused": f.refused},
-        "latency_ms": {"p50": round(f.p50_ms), "p99": round(f.p99_ms)},
+        "latency_ms": {"p50": ms(f.p50_ms), "p99": ms(f.p99_ms), "refused_p50": ms(f.refused_p50_ms)},
         "recovery_s": f.recovery_s.map(round),
         "collateral_refusals": f.collateral_refusals,
         "first_refusal_ms": f.first_refusal_ms.map(round),
         "calls_first_second_back": f.calls_first_second_back,
+        "calls_after_first_refusal": f.calls_after_first_refusal,
         "trips": f.trips,
     })
+}
+
+/// The results of `scenarios` (results.json's `scenarios` object) as one Markdown table.
+pub fn markdown(scenarios: &serde_json::Map<String, Value>) -> String {
+    let mut t = String::from(
+        "| scenario | variant | upstream calls in fault | users ok / failed / refused | p50 / p99 ms | first refusal | recovery | collateral refusals | calls 1st s back | trips |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (scenario, variants) in scenarios {
+        let Some(variants) = variants.as_object() else {
+            continue;
+        };
+        for (variant, v) in variants {
+            let opt = |x: &Value, unit: &str| {
+                x.as_f64()
+                    .map_or("-".to_string(), |f| format!("{f} {unit}"))
+            };
+            let u = &v["users"];
+            t.push_str(&format!(
+                "| {scenario} | {variant} | {} | {} / {} / {} | {} / {} | {} | {} | {} | {} | {} |\n",
+                v["upstream_calls_during_fault"],
+                u["success"],
+                u["upstream_failure"],
+                u["refused"],
+                v["latency_ms"]["p50"],
+                v["latency_ms"]["p99"],
+                opt(&v["first_refusal_ms"], "ms"),
+                opt(&v["recovery_s"], "s"),
+                v["collateral_refusals"],
+                v["calls_first_second_back"],
+                v["trips"],
+            ));
+        }
+    }
+    t
 }
 
 #[cfg(test)]
@@ -234,6 +290,8 @@ mod tests {
         assert_eq!(f.first_refusal_ms, Some(1_000.0));
         assert_eq!(f.collateral_refusals, 10);
         assert_eq!(f.calls_first_second_back, 10);
+        // Refused from 3 s, the fault over at 6 s: the arrivals in between.
+        assert_eq!(f.calls_after_first_refusal, 30);
     }
 
     #[test]
@@ -266,6 +324,14 @@ mod tests {
         assert!(v["users"]["success"].is_u64() && v["users"]["upstream_failure"].is_u64());
         assert!(v["users"]["refused"].is_u64() && v["trips"].is_u64());
         assert!(v["recovery_s"].is_f64() && v["first_refusal_ms"].is_f64());
+        let mut m = serde_json::Map::new();
+        m.insert("hard_down".into(), json!({ "none": v }));
+        let table = markdown(&m);
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(
+            table.contains("| hard_down | none | 0 | 20 / 0 / 20 |"),
+            "{table}"
+        );
     }
 
     #[test]
