@@ -17,6 +17,9 @@ pub struct Lines {
 
 pub const BUCKET_MS: f64 = 500.0;
 
+/// Picks one of a variant's lines for a panel.
+type Pick = fn(&Lines) -> &Vec<f64>;
+
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Loads the one font the charts use; false (no pictures) if the machine has none.
@@ -50,7 +53,7 @@ pub fn draw(path: &Path, title: &str, fault: (f64, f64), lines: &[Lines]) -> Res
         .titled(title, ("sans-serif", 20))
         .map_err(|e| e.to_string())?;
     let panels = root.split_evenly((3, 1));
-    let pick: [(&str, fn(&Lines) -> &Vec<f64>); 3] = [
+    let pick: [(&str, Pick); 3] = [
         ("users served /s", |l| &l.success),
         ("upstream calls /s", |l| &l.calls),
         ("refused locally /s", |l| &l.refused),
@@ -66,7 +69,7 @@ fn panel_chart(
     label: &str,
     fault: (f64, f64),
     lines: &[Lines],
-    get: fn(&Lines) -> &Vec<f64>,
+    get: Pick,
     legend: bool,
 ) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
