@@ -298,7 +298,7 @@ fn outcome(
 
 fn print_table(outcomes: &[Played]) {
     println!(
-        "  {:<17} {:>7} | {:>6} {:>6} {:>6} | {:>6} {:>7} | {:>8} {:>9} {:>6} {:>6} {:>5}",
+        "  {:<17} {:>7} | {:>6} {:>6} {:>6} | {:>6} {:>7} | {:>8} {:>9} {:>6} {:>6} {:>6} {:>5}",
         "variant",
         "calls",
         "ok",
@@ -310,6 +310,7 @@ fn print_table(outcomes: &[Played]) {
         "recovery",
         "coll.",
         "back1s",
+        "h-open",
         "trips"
     );
     for o in outcomes {
@@ -317,7 +318,7 @@ fn print_table(outcomes: &[Played]) {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
         println!(
-            "  {:<17} {:>7} | {:>6} {:>6} {:>6} | {:>6.1} {:>7.1} | {:>8} {:>9} {:>6} {:>6} {:>5}",
+            "  {:<17} {:>7} | {:>6} {:>6} {:>6} | {:>6.1} {:>7.1} | {:>8} {:>9} {:>6} {:>6} {:>6} {:>5}",
             o.variant,
             f.upstream_calls_during_fault,
             f.success,
@@ -329,6 +330,7 @@ fn print_table(outcomes: &[Played]) {
             opt(f.recovery_s, "s"),
             f.collateral_refusals,
             f.calls_first_second_back,
+            f.half_open_calls,
             f.trips
         );
     }

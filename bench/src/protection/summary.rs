@@ -47,8 +47,9 @@ pub struct Figures {
     pub recovery_s: Option<f64>,
     pub collateral_refusals: u64,
     pub calls_first_second_back: u64,
-    /// Upstream calls during the fault after the first refusal: what half-open let through.
-    pub calls_after_first_refusal: u64,
+    /// Upstream calls during the fault from 1 s after the first refusal on (the retries in
+    /// flight at the trip are over by then): what half-open let through.
+    pub half_open_calls: u64,
     pub trips: u64,
 }
 
@@ -92,7 +93,7 @@ pub fn figures(run: &Run, t: &Timeline) -> Figures {
         .count() as u64;
     let back = t.fault_end..t.fault_end + 1_000.0;
     let after_refusal = first_refusal_ms.map_or(0, |r| {
-        let from = t.fault_start + r;
+        let from = t.fault_start + r + 1_000.0;
         run.arrivals
             .iter()
             .filter(|&&a| a >= from && a < t.fault_end)
@@ -111,7 +112,7 @@ pub fn figures(run: &Run, t: &Timeline) -> Figures {
         recovery_s: recovery_s(run.answers, t.fault_end, t.end),
         collateral_refusals: collateral,
         calls_first_second_back: run.arrivals.iter().filter(|a| back.contains(a)).count() as u64,
-        calls_after_first_refusal: after_refusal,
+        half_open_calls: after_refusal,
         trips: run.trips,
     }
 }
@@ -182,7 +183,7 @@ pub fn to_json(f: &Figures) -> Value {
         "collateral_refusals": f.collateral_refusals,
         "first_refusal_ms": f.first_refusal_ms.map(round),
         "calls_first_second_back": f.calls_first_second_back,
-        "calls_after_first_refusal": f.calls_after_first_refusal,
+        "half_open_calls": f.half_open_calls,
         "trips": f.trips,
     })
 }
@@ -290,8 +291,8 @@ mod tests {
         assert_eq!(f.first_refusal_ms, Some(1_000.0));
         assert_eq!(f.collateral_refusals, 10);
         assert_eq!(f.calls_first_second_back, 10);
-        // Refused from 3 s, the fault over at 6 s: the arrivals in between.
-        assert_eq!(f.calls_after_first_refusal, 30);
+        // Refused from 3 s, the fault over at 6 s: the arrivals from 4 s to 6 s.
+        assert_eq!(f.half_open_calls, 20);
     }
 
     #[test]
