@@ -166,6 +166,7 @@ bench-propagation: build envoy
 ## BENCH_PROTECTION_ARGS="--only brownout" plays one scenario, "--retries-only" skips the
 ## runs without retries.
 bench-protection: build envoy
+	@# The pictures' font; the package has no command for apt-install.sh to look for.
 	@[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || tools/apt-install.sh no-such-command:fonts-dejavu-core
 	cargo build --release -p ecb-bench --bin protection
 	target/release/protection $(BENCH_PROTECTION_ARGS)

@@ -54,6 +54,9 @@ fn run() -> Result<()> {
     let out = root().join("target/bench-protection");
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     let pictures = plot::font_ready();
+    if !pictures {
+        println!("no DejaVu Sans font: figures only, no pictures (install fonts-dejavu-core)");
+    }
     println!(
         "bench-protection on {}, load average {}",
         machine(),
