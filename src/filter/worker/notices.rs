@@ -1,8 +1,9 @@
 //! Telling the other workers at once. Each worker keeps a copy of every breaker's record
 //! so the request path need not read shared data; a worker whose compare-and-swap made a
 //! transition enqueues the breaker's name on every other worker's shared queue, and each
-//! refreshes its copy when the host wakes it. The timer refreshes every copy as well, so a
-//! lost notice costs one period at most.
+//! refreshes its copy when the host wakes it. The timer confirms the copies of the breakers
+//! this worker is busy with; any other copy soon ages out of trust and the next request
+//! reads the shared record, so a lost notice costs one period at most.
 
 use crate::core::registry;
 use crate::core::store;
