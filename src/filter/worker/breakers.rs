@@ -264,7 +264,7 @@ impl Breakers {
         self.clock_ms = now_ms;
         if self
             .synced_at_ms
-            .is_none_or(|at| now_ms.saturating_sub(at) >= SYNC_EVERY_MS)
+            .map_or(true, |at| now_ms.saturating_sub(at) >= SYNC_EVERY_MS)
         {
             self.synced_at_ms = Some(now_ms);
             self.sync(host);
