@@ -17,7 +17,7 @@ CONFIGS := $(wildcard envoy/*.yaml)
 
 MDBOOK_VERSION := 0.5.4
 
-.PHONY: docs build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet clean
+.PHONY: docs build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet bench-protection clean
 
 build: wasm services
 
@@ -166,6 +166,18 @@ bench: build envoy bench-tools
 bench-propagation: build envoy
 	cargo build --release -p ecb-bench --bin propagation
 	target/release/propagation $(BENCH_ARGS)
+
+## bench-protection: outages (hard down, brownout, one bad host of three, ...) played against
+## Envoy with no protection, with outlier detection, admission_control, a retry budget and
+## the breaker, side by side; figures and a picture per scenario in target/bench-protection/
+## (see BENCHMARKS.md, "Protection"). About 10 minutes;
+## BENCH_PROTECTION_ARGS="--only brownout" plays one scenario, "--retries-only" skips the
+## runs without retries.
+bench-protection: build envoy
+	@# The pictures' font; the package has no command for apt-install.sh to look for.
+	@[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || tools/apt-install.sh no-such-command:fonts-dejavu-core
+	cargo build --release -p ecb-bench --bin protection
+	target/release/protection $(BENCH_PROTECTION_ARGS)
 
 ## bench-fleet: fleet mode's figures (BENCHMARKS.md, "Fleet mode"): the breaker closed with
 ## and without a fleet block linked to a real etcd, side by side in CPU rounds and

@@ -195,7 +195,7 @@ fn check_link(from: &Path, target: &str, inside: &Path, problems: &mut Vec<Strin
         ));
         return;
     }
-    if anchor.is_empty() || file.extension().is_none_or(|x| x != "md") {
+    if anchor.is_empty() || file.extension().map_or(true, |x| x != "md") {
         return;
     }
     let text = expand_includes(&std::fs::read_to_string(&file).unwrap());
@@ -258,7 +258,7 @@ fn schema_fields() -> BTreeSet<String> {
     let schema: Value = serde_json::from_str(&text).unwrap();
     let defs = &schema["$defs"];
     let mut out = BTreeSet::new();
-    let mut add = |props: &Value, prefix: &str, out: &mut BTreeSet<String>| {
+    let add = |props: &Value, prefix: &str, out: &mut BTreeSet<String>| {
         for (name, spec) in props.as_object().unwrap() {
             out.insert(format!("{prefix}{name}"));
             if let Some(def) = referenced(spec) {

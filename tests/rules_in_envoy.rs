@@ -384,7 +384,9 @@ fn grpc_status_in_headers_is_judged_by_the_configured_codes() {
 #[test]
 fn dry_run_counts_and_logs_but_refuses_nothing() {
     let stack = stack(
-        Some(r#"{"clusters": {"school": {"mode": "dry_run", "failure_threshold": 3}}}"#),
+        Some(
+            r#"{"clusters": {"school": {"mode": "dry_run", "failure_threshold": 3, "open_duration": "60s"}}}"#,
+        ),
         2,
     );
     stack.school.fail_everything();

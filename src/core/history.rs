@@ -136,7 +136,7 @@ mod tests {
         assert_eq!((e.from.as_str(), e.to.as_str()), ("closed", "open"));
         assert_eq!(e.reason, "consecutive_failures");
         assert_eq!(e.time, "1994-11-06T08:49:37.000Z");
-        assert_eq!(e.open_until.as_deref(), Some("1994-11-06T08:50:37.000Z"));
+        assert_eq!(e.open_until.as_deref(), Some("1994-11-06T08:49:42.000Z"));
         assert_eq!(e.counts.consecutive_failures, 5);
         assert!(e
             .message

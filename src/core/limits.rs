@@ -34,10 +34,13 @@ pub const MINIMUM_REQUESTS: Limit<u32> = limit(1, 1_000_000, 20);
 pub const TRIP_MIN_HOSTS: Limit<u32> = limit(1, 1_000, 2);
 pub const WINDOW_MS: Limit<u64> = limit(100, HOUR, 10 * SECOND);
 pub const WINDOW_SIZE: Limit<u32> = limit(1, MAX_CALLS, 100);
-pub const OPEN_DURATION_MS: Limit<u64> = limit(10, 24 * HOUR, MINUTE);
-pub const BACKOFF_MULTIPLIER: Limit<f64> = limit(1.0, 10.0, 1.0);
+/// A short first open time that doubles on each trip in a row up to a minute (as APISIX and
+/// Envoy's outlier ejection do): a brief overload is let back in seconds after it ends, a
+/// long outage is still probed only once a minute.
+pub const OPEN_DURATION_MS: Limit<u64> = limit(10, 24 * HOUR, 5 * SECOND);
+pub const BACKOFF_MULTIPLIER: Limit<f64> = limit(1.0, 10.0, 2.0);
 /// The default is the larger of this and `open_duration`.
-pub const MAX_OPEN_DURATION_MS: Limit<u64> = limit(10, 24 * HOUR, 10 * MINUTE);
+pub const MAX_OPEN_DURATION_MS: Limit<u64> = limit(10, 24 * HOUR, MINUTE);
 pub const JITTER: Limit<f64> = limit(0.0, 0.5, 0.0);
 pub const HALF_OPEN_MAX_REQUESTS: Limit<u32> = limit(1, 10_000, 1);
 pub const SUCCESS_THRESHOLD: Limit<u32> = limit(1, 10_000, 1);

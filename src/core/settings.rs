@@ -217,6 +217,7 @@ mod tests {
     fn a_flat_multiplier_keeps_the_open_time() {
         let s = Settings {
             open_duration_ms: 30_000,
+            backoff_multiplier: 1.0,
             ..Settings::default()
         };
         assert_eq!(s.open_time(1, 0.5), 30_000);

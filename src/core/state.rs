@@ -427,13 +427,13 @@ mod tests {
             (t.from, t.to, t.generation),
             (State::Closed, State::Open, 1)
         );
-        assert_eq!(r.open_until_ms, 61_000);
-        let t = r.transition(Cause::OpenElapsed, &s, 61_000);
+        assert_eq!(r.open_until_ms, 6_000);
+        let t = r.transition(Cause::OpenElapsed, &s, 6_000);
         assert_eq!(
             (t.from, t.to, t.generation),
             (State::Open, State::HalfOpen, 2)
         );
-        let t = r.transition(Cause::Recovered, &s, 61_500);
+        let t = r.transition(Cause::Recovered, &s, 6_500);
         assert_eq!(
             (t.from, t.to, t.generation),
             (State::HalfOpen, State::Closed, 3)
@@ -451,9 +451,9 @@ mod tests {
         let t = r.transition(Cause::Tripped(TripReason::ConsecutiveFailures), &s, 0);
         assert_eq!(
             t.log_line("auth"),
-            "[CIRCUIT_BREAKER] auth circuit breaker OPENED: 5 consecutive failures, open for 60s"
+            "[CIRCUIT_BREAKER] auth circuit breaker OPENED: 5 consecutive failures, open for 5s"
         );
-        let t = r.transition(Cause::OpenElapsed, &s, 60_000);
+        let t = r.transition(Cause::OpenElapsed, &s, 5_000);
         assert_eq!(
             t.log_line("auth"),
             "[CIRCUIT_BREAKER] auth circuit breaker HALF_OPEN: attempting recovery"

@@ -183,13 +183,13 @@ mod tests {
 
     #[test]
     fn a_view_says_state_why_and_time_left() {
-        let v = breaker("auth", &open_record(), &Settings::default(), &[], 31_500);
+        let v = breaker("auth", &open_record(), &Settings::default(), &[], 3_500);
         assert_eq!(v["state"], "open");
         assert_eq!(v["reason"], "consecutive_failures");
-        assert_eq!(v["seconds_to_half_open"], 30);
+        assert_eq!(v["seconds_to_half_open"], 3);
         assert_eq!(v["counts"]["consecutive_failures"], 5);
         assert_eq!(v["mode"], "enforce");
-        assert_eq!(v["settings"]["open_duration"], "60s");
+        assert_eq!(v["settings"]["open_duration"], "5s");
         assert!(v["mode_override"].is_null());
     }
 

@@ -13,7 +13,7 @@ use super::host::fake::{Call, FakeHost};
 use super::tests::request;
 use super::worker::Worker;
 
-const CONFIG: &str = r#"{"clusters": {"school": {"failure_threshold": 1, "open_duration": "1s",
+const CONFIG: &str = r#"{"clusters": {"school": {"failure_threshold": 1, "open_duration": "1s", "backoff_multiplier": 1,
     "success_threshold": 2,
     "probe": {"path": "/health", "interval": "1s", "timeout": "500ms"}}}}"#;
 

@@ -16,6 +16,7 @@ fn settings() -> Settings {
         minimum_requests: 10,
         window: WindowSpec::Time { window_ms: 10_000 },
         open_duration_ms: 30_000,
+        backoff_multiplier: 1.0,
         half_open_max_requests: 2,
         success_threshold: 2,
         ..Settings::default()

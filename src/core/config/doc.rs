@@ -108,15 +108,15 @@ settings_doc! {
     /// Calls in the count window. 1 to 1000, default 100.
     #[schemars(range(min = l::WINDOW_SIZE.min, max = l::WINDOW_SIZE.max))]
     window_size: u32,
-    /// Time open after a first trip. "10ms" to "24h", default "60s".
+    /// Time open after a first trip. "10ms" to "24h", default "5s".
     #[schemars(regex(pattern = l::DURATION_PATTERN))]
     open_duration: String,
-    /// Open time multiplier per consecutive trip. 1 to 10, default 1 (no growth).
+    /// Open time multiplier per consecutive trip. 1 to 10, default 2 (1: no growth).
     #[schemars(range(min = l::BACKOFF_MULTIPLIER.min, max = l::BACKOFF_MULTIPLIER.max))]
     backoff_multiplier: f64,
     /// Cap on the open time (also for an upstream's Retry-After); the growth starts over
     /// after the breaker stays closed this long. "10ms" to "24h", at least `open_duration`;
-    /// default the larger of "10m" and `open_duration`.
+    /// default the larger of "60s" and `open_duration`.
     #[schemars(regex(pattern = l::DURATION_PATTERN))]
     max_open_duration: String,
     /// Each open time is randomly lengthened or shortened by up to this fraction, so

@@ -46,7 +46,7 @@ fn clusters_override_the_default_field_by_field() {
 fn unnamed_clusters_use_the_default_block() {
     let config = parse(r#"{"default": {"failure_threshold": 9}}"#).unwrap();
     assert_eq!(config.settings_for("anything").failure_threshold, 9);
-    assert_eq!(config.settings_for("anything").open_duration_ms, 60_000);
+    assert_eq!(config.settings_for("anything").open_duration_ms, 5_000);
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn every_new_field_reaches_the_settings() {
 fn the_open_time_cap_follows_a_long_open_duration() {
     let config = parse(r#"{"clusters": {"slow": {"open_duration": "20m"}}}"#).unwrap();
     assert_eq!(config.settings_for("slow").max_open_duration_ms, 1_200_000);
-    assert_eq!(config.default.max_open_duration_ms, 600_000);
+    assert_eq!(config.default.max_open_duration_ms, 60_000);
     let msg = refusal(r#"{"default": {"open_duration": "5m", "max_open_duration": "1m"}}"#);
     assert!(
         msg.contains("default.max_open_duration: must not be shorter than open_duration (300s)"),

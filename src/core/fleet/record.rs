@@ -435,7 +435,7 @@ pub(crate) mod tests {
         };
         let t = local.transition(Cause::Tripped(TripReason::ConsecutiveFailures), &s, 5_000);
         let r = FleetRecord::of_transition(&t, None, 3, "gw", 1_700_000_000_000, local.reason);
-        assert_eq!(r.open_for_ms, 60_000);
+        assert_eq!(r.open_for_ms, 5_000);
         assert_eq!(r.counts.consecutive_failures, 5);
         let back = r.transition(State::Closed).unwrap();
         assert_eq!(back.to_string(), t.to_string());
