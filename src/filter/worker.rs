@@ -168,7 +168,12 @@ impl Worker {
     /// duties; then slows down to [`IDLE_TICK_MS`] when nothing will need it sooner.
     pub fn tick(&mut self, host: &impl Host, now_ms: u64) {
         let every = self.fleet.is_some();
-        for i in self.breakers.tick(host, now_ms, every) {
+        let looked = self.breakers.tick(host, now_ms, every);
+        // A tick that found work keeps the pace: under steady traffic every tick finds
+        // some, and slowing down only to be woken by the next request would cost the
+        // request path two host calls each period.
+        let worked = !looked.is_empty();
+        for i in looked {
             self.tell_others(host, i);
         }
         for i in self
@@ -182,7 +187,7 @@ impl Worker {
             fleet.tick(host, &mut self.breakers, now_ms);
         }
         let soon = now_ms.saturating_add(u64::from(IDLE_TICK_MS));
-        let idle = !every && !self.breakers.need_timer_by(soon);
+        let idle = !every && !worked && !self.breakers.need_timer_by(soon);
         self.pace(host, idle);
     }
 

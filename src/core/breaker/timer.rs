@@ -20,7 +20,8 @@ fn episode_over(record: &Record, settings: &Settings, now_ms: u64) -> bool {
 /// The earliest time at which [`super::tick`] could change `record`, or its failure and
 /// slow-call rates could change: its open time running out, a half-open episode's probes
 /// timing out, the breaker's own probe falling due, the ramp after a recovery ending, the
-/// oldest calls leaving the window (a rate rule may trip as they go); `now_ms` while a
+/// oldest calls leaving a window that holds failures or slow calls (a rate rule may trip as
+/// they go); `now_ms` while a
 /// forced mode is still to be followed, or while a closed breaker's rules would trip on the
 /// timer's own look (as a trip that waited for a worker's calls still out does) or end a
 /// confined-failures episode. `None`: time alone changes nothing.
@@ -61,6 +62,10 @@ pub fn next_timer_ms(record: &Record, settings: &Settings, now_ms: u64) -> Optio
             .changed_at_ms
             .saturating_add(settings.recovery_duration_ms)
     });
-    let window = record.window.next_change_ms(now_ms, settings.window);
+    // Calls leaving a window of successes only change no rate, and trip nothing.
+    let counts = record.counts(settings, now_ms);
+    let window = (counts.failures > 0 || counts.slow > 0)
+        .then(|| record.window.next_change_ms(now_ms, settings.window))
+        .flatten();
     [moves, ramp_ends, window].into_iter().flatten().min()
 }
