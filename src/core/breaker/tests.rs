@@ -1085,7 +1085,11 @@ fn a_closed_breaker_with_successes_only_needs_no_timer() {
     let s = settings();
     let mut r = Record::default();
     call_with(&mut r, &s, quick(OK), 2_500);
-    assert_eq!(next_timer_ms(&r, &s, 3_000), None, "no rate moves as they leave");
+    assert_eq!(
+        next_timer_ms(&r, &s, 3_000),
+        None,
+        "no rate moves as they leave"
+    );
 }
 
 #[test]
