@@ -17,7 +17,7 @@ CONFIGS := $(wildcard envoy/*.yaml)
 
 MDBOOK_VERSION := 0.5.4
 
-.PHONY: docs build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet bench-protection clean
+.PHONY: docs build wasm services wasm-target envoy hooks-wasm fuzz fuzz-short fuzz-coverage soak test test-docker test-tools etcd-tools test-wasm validate lint run demo demo-fleet run-fleet demo-docker docker-config schema bench bench-instructions bench-tools bench-propagation bench-fleet bench-protection bench-idle clean
 
 build: wasm services
 
@@ -160,6 +160,7 @@ bench: build envoy bench-tools
 	cargo build --target wasm32-wasip1 --release -p empty-filter -p host-call-probe -p limit-filter
 	cargo build --release -p ecb-bench
 	target/release/bench $(BENCH_ARGS)
+	$(if $(BENCH_ARGS),,$(MAKE) bench-idle)
 
 ## bench-propagation: how long a trip on one worker goes unseen by the others (notices
 ## between workers, the timer as backstop); see BENCHMARKS.md.
@@ -178,6 +179,14 @@ bench-protection: build envoy
 	@[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || tools/apt-install.sh no-such-command:fonts-dejavu-core
 	cargo build --release -p ecb-bench --bin protection
 	target/release/protection $(BENCH_PROTECTION_ARGS)
+
+## bench-idle: the breaker's cost while nothing happens: 1, 30 and 300 breakers idle and 300
+## with one busy, against the same Envoy without the filter and with the empty filter,
+## measured at once (BENCHMARKS.md, "Idle cost"). About 2 minutes; BENCH_IDLE_ARGS="--seconds 10".
+bench-idle: build envoy
+	cargo build --target wasm32-wasip1 --release -p empty-filter
+	cargo build --release -p ecb-bench --bin idle
+	target/release/idle $(BENCH_IDLE_ARGS)
 
 ## bench-fleet: fleet mode's figures (BENCHMARKS.md, "Fleet mode"): the breaker closed with
 ## and without a fleet block linked to a real etcd, side by side in CPU rounds and

@@ -125,6 +125,11 @@ impl Metrics {
         self.pending[what as usize] += 1;
     }
 
+    /// Whether counts wait for the next flush.
+    pub fn has_pending(&self) -> bool {
+        self.pending.iter().any(|n| *n > 0)
+    }
+
     /// Publishes the counts gathered since the last flush.
     pub fn flush(&mut self, host: &impl Host) {
         for (pending, id) in self.pending.iter_mut().zip(self.counted) {

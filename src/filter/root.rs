@@ -12,11 +12,7 @@ use crate::core::config::PluginConfig;
 use super::host::wasm::Wasm;
 use super::host::{Buffer, Host, Map};
 use super::http::Stream;
-use super::worker::Worker;
-
-/// Timer period: the longest an open breaker overstays its open time when no request
-/// arrives, and the delay before batched counts reach stats and the shared window.
-pub const TICK_MS: u32 = 100;
+use super::worker::{Worker, TICK_MS};
 
 #[derive(Default)]
 pub struct Root {

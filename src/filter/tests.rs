@@ -12,7 +12,7 @@ use super::host::fake::{Call, FakeHost};
 use super::host::Map;
 use super::http::Stream;
 use super::shared::record_key;
-use super::worker::Worker;
+use super::worker::{Worker, IDLE_TICK_MS, TICK_MS};
 
 const CONFIG: &str =
     r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
@@ -275,4 +275,58 @@ fn a_streak_restarted_by_a_worker_with_a_stale_copy_still_reaches_the_others() {
         Action::Continue,
         "two failures in a row since the last success, not three"
     );
+}
+
+/// Ticks `w` until its timer has nothing left to do (batched successes and stats out).
+fn settle(host: &FakeHost, w: &Rc<RefCell<Worker>>) {
+    for _ in 0..3 {
+        host.advance(100);
+        w.borrow_mut().tick(host, host.clock_ms.get());
+    }
+}
+
+#[test]
+fn an_idle_worker_slows_its_timer_and_work_speeds_it_up() {
+    let host = FakeHost::at(1_000);
+    let w = worker(&host, CONFIG);
+    request(&host, &w, "school", 200);
+    host.take_journal();
+    settle(&host, &w);
+    assert!(host.take_journal().contains(&Call::Tick(IDLE_TICK_MS)));
+    request(&host, &w, "school", 200);
+    assert!(host.take_journal().contains(&Call::Tick(TICK_MS)));
+}
+
+#[test]
+fn the_timer_leaves_an_idle_breaker_alone() {
+    let host = FakeHost::at(1_000);
+    let w = worker(&host, CONFIG);
+    request(&host, &w, "school", 200);
+    settle(&host, &w);
+    host.take_journal();
+    host.advance(100);
+    w.borrow_mut().tick(&host, host.clock_ms.get());
+    let journal = host.take_journal();
+    assert!(
+        !journal
+            .iter()
+            .any(|c| matches!(c, Call::SharedRead(_) | Call::SharedWrite(_))),
+        "{journal:?}"
+    );
+}
+
+#[test]
+fn a_trip_an_idle_worker_was_not_told_of_is_still_refused() {
+    let host = FakeHost::at(1_000);
+    let first = worker(&host, CONFIG);
+    let second = worker(&host, CONFIG);
+    request(&host, &second, "school", 200);
+    settle(&host, &second);
+    for _ in 0..3 {
+        request(&host, &first, "school", 503);
+    }
+    // No notice reaches the second worker, and its timer no longer reads the record; its
+    // copy ages out of trust instead.
+    host.advance(1_000);
+    assert_eq!(request(&host, &second, "school", 200), Action::Pause);
 }

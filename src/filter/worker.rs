@@ -31,8 +31,20 @@ use fleet::probe::{Probe, ProbeSlotClaim};
 use fleet::Fleet;
 use probes::Probes;
 
+/// Timer period while any breaker needs the timer: the longest an open breaker overstays
+/// its open time when no request arrives, and the delay before batched counts reach stats
+/// and the shared window.
+pub const TICK_MS: u32 = 100;
+/// Timer period while no breaker needs it: the first request, a notice or a control API
+/// change brings back [`TICK_MS`] at once, so it only bounds how late this context meets
+/// breakers other workers created.
+pub const IDLE_TICK_MS: u32 = 1_000;
+
 pub struct Worker {
     breakers: Breakers,
+    /// Whether the timer runs at [`IDLE_TICK_MS`]: then the coarse clock may be that old,
+    /// and must be read afresh before a decision trusts it.
+    idle: bool,
     deliveries: Deliveries,
     /// Fleet mode's state in this VM, when the configuration has a `fleet` block.
     fleet: Option<Fleet>,
@@ -53,6 +65,7 @@ impl Worker {
         let fleet = config.fleet.clone().map(|s| Fleet::new(host, s));
         let mut worker = Worker {
             breakers: Breakers::new(host, config, now_ms),
+            idle: false,
             deliveries,
             fleet,
             probes: Probes::default(),
@@ -102,6 +115,7 @@ impl Worker {
         grpc: impl FnOnce() -> bool,
         cache_key: Option<&str>,
     ) -> Decision {
+        self.wake(host);
         let roll = self.rng.roll();
         let mut now = Now::new(self.breakers.clock_ms, || host.now_ms());
         // Until this worker's queue is listed, nobody can tell it of a transition.
@@ -124,6 +138,7 @@ impl Worker {
 
     /// Records how an admitted request ended.
     pub fn record(&mut self, host: &impl Host, admitted: Admitted) {
+        self.wake(host);
         let (i, ticket, probe_slot) = (admitted.breaker, admitted.ticket, admitted.probe_slot);
         let Some(breaker) = self.breakers.get_mut(i) else {
             return;
@@ -148,10 +163,17 @@ impl Worker {
         self.breakers.tell_others(host, i);
     }
 
-    /// The timer: moves the breakers on, sends the webhook's events and does the fleet's
-    /// duties.
+    /// The timer: moves on the breakers that need it (in fleet mode, every breaker: the
+    /// fleet's duties read every copy), sends the webhook's events and does the fleet's
+    /// duties; then slows down to [`IDLE_TICK_MS`] when nothing will need it sooner.
     pub fn tick(&mut self, host: &impl Host, now_ms: u64) {
-        for i in self.breakers.tick(host, now_ms) {
+        let every = self.fleet.is_some();
+        let looked = self.breakers.tick(host, now_ms, every);
+        // A tick that found work keeps the pace: under steady traffic every tick finds
+        // some, and slowing down only to be woken by the next request would cost the
+        // request path two host calls each period.
+        let worked = !looked.is_empty();
+        for i in looked {
             self.tell_others(host, i);
         }
         for i in self
@@ -164,11 +186,35 @@ impl Worker {
         if let Some(fleet) = &mut self.fleet {
             fleet.tick(host, &mut self.breakers, now_ms);
         }
+        let soon = now_ms.saturating_add(u64::from(IDLE_TICK_MS));
+        let idle = !every && !worked && !self.breakers.need_timer_by(soon);
+        self.pace(host, idle);
+    }
+
+    /// Sets the timer's period for an idle context or a busy one, when it changes.
+    fn pace(&mut self, host: &impl Host, idle: bool) {
+        if idle == self.idle {
+            return;
+        }
+        let period = if idle { IDLE_TICK_MS } else { TICK_MS };
+        if host.set_tick_period_ms(period).is_ok() {
+            self.idle = idle;
+        }
+    }
+
+    /// Work arrived at an idle context: the coarse clock may be a slow period old, so it
+    /// is read afresh, and the timer goes back to [`TICK_MS`] for the work to come.
+    fn wake(&mut self, host: &impl Host) {
+        if self.idle {
+            self.breakers.clock_ms = self.breakers.clock_ms.max(host.now_ms());
+            self.pace(host, false);
+        }
     }
 
     /// The host woke this worker: another worker moved a breaker (or this one has fleet
     /// work its HTTP context could not do).
     pub fn notified(&mut self, host: &impl Host, token: u32, now_ms: u64) {
+        self.wake(host);
         self.breakers.drain(host, token, now_ms);
         if let Some(fleet) = &mut self.fleet {
             fleet.publish(host, &mut self.breakers, now_ms);
@@ -184,6 +230,7 @@ impl Worker {
         body: &[u8],
         now_ms: u64,
     ) -> Result<ApiAnswer, ApiError> {
+        self.wake(host);
         let names = control_api::registered(host);
         control_api::check(command, &names)?;
         let (changed, result) =
@@ -204,6 +251,7 @@ impl Worker {
     /// The answer to one of this context's HTTP calls: a health probe's or a webhook
     /// delivery's (`status` `None` when no response came).
     pub fn call_answered(&mut self, host: &impl Host, token: u32, status: Option<u32>) {
+        self.wake(host);
         if self.probes.sent(token) {
             if let Some(i) = self
                 .probes
@@ -256,6 +304,7 @@ impl Worker {
     /// Gives a local probe back without an outcome (its fleet slot claim failed, or the
     /// client left while it waited), so the local gate admits another.
     pub fn give_back(&mut self, host: &impl Host, i: usize, ticket: Ticket) {
+        self.wake(host);
         if let Some(breaker) = self.breakers.get_mut(i) {
             admission::give_back(breaker, host, ticket);
         }

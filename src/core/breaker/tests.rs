@@ -1069,14 +1069,27 @@ fn an_idle_closed_breaker_with_an_empty_window_needs_no_timer() {
 }
 
 #[test]
-fn a_closed_breaker_needs_the_timer_when_its_oldest_calls_leave_the_window() {
+fn a_closed_breaker_needs_the_timer_when_its_oldest_failures_leave_the_window() {
     let s = settings();
     let mut r = Record::default();
-    call_with(&mut r, &s, quick(OK), 2_500);
-    // Slices of 1 s in a 10 s window: the call of 2.5 s leaves at 12 s.
+    call_with(&mut r, &s, quick(FAIL), 2_500);
+    call_with(&mut r, &s, quick(OK), 2_600);
+    // Slices of 1 s in a 10 s window: the calls of 2.5 s leave at 12 s.
     assert_eq!(next_timer_ms(&r, &s, 3_000), Some(12_000));
     assert!(tick(&mut r, &s, 12_000).transition.is_none());
     assert_eq!(next_timer_ms(&r, &s, 12_000), None);
+}
+
+#[test]
+fn a_closed_breaker_with_successes_only_needs_no_timer() {
+    let s = settings();
+    let mut r = Record::default();
+    call_with(&mut r, &s, quick(OK), 2_500);
+    assert_eq!(
+        next_timer_ms(&r, &s, 3_000),
+        None,
+        "no rate moves as they leave"
+    );
 }
 
 #[test]

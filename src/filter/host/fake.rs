@@ -22,7 +22,7 @@ pub enum Call {
     HttpCall(String),
     DefineMetric(String),
     Metric(u32),
-    Tick,
+    Tick(u32),
     Queue,
     /// A gRPC call or stream opened, by method.
     Grpc(String),
@@ -183,8 +183,8 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn set_tick_period_ms(&self, _period: u32) -> Result<(), HostError> {
-        self.note(Call::Tick);
+    fn set_tick_period_ms(&self, period: u32) -> Result<(), HostError> {
+        self.note(Call::Tick(period));
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! successes, stats and replies; and the one place a transition this worker made is
 //! announced (log line, stats, stored history, webhook event).
 
-use crate::core::breaker::{Step, SuccessBatch};
+use crate::core::breaker::{next_timer_ms, Step, SuccessBatch};
 use crate::core::cache::ResponseCache;
 use crate::core::codec::RecordHeader;
 use crate::core::history::{self, Event};
@@ -27,6 +27,10 @@ pub struct Breaker {
     pub header: RecordHeader,
     /// When [`Breaker::header`] was last confirmed against the shared record (worker clock).
     pub confirmed_at_ms: u64,
+    /// When time alone could next move [`Breaker::last_seen`] or its rates (see
+    /// [`next_timer_ms`]); `None`: not before some worker writes the record again, and the
+    /// worker that writes it has the fresh copy and so the timer.
+    timer_at_ms: Option<u64>,
     /// Set when this worker made a transition the other workers have not been told of.
     pub moved: bool,
     /// Fleet mode: this worker need not read the breaker's decision from etcd before a
@@ -69,9 +73,10 @@ impl Breaker {
         let last_seen = store::load(&SharedData(host), &key)
             .map(|l| l.record)
             .unwrap_or_default();
-        let breaker = Breaker {
+        let mut breaker = Breaker {
             header: RecordHeader::of(&last_seen),
             confirmed_at_ms: now_ms,
+            timer_at_ms: None,
             moved: false,
             fleet_settled: false,
             name: name.to_string(),
@@ -91,7 +96,25 @@ impl Breaker {
             events_on,
         };
         breaker.metrics.state(host, breaker.last_seen.state);
+        breaker.aim_timer(now_ms);
         breaker
+    }
+
+    /// Whether this worker's timer has work on this breaker at `now_ms`: successes or
+    /// counts to hand on, requests out (whose copy the timer keeps confirmed), a dry-run
+    /// summary owed, events to deliver, or time moving the record.
+    pub fn needs_timer(&self, now_ms: u64) -> bool {
+        !self.batch.is_empty()
+            || self.metrics.has_pending()
+            || self.in_flight > 0
+            || self.dry_run_unlogged > 0
+            || !self.outbox.is_empty()
+            || self.timer_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Works out, from a fresh copy, when time alone next moves the record.
+    fn aim_timer(&mut self, now_ms: u64) {
+        self.timer_at_ms = next_timer_ms(&self.last_seen, &self.settings, now_ms);
     }
 
     /// Writes a change through compare-and-swap, folding in the batched successes first;
@@ -136,6 +159,7 @@ impl Breaker {
             self.header = RecordHeader::of(&loaded.record);
             self.last_seen = loaded.record;
             self.confirmed_at_ms = now_ms;
+            self.aim_timer(now_ms);
             self.metrics.state(host, self.last_seen.state);
         }
     }
@@ -167,6 +191,7 @@ impl Breaker {
         self.header = RecordHeader::of(&updated.record);
         self.confirmed_at_ms = now_ms;
         self.last_seen = updated.record;
+        self.aim_timer(now_ms);
         updated.value
     }
 

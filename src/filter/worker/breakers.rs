@@ -2,7 +2,7 @@
 //! settings and registered in the process-wide list, their copies of the shared records
 //! kept fresh by other workers' notices, and moved on by the timer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::core::breaker;
 use crate::core::config::PluginConfig;
@@ -26,7 +26,22 @@ pub struct Breakers {
     /// to refuse at a glance while a breaker is well inside its open time.
     pub clock_ms: u64,
     notices: Notices,
+    /// When the process-wide list was last read for breakers other workers met.
+    synced_at_ms: Option<u64>,
+    /// The next copy the sweep reads again (see [`SWEEP_PASS_SYNCS`]).
+    swept: usize,
 }
+
+/// How often the timer reads the process-wide list for breakers other workers met: a new
+/// breaker needs nothing from this worker until its records say so, and it loads the
+/// record itself at its first request.
+const SYNC_EVERY_MS: u64 = 1_000;
+
+/// Each sync also reads again a share of the copies the timer leaves alone, so that all
+/// of them are read once in this many syncs (10 s). The worker that last wrote a record
+/// keeps its timer on it while time can move it; this is the backstop for a worker that
+/// died holding, say, a probe claim, whose record must still move on by time.
+const SWEEP_PASS_SYNCS: usize = 10;
 
 impl Breakers {
     /// The configured breakers, loaded as stored now.
@@ -38,6 +53,8 @@ impl Breakers {
             warned_full: false,
             clock_ms: now_ms,
             notices: Notices::default(),
+            synced_at_ms: None,
+            swept: 0,
         };
         let mut named: Vec<String> = breakers.config.clusters.keys().cloned().collect();
         named.sort();
@@ -240,15 +257,24 @@ impl Breakers {
     }
 
     /// The timer: publishes stats, writes batched successes and lets time and modes move
-    /// every breaker in the process, including ones this worker has not served. Returns
-    /// the breakers it looked at, for the caller to tell the others of any move.
-    pub fn tick(&mut self, host: &impl Host, now_ms: u64) -> Vec<usize> {
+    /// the breakers that need it (every breaker when `every`); an idle breaker costs
+    /// nothing. Returns the breakers it looked at, for the caller to tell the others of any
+    /// move.
+    pub fn tick(&mut self, host: &impl Host, now_ms: u64, every: bool) -> Vec<usize> {
         self.clock_ms = now_ms;
-        let listed = Breakers::listed(host);
-        for name in &listed {
-            self.named(host, name.as_bytes());
+        if self
+            .synced_at_ms
+            .map_or(true, |at| now_ms.saturating_sub(at) >= SYNC_EVERY_MS)
+        {
+            self.synced_at_ms = Some(now_ms);
+            self.sync(host);
+            self.sweep(host, now_ms);
         }
-        for breaker in &mut self.list {
+        let mut looked = Vec::new();
+        for (i, breaker) in self.list.iter_mut().enumerate() {
+            if !every && !breaker.needs_timer(now_ms) {
+                continue;
+            }
             breaker.metrics.flush(host);
             let _ = breaker.write(host, now_ms, |r, s| breaker::tick(r, s, now_ms));
             breaker.metrics.state(host, breaker.last_seen.state);
@@ -256,16 +282,49 @@ impl Breakers {
                 .metrics
                 .rates(host, &breaker.last_seen.counts(&breaker.settings, now_ms));
             breaker.log_dry_run(now_ms);
+            looked.push(i);
         }
+        looked
+    }
+
+    /// Whether any breaker needs the timer before `at_ms`.
+    pub fn need_timer_by(&self, at_ms: u64) -> bool {
+        self.list.iter().any(|b| b.needs_timer(at_ms))
+    }
+
+    /// Reads again the next share of the copies (see [`SWEEP_PASS_SYNCS`]).
+    fn sweep(&mut self, host: &impl Host, now_ms: u64) {
+        let n = self.list.len();
+        for _ in 0..n.div_ceil(SWEEP_PASS_SYNCS) {
+            self.swept = if self.swept + 1 < n {
+                self.swept + 1
+            } else {
+                0
+            };
+            if let Some(breaker) = self.list.get_mut(self.swept) {
+                if !breaker.needs_timer(now_ms) {
+                    breaker.refresh(host, now_ms);
+                }
+            }
+        }
+    }
+
+    /// Meets the breakers other workers listed, and lists again any of this worker's that
+    /// the list lost.
+    fn sync(&mut self, host: &impl Host) {
+        let listed = Breakers::listed(host);
+        for name in &listed {
+            self.named(host, name.as_bytes());
+        }
+        let listed: HashSet<&str> = listed.iter().map(String::as_str).collect();
         let unlisted: Vec<String> = self
             .list
             .iter()
-            .filter(|b| !listed.contains(&b.name))
+            .filter(|b| !listed.contains(b.name.as_str()))
             .map(|b| b.name.clone())
             .collect();
         for name in unlisted {
             self.register(host, &name, "", usize::MAX);
         }
-        (0..self.list.len()).collect()
     }
 }

@@ -1,8 +1,10 @@
 //! Telling the other workers at once. Each worker keeps a copy of every breaker's record
 //! so the request path need not read shared data; a worker whose compare-and-swap made a
 //! transition enqueues the breaker's name on every other worker's shared queue, and each
-//! refreshes its copy when the host wakes it. The timer refreshes every copy as well, so a
-//! lost notice costs one period at most.
+//! refreshes its copy when the host wakes it. The timer confirms the copies of the breakers
+//! this worker is busy with; any other copy ages out of trust within a second
+//! (`MAX_COPY_AGE_MS`) and the next request then reads the shared record, so a lost
+//! notice costs a busy breaker one period and a quiet one at most that second.
 
 use crate::core::registry;
 use crate::core::store;
