@@ -224,8 +224,11 @@ fn a_host_that_recovers_and_another_that_fails_later_trip_nothing() {
         assert_eq!(got.refused, 0, "host {bad}: {got:?}");
         pool.hosts[bad].heal();
         let lines = stack.envoy.wait_log(line, turn + 1);
+        // The breaker knows the hosts its 1 s window has heard from, and it hears of a
+        // healthy host through one success in 32: a healthy host may not be known yet.
+        let named = |known: u32| format!("1 of {known} hosts ({})", pool.address(bad));
         assert!(
-            lines[turn].contains(&format!("1 of 3 hosts ({})", pool.address(bad))),
+            lines[turn].contains(&named(3)) || lines[turn].contains(&named(2)),
             "{lines:?}"
         );
         // The window slides out a tenth at a time: after 1.2 s of health it is clean.
