@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use school_system::stack::{free_port, Envoy};
+use ecb_bench::machine::{port, port_of};
+use school_system::stack::Envoy;
 
 use crate::callgrind::{Counted, KeepAlive};
 use crate::{proxy_config, upstream_yaml, Proxy, Result, CLOSED};
@@ -55,7 +56,7 @@ pub struct Options<'a> {
 pub fn run(opts: &Options) -> Result<()> {
     which_valgrind()?;
     let upstream = Envoy::start(&upstream_yaml(port()?), 1)?;
-    let up = crate::port_of(&upstream.gateway);
+    let up = port_of(&upstream.gateway);
     let variants = variants(opts, up)?;
     println!(
         "\ninstructions per request: callgrind, all Envoy threads, --concurrency 1, {COUNTED} requests \
@@ -83,10 +84,6 @@ fn which_valgrind() -> Result<()> {
         crate::which(tool)?;
     }
     Ok(())
-}
-
-fn port() -> Result<u16> {
-    free_port().map_err(|e| e.to_string())
 }
 
 fn variants(opts: &Options, up: u16) -> Result<Vec<Variant>> {
@@ -221,7 +218,7 @@ fn count_logged(v: &Variant, n: usize, runs: usize) -> Result<Count> {
 
 /// Counts one fresh Envoy process; also returns how long its start and warm-up took (s).
 fn count(v: &Variant) -> Result<(Count, f64, f64)> {
-    let port = crate::port_of(
+    let port = port_of(
         &school_system::stack::listener_of(&v.yaml, "gateway").ok_or("no gateway listener")?,
     );
     let mut clock = Instant::now();

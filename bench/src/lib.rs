@@ -7,4 +7,5 @@
 pub mod envoy;
 pub mod fleet;
 pub mod keep_alive;
+pub mod machine;
 pub mod protection;

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ecb_bench::envoy;
+use ecb_bench::machine::{cpu_us, port_of};
 use school_system::stack::{free_port, root, rss_kib, scratch_dir, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
@@ -677,21 +678,6 @@ fn report(
     );
 }
 
-/// CPU time Envoy's threads have used, in microseconds (the scheduler's counters, in ns).
-fn cpu_us(pid: u32) -> Result<f64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
-    let mut ns = 0u64;
-    for task in tasks.flatten() {
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        ns += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-    }
-    Ok(ns as f64 / 1_000.0)
-}
-
 /// Resident memory of a process, MiB.
 fn rss_mib(pid: u32) -> f64 {
     rss_kib(pid).map_or(f64::NAN, |kb| kb as f64 / 1024.0)
@@ -813,13 +799,6 @@ fn machine() -> String {
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
         .unwrap_or_default();
     format!("{cpus} CPUs ({model})")
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 fn wasm_filter(id: &str, path: &Path, json: &str) -> String {

@@ -21,8 +21,9 @@ use ecb_bench::fleet::{
     fleet_block_with, start_etcd, unlabelled, wait_connected, FleetStats,
 };
 use ecb_bench::keep_alive::KeepAlive;
+use ecb_bench::machine::{load_average, port, port_of};
 use school_system::client;
-use school_system::stack::{free_port, rss_kib, Envoy};
+use school_system::stack::{rss_kib, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -129,12 +130,7 @@ fn run() -> Result<()> {
         opts.idle.as_secs(),
         opts.storm.as_secs(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     );
     let upstream = Envoy::start(&upstream_yaml(port()?), 1)?;
     let up = port_of(&upstream.gateway);
@@ -145,17 +141,6 @@ fn run() -> Result<()> {
         quorum::run(&opts.quorums, opts.quorum_trials, up)?;
     }
     Ok(())
-}
-
-fn port() -> Result<u16> {
-    free_port().map_err(|e| e.to_string())
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 /// One fleet of `n`: start it, then idle, propagation, storm, and idle again.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use ecb_bench::envoy::{self, Listener};
 use ecb_bench::keep_alive::KeepAlive;
-use school_system::stack::{free_port, root, Envoy};
+use ecb_bench::machine::{cpu_us, port, port_of};
+use school_system::stack::{root, Envoy};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -153,10 +154,16 @@ fn scenario(s: &Scenario, up: u16, breaker: &Path, empty: &Path, seconds: u64) -
     } else {
         Vec::new()
     };
-    let before: Vec<f64> = envoys.iter().map(|e| cpu_us(e.pid())).collect();
+    let before: Vec<f64> = envoys
+        .iter()
+        .map(|e| cpu_us(e.pid()).unwrap_or(f64::NAN))
+        .collect();
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
-    let after: Vec<f64> = envoys.iter().map(|e| cpu_us(e.pid())).collect();
+    let after: Vec<f64> = envoys
+        .iter()
+        .map(|e| cpu_us(e.pid()).unwrap_or(f64::NAN))
+        .collect();
     let window_us = started.elapsed().as_secs_f64() * 1e6;
     stop.store(true, Ordering::Relaxed);
     for handle in busy {
@@ -216,28 +223,4 @@ fn proxy_yaml(
         filters,
     };
     envoy::bootstrap(None, &[listener], &clusters)
-}
-
-/// CPU time of all of a process's threads, in microseconds (the scheduler's counters).
-fn cpu_us(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return f64::NAN;
-    };
-    let ns: u64 = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1_000.0
-}
-
-fn port() -> Result<u16> {
-    free_port().map_err(|e| e.to_string())
-}
-
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }

@@ -6,6 +6,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ecb_bench::machine::load_average;
 use ecb_bench::protection::plot::{self, Lines, BUCKET_MS};
 use ecb_bench::protection::scenario::{self, Action, Scenario};
 use ecb_bench::protection::summary::{self, Answer, Figures, Outcome, Run, Timeline};
@@ -371,13 +372,4 @@ fn machine() -> String {
         .map(|n| n.get())
         .unwrap_or(0);
     format!("{cores} cores, {cpu}")
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
