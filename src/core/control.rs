@@ -20,6 +20,8 @@ pub enum Command {
     List,
     Dashboard,
     Show(String),
+    /// The breaker's last fifteen minutes.
+    History(String),
     Reset(String),
     ResetAll,
     SetMode(String),
@@ -41,7 +43,9 @@ impl Command {
     /// The breaker it is about, if one.
     pub fn breaker(&self) -> Option<&str> {
         match self {
-            Command::Show(n) | Command::Reset(n) | Command::SetMode(n) => Some(n),
+            Command::Show(n) | Command::History(n) | Command::Reset(n) | Command::SetMode(n) => {
+                Some(n)
+            }
             _ => None,
         }
     }
@@ -119,6 +123,7 @@ pub fn route(method: &str, path: &str) -> Result<Command, ApiError> {
             let name = decode(parts.next().unwrap_or_default())?;
             match (parts.next(), parts.next()) {
                 (None, _) => ("GET", Command::Show(name)),
+                (Some("history"), None) => ("GET", Command::History(name)),
                 (Some("reset"), None) => ("POST", Command::Reset(name)),
                 (Some("mode"), None) => ("PUT", Command::SetMode(name)),
                 _ => return Err(unknown(path)),

@@ -74,6 +74,9 @@ pub const DURATION_DIGITS: usize = 12;
 /// digit count is [`DURATION_DIGITS`].
 pub const DURATION_PATTERN: &str = r"^[0-9]{1,12}(ms|s|m|h)$";
 /// Longest name of a cluster, as a `clusters` key or `events.cluster`.
+/// A breaker's timeline: buckets of this length, and as many as make fifteen minutes.
+pub const TIMELINE_BUCKET_MS: u64 = 10 * SECOND;
+pub const TIMELINE_BUCKETS: usize = 90;
 pub const MAX_CLUSTER_NAME_BYTES: usize = 200;
 /// Longest path: `events.path` and each of `exclude_paths`.
 pub const MAX_PATH_BYTES: usize = 200;

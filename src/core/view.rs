@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::breaker::Confined;
 use super::duration::{rfc3339, Millis};
+use super::headroom::Headroom;
 use super::history::Event;
 use super::hosts::{Address, Rule};
 use super::settings::{Mode, Settings};
@@ -42,6 +43,7 @@ pub fn breaker(name: &str, r: &Record, s: &Settings, history: &[Event], now_ms: 
         "failure_rate": round3(counts.failure_rate()),
         "slow_call_rate": round3(counts.slow_rate()),
         "trips_in_row": r.trips_in_row,
+        "headroom": Headroom::of(r, s, now_ms).view(),
         "hosts": hosts(r, s, now_ms),
         "generation": r.generation,
         "settings": settings(s),

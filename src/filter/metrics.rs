@@ -4,9 +4,11 @@
 //! added on the timer, so the request path makes no metric call.
 
 use crate::core::breaker::Call;
+use crate::core::headroom::{Headroom, FAR};
 use crate::core::outcome::Outcome;
 use crate::core::settings::Settings;
 use crate::core::state::{Cause, Counts, State, Transition, TripReason};
+use crate::core::timeline::Tally;
 
 use super::host::{Host, MetricKind};
 
@@ -75,6 +77,7 @@ pub struct Metrics {
     state: Option<u32>,
     failure_rate: Option<u32>,
     slow_rate: Option<u32>,
+    failures_to_trip: Option<u32>,
     store_give_ups: Option<u32>,
     events_sent: Option<u32>,
     event_failures: Option<u32>,
@@ -114,6 +117,7 @@ impl Metrics {
             state: gauge("circuit_breaker_state"),
             failure_rate: gauge("circuit_breaker_failure_rate_percent"),
             slow_rate: gauge("circuit_breaker_slow_call_rate_percent"),
+            failures_to_trip: gauge("circuit_breaker_failures_to_trip"),
             store_give_ups: counter("circuit_breaker_store_give_ups_total", &[]),
             events_sent: counter("circuit_breaker_events_delivered_total", &[]),
             event_failures: counter("circuit_breaker_event_delivery_failures_total", &[]),
@@ -130,8 +134,17 @@ impl Metrics {
         self.pending.iter().any(|n| *n > 0)
     }
 
-    /// Publishes the counts gathered since the last flush.
-    pub fn flush(&mut self, host: &impl Host) {
+    /// Publishes the counts gathered since the last flush; gives them back for the
+    /// breaker's timeline.
+    pub fn flush(&mut self, host: &impl Host) -> Tally {
+        let n = |what: Counted| u32::try_from(self.pending[what as usize]).unwrap_or(u32::MAX);
+        let tally = Tally {
+            successes: n(Counted::Success),
+            failures: n(Counted::Failure),
+            slow: n(Counted::Slow),
+            refusals: n(Counted::Rejected),
+            probes: n(Counted::Probe),
+        };
         for (pending, id) in self.pending.iter_mut().zip(self.counted) {
             if *pending > 0 {
                 if let Some(id) = id {
@@ -140,6 +153,7 @@ impl Metrics {
                 *pending = 0;
             }
         }
+        tally
     }
 
     pub fn transition(&self, host: &impl Host, t: &Transition) {
@@ -177,6 +191,12 @@ impl Metrics {
         let percent = |share: f64| (share * 100.0).round() as u64;
         set(host, self.failure_rate, percent(counts.failure_rate()));
         set(host, self.slow_rate, percent(counts.slow_rate()));
+    }
+
+    /// Failures from now on that would open the breaker ([`FAR`] when none would).
+    pub fn headroom(&self, host: &impl Host, headroom: &Headroom) {
+        let n = headroom.failures_to_trip.unwrap_or(FAR);
+        set(host, self.failures_to_trip, u64::from(n));
     }
 
     pub fn store_give_up(&self, host: &impl Host) {

@@ -29,6 +29,11 @@ pub fn history_key(cluster: &str) -> String {
     format!("{KEY_PREFIX}history/{cluster}")
 }
 
+/// The shared-data key of one breaker's last fifteen minutes in buckets.
+pub fn timeline_key(cluster: &str) -> String {
+    format!("{KEY_PREFIX}timeline/{cluster}")
+}
+
 /// The shared-data key of one breaker's last health probe.
 pub fn probe_key(cluster: &str) -> String {
     format!("{KEY_PREFIX}probe/{cluster}")

@@ -5,15 +5,17 @@
 use crate::core::breaker::{next_timer_ms, Step, SuccessBatch};
 use crate::core::cache::ResponseCache;
 use crate::core::codec::RecordHeader;
+use crate::core::headroom::Headroom;
 use crate::core::history::{self, Event};
 use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, Transition};
 use crate::core::store::{self, Updated};
+use crate::core::timeline::{Tally, Timeline};
 
 use crate::filter::host::Host;
 use crate::filter::metrics::Metrics;
-use crate::filter::shared::{history_key, record_key, SharedData, CAS_ATTEMPTS};
+use crate::filter::shared::{history_key, record_key, timeline_key, SharedData, CAS_ATTEMPTS};
 /// Shortest gap between two dry-run summary lines for one breaker.
 const DRY_RUN_LOG_EVERY_MS: u64 = 10_000;
 
@@ -224,9 +226,38 @@ impl Breaker {
             CAS_ATTEMPTS,
             |b| ((), Some(history::with(b, &event))),
         );
+        self.change_timeline(host, |timeline| timeline.moved(t.at_ms, t.to));
         if self.events_on {
             self.outbox.push(event);
         }
+    }
+
+    /// Adds what this worker counted since its last tick to the breaker's timeline; a
+    /// quiet breaker's timeline is not touched.
+    pub fn add_to_timeline(&self, host: &impl Host, counted: &Tally, now_ms: u64) {
+        if !counted.is_empty() {
+            let state = self.last_seen.state;
+            self.change_timeline(host, |timeline| timeline.add(now_ms, counted, state));
+        }
+    }
+
+    fn change_timeline(&self, host: &impl Host, change: impl Fn(&mut Timeline)) {
+        let _ = store::compare_and_swap(
+            &SharedData(host),
+            &timeline_key(&self.name),
+            b"",
+            CAS_ATTEMPTS,
+            |b| ((), Some(Timeline::with(b, &change))),
+        );
+    }
+
+    /// The state, the window's rates and how far the breaker is from tripping, as gauges.
+    pub fn publish_gauges(&self, host: &impl Host, now_ms: u64) {
+        let (record, settings) = (&self.last_seen, &self.settings);
+        self.metrics.state(host, record.state);
+        self.metrics.rates(host, &record.counts(settings, now_ms));
+        self.metrics
+            .headroom(host, &Headroom::of(record, settings, now_ms));
     }
 
     /// Says, at most every ten seconds, how many requests dry run let through that

@@ -275,12 +275,10 @@ impl Breakers {
             if !every && !breaker.needs_timer(now_ms) {
                 continue;
             }
-            breaker.metrics.flush(host);
+            let counted = breaker.metrics.flush(host);
+            breaker.add_to_timeline(host, &counted, now_ms);
             let _ = breaker.write(host, now_ms, |r, s| breaker::tick(r, s, now_ms));
-            breaker.metrics.state(host, breaker.last_seen.state);
-            breaker
-                .metrics
-                .rates(host, &breaker.last_seen.counts(&breaker.settings, now_ms));
+            breaker.publish_gauges(host, now_ms);
             breaker.log_dry_run(now_ms);
             looked.push(i);
         }

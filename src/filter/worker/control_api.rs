@@ -3,15 +3,18 @@
 
 use crate::core::breaker::{self, Step};
 use crate::core::control::{self, ApiError, Command};
+use crate::core::duration::rfc3339;
 use crate::core::history::{self, Event};
+use crate::core::limits::TIMELINE_BUCKET_MS;
 use crate::core::probe;
 use crate::core::settings::Settings;
 use crate::core::state::Record;
 use crate::core::store;
+use crate::core::timeline::Timeline;
 use crate::core::view;
 
 use crate::filter::host::Host;
-use crate::filter::shared::{history_key, SharedData};
+use crate::filter::shared::{history_key, timeline_key, SharedData};
 
 use super::breakers::Breakers;
 use super::fleet::Fleet;
@@ -62,7 +65,11 @@ pub fn change(
                 breaker::set_mode(r, s, mode, now_ms)
             })
         }),
-        Command::Dashboard | Command::Health | Command::List | Command::Show(_) => Ok(()),
+        Command::Dashboard
+        | Command::Health
+        | Command::List
+        | Command::Show(_)
+        | Command::History(_) => Ok(()),
     };
     (changed, result)
 }
@@ -110,6 +117,7 @@ pub fn answer(
             json(list)
         }
         Command::ResetAll => json(serde_json::json!({ "reset": names })),
+        Command::History(name) => json(history_view(host, breakers, name, now_ms)),
         Command::Show(name) | Command::Reset(name) | Command::SetMode(name) => {
             json(breaker_view(host, breakers, fleet, name, now_ms).unwrap_or_default())
         }
@@ -149,6 +157,30 @@ fn breaker_view(
         view["fleet"] = fleet.breaker_view(host, name, record.state, &settings, now_ms);
     }
     Some(view)
+}
+
+/// A breaker's last fifteen minutes: its buckets and its transitions.
+fn history_view(
+    host: &impl Host,
+    breakers: &mut Breakers,
+    name: &str,
+    now_ms: u64,
+) -> serde_json::Value {
+    let transitions = current(host, breakers, name)
+        .map(|(_, _, h)| h)
+        .unwrap_or_default();
+    let stored = match host.shared_data(&timeline_key(name)) {
+        Ok(Some((bytes, _))) => Timeline::decode(&bytes),
+        _ => None,
+    };
+    serde_json::json!({
+        "name": name,
+        "bucket_seconds": TIMELINE_BUCKET_MS / 1_000,
+        "now": rfc3339(now_ms),
+        "now_ms": now_ms,
+        "buckets": stored.unwrap_or_default().view(now_ms),
+        "transitions": transitions,
+    })
 }
 
 fn write(
