@@ -30,7 +30,7 @@ fn the_prometheus_config_and_rules_are_valid() {
     assert!(
         promtool(&["check", "config", "prometheus.yml"]).contains("SUCCESS: 1 rule files found")
     );
-    assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS: 3 rules found"));
+    assert!(promtool(&["check", "rules", "alerts.yml"]).contains("SUCCESS: 4 rules found"));
 }
 
 #[test]
