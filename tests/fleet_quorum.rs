@@ -61,6 +61,14 @@ fn one_broken_gateway_opens_only_itself_and_a_service_wide_failure_opens_the_fle
         "{alone}: {:?}",
         school_view(g1)
     );
+    let list: serde_json::Value = api(g1, "GET", "/circuit-breakers", None, None)
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["fleet"]["members"],
+        serde_json::json!(["gateway-1", "gateway-2", "gateway-3"]),
+        "the live members, for the dashboard's fleet panel"
+    );
     // Ten seconds of traffic through the two healthy gateways: no refusal at all.
     let started = Instant::now();
     let mut served = 0;

@@ -222,6 +222,11 @@ impl Members {
         self.names.remove(member)
     }
 
+    /// The members, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
     pub fn contains(&self, member: &str) -> bool {
         self.names.contains(member)
     }

@@ -13,7 +13,8 @@ use super::votes::{load_members, load_tally};
 use super::Fleet;
 
 impl Fleet {
-    /// The link as the control API and `/health` show it.
+    /// The link as the control API and `/health` show it, with the members whose lease
+    /// etcd last said was alive.
     pub fn view(&self, host: &impl Host) -> serde_json::Value {
         let c = SharedLink::load(host);
         serde_json::json!({
@@ -25,6 +26,7 @@ impl Fleet {
             "reason": (!c.reason.is_empty()).then_some(c.reason),
             "last_member": (!c.last_member.is_empty()).then_some(c.last_member),
             "last_revision": c.revision,
+            "members": load_members(host).names().collect::<Vec<_>>(),
         })
     }
 
