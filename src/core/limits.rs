@@ -77,6 +77,9 @@ pub const DURATION_PATTERN: &str = r"^[0-9]{1,12}(ms|s|m|h)$";
 /// A breaker's timeline: buckets of this length, and as many as make fifteen minutes.
 pub const TIMELINE_BUCKET_MS: u64 = 10 * SECOND;
 pub const TIMELINE_BUCKETS: usize = 90;
+/// How often a worker adds what it counted to a busy breaker's timeline: a tenth of a
+/// bucket, so a count lands at most this late, and a busy breaker costs one write a second.
+pub const TIMELINE_WRITE_EVERY_MS: u64 = SECOND;
 pub const MAX_CLUSTER_NAME_BYTES: usize = 200;
 /// Longest path: `events.path` and each of `exclude_paths`.
 pub const MAX_PATH_BYTES: usize = 200;

@@ -32,6 +32,15 @@ impl Tally {
     pub fn is_empty(&self) -> bool {
         *self == Tally::default()
     }
+
+    /// Adds another tally to this one.
+    pub fn absorb(&mut self, other: &Tally) {
+        self.successes = self.successes.saturating_add(other.successes);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.slow = self.slow.saturating_add(other.slow);
+        self.refusals = self.refusals.saturating_add(other.refusals);
+        self.probes = self.probes.saturating_add(other.probes);
+    }
 }
 
 /// One 10 s bucket: the counts, the states it saw, and the state it ended in.
@@ -78,12 +87,7 @@ impl Timeline {
         let Some(b) = self.bucket(now_ms) else {
             return;
         };
-        let t = &mut b.tally;
-        t.successes = t.successes.saturating_add(tally.successes);
-        t.failures = t.failures.saturating_add(tally.failures);
-        t.slow = t.slow.saturating_add(tally.slow);
-        t.refusals = t.refusals.saturating_add(tally.refusals);
-        t.probes = t.probes.saturating_add(tally.probes);
+        b.tally.absorb(tally);
         if b.last().is_none() {
             b.saw(state);
         }

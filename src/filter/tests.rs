@@ -277,9 +277,10 @@ fn a_streak_restarted_by_a_worker_with_a_stale_copy_still_reaches_the_others() {
     );
 }
 
-/// Ticks `w` until its timer has nothing left to do (batched successes and stats out).
+/// Ticks `w` until its timer has nothing left to do (batched successes, stats and the
+/// timeline's counts out, the last within a second).
 fn settle(host: &FakeHost, w: &Rc<RefCell<Worker>>) {
-    for _ in 0..3 {
+    for _ in 0..12 {
         host.advance(100);
         w.borrow_mut().tick(host, host.clock_ms.get());
     }
@@ -329,4 +330,39 @@ fn a_trip_an_idle_worker_was_not_told_of_is_still_refused() {
     // copy ages out of trust instead.
     host.advance(1_000);
     assert_eq!(request(&host, &second, "school", 200), Action::Pause);
+}
+
+#[test]
+fn a_busy_breaker_adds_to_its_timeline_once_a_second_and_loses_no_count() {
+    let host = FakeHost::at(1_000);
+    let w = worker(&host, CONFIG);
+    host.take_journal();
+    for _ in 0..25 {
+        request(&host, &w, "school", 200);
+        request(&host, &w, "school", 200);
+        request(&host, &w, "school", 500);
+        host.advance(100);
+        w.borrow_mut().tick(&host, host.clock_ms.get());
+    }
+    settle(&host, &w);
+    let key = crate::filter::shared::timeline_key("school");
+    let writes = host
+        .take_journal()
+        .iter()
+        .filter(|c| **c == Call::SharedWrite(key.clone()))
+        .count();
+    // 3.7 s of ticks: one write a second, not one a tick.
+    assert!((3..=4).contains(&writes), "{writes} writes");
+    let Ok(Some((bytes, _))) = crate::filter::host::Host::shared_data(&host, &key) else {
+        panic!("no timeline stored");
+    };
+    let timeline = crate::core::timeline::Timeline::decode(&bytes).unwrap();
+    let buckets = timeline.view(host.clock_ms.get());
+    let sum = |field: &str| {
+        buckets
+            .iter()
+            .map(|b| b[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!((sum("successes"), sum("failures")), (50, 25));
 }

@@ -7,6 +7,7 @@ use crate::core::cache::ResponseCache;
 use crate::core::codec::RecordHeader;
 use crate::core::headroom::Headroom;
 use crate::core::history::{self, Event};
+use crate::core::limits::TIMELINE_WRITE_EVERY_MS;
 use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, Transition};
@@ -40,6 +41,9 @@ pub struct Breaker {
     pub fleet_settled: bool,
     /// Successes admitted here and not yet written to the shared record.
     pub batch: SuccessBatch,
+    /// Counted here and not yet added to the breaker's timeline, and when it is due.
+    untold: Tally,
+    untold_due_ms: u64,
     /// Requests this worker admitted (not as probes) whose outcome is not recorded yet.
     pub in_flight: u32,
     pub metrics: Metrics,
@@ -88,6 +92,8 @@ impl Breaker {
             settings,
             last_seen,
             batch: SuccessBatch::default(),
+            untold: Tally::default(),
+            untold_due_ms: 0,
             in_flight: 0,
             key,
             dry_run_unlogged: 0,
@@ -108,6 +114,7 @@ impl Breaker {
     pub fn needs_timer(&self, now_ms: u64) -> bool {
         !self.batch.is_empty()
             || self.metrics.has_pending()
+            || (!self.untold.is_empty() && self.untold_due_ms <= now_ms)
             || self.in_flight > 0
             || self.dry_run_unlogged > 0
             || !self.outbox.is_empty()
@@ -232,13 +239,18 @@ impl Breaker {
         }
     }
 
-    /// Adds what this worker counted since its last tick to the breaker's timeline; a
-    /// quiet breaker's timeline is not touched.
-    pub fn add_to_timeline(&self, host: &impl Host, counted: &Tally, now_ms: u64) {
-        if !counted.is_empty() {
-            let state = self.last_seen.state;
-            self.change_timeline(host, |timeline| timeline.add(now_ms, counted, state));
+    /// Adds what this worker counted to the breaker's timeline, once a second at most
+    /// while the breaker is busy; a quiet breaker's timeline is not touched.
+    pub fn add_to_timeline(&mut self, host: &impl Host, counted: &Tally, now_ms: u64) {
+        if self.untold.is_empty() {
+            self.untold_due_ms = now_ms.saturating_add(TIMELINE_WRITE_EVERY_MS);
         }
+        self.untold.absorb(counted);
+        if self.untold.is_empty() || now_ms < self.untold_due_ms {
+            return;
+        }
+        let (untold, state) = (std::mem::take(&mut self.untold), self.last_seen.state);
+        self.change_timeline(host, |timeline| timeline.add(now_ms, &untold, state));
     }
 
     fn change_timeline(&self, host: &impl Host, change: impl Fn(&mut Timeline)) {
