@@ -26,6 +26,38 @@ fn failures_to_trip(stack: &Stack) -> Option<u64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+fn dashboard_url(stack: &Stack) -> String {
+    format!(
+        "http://{}/circuit-breakers/dashboard",
+        stack.envoy.control.clone().unwrap()
+    )
+}
+
+/// Every value of `attribute` in the page, in document order.
+fn attribute_values(dom: &str, attribute: &str) -> Vec<String> {
+    dom.split(&format!("{attribute}=\""))
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The state band, left to right, reads closed, open (red), half-open (yellow), closed
+/// (green), after the time before the breaker existed (grey).
+fn the_band_goes_red_yellow_green(dom: &str, where_: &str) {
+    let drawn = dom.split(r#"class="band""#).nth(1).unwrap_or_default();
+    let band: Vec<String> =
+        attribute_values(drawn.split("</g>").next().unwrap_or_default(), "data-state")
+            .into_iter()
+            .filter(|s| s != "unknown")
+            .collect();
+    assert_eq!(
+        band,
+        ["closed", "open", "half_open", "closed"],
+        "{where_}: {dom}"
+    );
+}
+
 fn total(buckets: &[Value], field: &str) -> u64 {
     buckets.iter().map(|b| b[field].as_u64().unwrap()).sum()
 }
@@ -93,6 +125,20 @@ fn the_timeline_shows_traffic_a_trip_and_the_recovery() {
             ("closed", "open")
         ]
     );
+    let dom = browser_dom(&dashboard_url(&stack), 4_000);
+    the_band_goes_red_yellow_green(&dom, "");
+    let bars = attribute_values(&dom, "data-failures");
+    assert!(
+        bars.iter().any(|n| n != "0"),
+        "failures drawn under the band: {bars:?}"
+    );
+    assert!(
+        dom.contains("more consecutive failures to trip"),
+        "headroom on the card"
+    );
+    let detail = browser_dom(&format!("{}#breaker=school", dashboard_url(&stack)), 4_000);
+    assert!(detail.contains(r#"class="detail""#), "the detail view");
+    the_band_goes_red_yellow_green(&detail, "in the detail view");
     // Unknown names are refused, naming the name.
     let r = api(
         &stack.envoy,

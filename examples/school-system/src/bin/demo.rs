@@ -40,6 +40,8 @@ struct Demo {
     token: String,
     /// Where to save a picture of the dashboard while the school breaker is open.
     screenshot: Option<String>,
+    /// Where to save a picture of the dashboard's timelines once the demo is over.
+    history_screenshot: Option<String>,
     started: Instant,
     log_seen: usize,
     /// Latencies of answers from the upstream: successes, and failures.
@@ -72,6 +74,7 @@ fn run() -> Result<()> {
         at,
         token,
         screenshot: school_system::arg("--screenshot"),
+        history_screenshot: school_system::arg("--history-screenshot"),
         started: Instant::now(),
         log_seen: 0,
         upstream_ok: Vec::new(),
@@ -85,6 +88,9 @@ fn run() -> Result<()> {
     demo.recovery()?;
     demo.probes_under_load()?;
     demo.operator()?;
+    if let Some(path) = demo.history_screenshot.clone() {
+        demo.take_screenshot("#breaker=school", &path)?;
+    }
     demo.summary()
 }
 
@@ -312,7 +318,7 @@ impl Demo {
         }
         self.show_view("school")?;
         if let Some(path) = self.screenshot.clone() {
-            self.take_screenshot(&path)?;
+            self.take_screenshot("", &path)?;
         }
         Ok(())
     }
@@ -347,14 +353,18 @@ impl Demo {
         }
     }
 
-    fn take_screenshot(&self, path: &str) -> Result<()> {
-        let url = format!("http://{}/circuit-breakers/dashboard", self.at.control);
+    /// A picture of the dashboard (`fragment`: `#breaker=NAME` for one breaker's view).
+    fn take_screenshot(&self, fragment: &str, path: &str) -> Result<()> {
+        let url = format!(
+            "http://{}/circuit-breakers/dashboard{fragment}",
+            self.at.control
+        );
         let browser = stack::chromium().ok_or("chromium is not installed")?;
         let profile = stack::scratch_dir().map_err(|e| e.to_string())?;
         let out = stack::headless_chromium(&browser, &profile)
             .args([
                 "--hide-scrollbars",
-                "--window-size=1280,760",
+                "--window-size=1280,800",
                 "--virtual-time-budget=4000",
             ])
             .arg(format!("--screenshot={path}"))
