@@ -15,6 +15,7 @@ use envoy_circuit_breaker::core::codec;
 use envoy_circuit_breaker::core::hosts::Address;
 use envoy_circuit_breaker::core::settings::{Mode, Settings};
 use envoy_circuit_breaker::core::state::{Cause, Record, State, TripReason};
+use envoy_circuit_breaker::core::timeline::{Tally, Timeline};
 use envoy_circuit_breaker::core::window::{Window, WindowSpec};
 
 fn cases() -> u64 {
@@ -261,6 +262,58 @@ fn the_state_decoder_never_panics_on_damaged_bytes() {
         &[b"\0", b"\xff", b"\xcb\x02", b"\xcb\x03", b"\x01\0\0\0"],
         checks::record,
     );
+}
+
+#[test]
+fn the_timeline_decoder_never_panics_and_a_change_stays_bounded() {
+    fuzz(
+        "timeline",
+        0x5eed_0009,
+        seed_timelines(),
+        &[b"\0", b"\x01", b"\xff\xff\xff\xff", b"\xc0"],
+        checks::timeline,
+    );
+}
+
+fn seed_timelines() -> Vec<Vec<u8>> {
+    const T0: u64 = 1_796_000_000_000;
+    let mut t = Timeline::default();
+    let mut seeds = vec![t.encode()];
+    t.add(
+        T0,
+        &Tally {
+            successes: 3,
+            failures: 2,
+            ..Tally::default()
+        },
+        State::Closed,
+    );
+    t.moved(T0 + 1_000, State::Open);
+    seeds.push(t.encode());
+    t.add(
+        T0 + 12_000,
+        &Tally {
+            refusals: 9,
+            probes: 1,
+            ..Tally::default()
+        },
+        State::Open,
+    );
+    t.moved(T0 + 13_000, State::HalfOpen);
+    t.moved(T0 + 13_500, State::Closed);
+    seeds.push(t.encode());
+    for i in 0..95 {
+        t.add(
+            T0 + i * 10_000,
+            &Tally {
+                slow: 1,
+                ..Tally::default()
+            },
+            State::Closed,
+        );
+    }
+    seeds.push(t.encode());
+    seeds
 }
 
 #[test]

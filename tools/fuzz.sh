@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 secs=${1:-600}
 mode=${2:-long}
-targets=(${FUZZ_TARGETS:-config record control_route mode_body token classifier retry_after})
+targets=(${FUZZ_TARGETS:-config record control_route mode_body token classifier retry_after timeline})
 sanitizer=${FUZZ_SANITIZER:-none}
 cargo_fuzz_version=0.13.2
 
@@ -53,6 +53,8 @@ for t in "${targets[@]}"; do
     mkdir -p "target/fuzz-scratch/$t"
     dirs+=("target/fuzz-scratch/$t")
   fi
+  # A new target starts with an empty corpus; libFuzzer refuses a directory that is missing.
+  mkdir -p "fuzz/corpus/$t"
   dirs+=("fuzz/corpus/$t")
   # Hand-made seeds (tests/fuzz.rs writes them) and past failures: read, never minimised.
   for d in seeds regressions; do

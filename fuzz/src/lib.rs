@@ -9,8 +9,11 @@ use std::sync::OnceLock;
 use envoy_circuit_breaker::core::codec;
 use envoy_circuit_breaker::core::config::PluginConfig;
 use envoy_circuit_breaker::core::control;
+use envoy_circuit_breaker::core::limits::TIMELINE_BUCKETS;
 use envoy_circuit_breaker::core::outcome::{Classifier, StreamEnd};
 use envoy_circuit_breaker::core::retry_after;
+use envoy_circuit_breaker::core::state::State;
+use envoy_circuit_breaker::core::timeline::{self, Tally, Timeline};
 
 /// The longest a control API error message may be: echoed text is cut to 200 characters,
 /// and a message echoes at most a path and a method around a fixed sentence.
@@ -39,6 +42,28 @@ pub fn record(data: &[u8]) {
         }
         assert_eq!(glance, Some(codec::RecordHeader::of(&r)));
     }
+}
+
+/// A stored timeline: decoding never panics, whatever decodes encodes back to the same
+/// bytes and shows fifteen minutes, and any stored bytes changed by a worker come out
+/// readable and within their bound.
+pub fn timeline(data: &[u8]) {
+    const NOW_MS: u64 = 1_796_000_000_000;
+    if let Some(t) = Timeline::decode(data) {
+        assert_eq!(t.encode(), data, "round trip of {t:?}");
+        assert_eq!(t.view(NOW_MS).len(), TIMELINE_BUCKETS);
+    }
+    let failed = Tally {
+        failures: 1,
+        ..Tally::default()
+    };
+    let changed = Timeline::with(data, |t| t.add(NOW_MS, &failed, State::Open));
+    assert!(
+        changed.len() <= timeline::MAX_BYTES,
+        "{} bytes",
+        changed.len()
+    );
+    assert!(Timeline::decode(&changed).is_some());
 }
 
 /// The control API's method and path. Input: one byte giving the method's length (mod 16),
