@@ -69,6 +69,19 @@ fn one_broken_gateway_opens_only_itself_and_a_service_wide_failure_opens_the_fle
         serde_json::json!(["gateway-1", "gateway-2", "gateway-3"]),
         "the live members, for the dashboard's fleet panel"
     );
+    let dashboard = format!(
+        "http://{}/circuit-breakers/dashboard",
+        g1.control.clone().unwrap()
+    );
+    let dom = browser_dom(&dashboard, 3_000);
+    assert!(
+        dom.contains(r#"data-members="gateway-1,gateway-2,gateway-3""#),
+        "the fleet panel: {dom}"
+    );
+    assert!(
+        dom.contains("1 of 2 votes"),
+        "the breaker's standing on its card"
+    );
     // Ten seconds of traffic through the two healthy gateways: no refusal at all.
     let started = Instant::now();
     let mut served = 0;
@@ -125,11 +138,16 @@ fn one_broken_gateway_opens_only_itself_and_a_service_wide_failure_opens_the_fle
     // Recovery through the fleet's probe gate, as before votes: half-open everywhere, then
     // one good probe through gateway-3 closes the breaker on every Envoy.
     state_everywhere(&f, "half_open");
+    for e in f.envoys() {
+        let probes = &school_view(e).unwrap()["fleet"]["probes_in_flight"];
+        assert_eq!(probes, 0, "no probe out across the fleet yet");
+    }
     f.stack.school.heal();
     wait_for("a probe through gateway-3", Duration::from_secs(5), || {
         (g3.call("/schools").status == 200).then_some(())
     });
     state_everywhere(&f, "closed");
+    assert!(school_view(g3).unwrap()["fleet"]["probes_in_flight"].is_null());
     wait_for("every vote withdrawn", Duration::from_secs(5), || {
         (!keys_under(&f.etcd, PREFIX)
             .iter()

@@ -7,7 +7,7 @@ use crate::core::fleet::quorum;
 use crate::core::settings::Settings;
 use crate::core::state::State;
 
-use super::shadows::load_shadow;
+use super::shadows::{load_shadow, load_slots};
 use super::shared_link::{LinkState, SharedLink};
 use super::votes::{load_members, load_tally};
 use super::Fleet;
@@ -32,7 +32,8 @@ impl Fleet {
 
     /// One breaker's fleet view: whether it is shared, where it stands (open here by its
     /// own failures, with the votes, or in the fleet), the last record seen in etcd (its
-    /// member, generation and revision) and whether a decision made here is not stored yet.
+    /// member, generation and revision), whether a decision made here is not stored yet,
+    /// and while the fleet is half-open, the probe slots taken across the fleet.
     pub fn breaker_view(
         &self,
         host: &impl Host,
@@ -65,6 +66,12 @@ impl Fleet {
             "generation": seen.map(|(r, _)| r.generation),
             "revision": seen.map(|(_, rev)| *rev),
             "unpublished": shadow.claim.is_some(),
+            "probes_in_flight": seen
+                .filter(|(r, _)| r.state == State::HalfOpen)
+                .map(|(r, _)| {
+                    let slots = load_slots(host, name);
+                    if slots.generation == r.generation { slots.taken() } else { 0 }
+                }),
         })
     }
 }
