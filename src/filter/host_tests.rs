@@ -6,23 +6,18 @@ use std::rc::Rc;
 
 use proxy_wasm::types::Action;
 
-use crate::core::config::PluginConfig;
 use crate::core::hosts::SAMPLE_EVERY;
 
 use super::host::fake::{Call, FakeHost};
 use super::host::Map;
 use super::http::Stream;
+use super::tests::worker;
 use super::worker::Worker;
 
 const ADDRESS: &str = "upstream.address";
 const CONFIG: &str =
     r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
 const CONFINED: &str = "circuit_breaker_confined_failures_total.cluster=school";
-
-fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
-    let config = PluginConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    Rc::new(RefCell::new(Worker::new(host, config)))
-}
 
 /// One request to `school` answered by `from` (`None`: Envoy had no host) with `status`.
 fn request(host: &FakeHost, w: &Rc<RefCell<Worker>>, from: Option<&str>, status: u32) -> Action {

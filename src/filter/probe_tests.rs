@@ -7,20 +7,13 @@ use std::rc::Rc;
 
 use proxy_wasm::types::Action;
 
-use crate::core::config::PluginConfig;
-
 use super::host::fake::{Call, FakeHost};
-use super::tests::request;
+use super::tests::{request, worker};
 use super::worker::Worker;
 
 const CONFIG: &str = r#"{"clusters": {"school": {"failure_threshold": 1, "open_duration": "1s", "backoff_multiplier": 1,
     "success_threshold": 2,
     "probe": {"path": "/health", "interval": "1s", "timeout": "500ms"}}}}"#;
-
-fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
-    let config = PluginConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    Rc::new(RefCell::new(Worker::new(host, config)))
-}
 
 fn tick_all(host: &FakeHost, workers: &[&Rc<RefCell<Worker>>]) {
     for w in workers {

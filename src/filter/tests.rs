@@ -17,7 +17,8 @@ use super::worker::{Worker, IDLE_TICK_MS, TICK_MS};
 const CONFIG: &str =
     r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
 
-fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
+/// A worker with the plugin JSON `json`, for every shell test.
+pub(in crate::filter) fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
     let config = match PluginConfig::parse(json.as_bytes()) {
         Ok(c) => c,
         Err(e) => panic!("test config refused: {e}"),

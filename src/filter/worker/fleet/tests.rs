@@ -8,7 +8,6 @@ use std::rc::Rc;
 use prost::Message;
 use proxy_wasm::types::Action;
 
-use crate::core::config::PluginConfig;
 use crate::core::fleet::etcd::{
     KeyValue, RangeResponse, Request, Response, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
@@ -23,18 +22,11 @@ use super::shadows::{load_shadow, note_read_breaker};
 use super::shared_link::{note_read, LinkState, SharedLink};
 use crate::filter::host::fake::{Call, FakeHost};
 use crate::filter::http::Stream;
+use crate::filter::tests::worker;
 
 const LOCAL: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}}}"#;
 const FLEET: &str = r#"{"clusters": {"school": {"failure_threshold": 3, "open_duration": "30s"}},
     "fleet": {"etcd_cluster": "etcd", "prefix": "/p", "member": "gateway-1", "trip_quorum": 1}}"#;
-
-fn worker(host: &FakeHost, json: &str) -> Rc<RefCell<Worker>> {
-    let config = match PluginConfig::parse(json.as_bytes()) {
-        Ok(c) => c,
-        Err(e) => panic!("test config refused: {e}"),
-    };
-    Rc::new(RefCell::new(Worker::new(host, config)))
-}
 
 /// One request to the school cluster, through every callback Envoy makes.
 fn request(host: &FakeHost, w: &Rc<RefCell<Worker>>, status: u32) -> Action {
