@@ -346,6 +346,25 @@ fn a_config_reload_keeps_the_state_and_applies_new_thresholds() {
     );
 }
 
+/// The failures in the school breaker's timeline, as the control API shows them.
+fn timeline_failures(stack: &Stack) -> u64 {
+    let h: serde_json::Value = api(
+        &stack.envoy,
+        "GET",
+        "/circuit-breakers/school/history",
+        None,
+        None,
+    )
+    .json()
+    .unwrap();
+    h["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["failures"].as_u64().unwrap())
+        .sum()
+}
+
 /// The sample stack on the test-hooks build of the filter.
 fn hooks_stack(plugin_json: &str) -> Stack {
     let wasm = root().join("target/test-hooks/wasm32-wasip1/release/envoy_circuit_breaker.wasm");
@@ -368,6 +387,11 @@ fn a_trapped_vm_comes_back_under_fail_reload_with_the_state_intact() {
     stack.school.fail_everything();
     calls(&stack.envoy, "/schools", 3);
     assert!(is_rejection(&stack.envoy.call("/schools")));
+    wait_for(
+        "the failures in the timeline",
+        Duration::from_secs(5),
+        || (timeline_failures(&stack) == 3).then_some(()),
+    );
     let started = Instant::now();
     // Each worker that takes one of these traps its VM.
     for _ in 0..6 {
@@ -406,6 +430,11 @@ fn a_trapped_vm_comes_back_under_fail_reload_with_the_state_intact() {
         "a VM was reloaded"
     );
     assert_eq!(stack.envoy.call("/students").status, 200, "traffic flows");
+    assert_eq!(
+        timeline_failures(&stack),
+        3,
+        "the reloaded VMs read the same fifteen minutes"
+    );
     let reloads = stack
         .envoy
         .counter("envoy_wasm_circuit_breaker_vm_reload_success", &[]);
