@@ -23,22 +23,18 @@ pub struct Headroom {
 
 impl Headroom {
     pub fn of(r: &Record, s: &Settings, now_ms: u64) -> Headroom {
-        if r.mode(s) == Mode::Disabled {
-            return Headroom {
-                failures_to_trip: None,
-                summary: "disabled: every call passes".to_string(),
-            };
-        }
-        match r.state {
-            State::Open => Headroom {
-                failures_to_trip: Some(0),
-                summary: "open: calls are refused".to_string(),
-            },
-            State::HalfOpen => Headroom {
-                failures_to_trip: Some(1),
-                summary: "half-open: one failed probe opens it again".to_string(),
-            },
-            State::Closed => closed(r.consecutive_failures, &r.counts(s, now_ms), s),
+        let summary = if r.mode(s) == Mode::Disabled {
+            "disabled: every call passes".to_string()
+        } else {
+            match r.state {
+                State::Open => "open: calls are refused".to_string(),
+                State::HalfOpen => "half-open: one failed probe opens it again".to_string(),
+                State::Closed => closed_said(r.consecutive_failures, &r.counts(s, now_ms), s),
+            }
+        };
+        Headroom {
+            failures_to_trip: failures_to_trip(r, s, now_ms),
+            summary,
         }
     }
 
@@ -47,13 +43,35 @@ impl Headroom {
     }
 }
 
-fn closed(streak: u32, counts: &Counts, s: &Settings) -> Headroom {
+/// [`Headroom::failures_to_trip`] alone, with nothing written out (the gauge's number).
+pub fn failures_to_trip(r: &Record, s: &Settings, now_ms: u64) -> Option<u32> {
+    if r.mode(s) == Mode::Disabled {
+        return None;
+    }
+    match r.state {
+        State::Open => Some(0),
+        State::HalfOpen => Some(1),
+        State::Closed => closed(r.consecutive_failures, &r.counts(s, now_ms), s),
+    }
+}
+
+/// The nearer of the two failure rules for a closed breaker.
+fn closed(streak: u32, counts: &Counts, s: &Settings) -> Option<u32> {
     let by_streak = (s.failure_threshold > 0).then(|| s.failure_threshold.saturating_sub(streak));
     let by_rate = (s.failure_rate_threshold > 0.0)
         .then(|| failures_to_rate(counts, s))
         .flatten();
+    match (by_streak, by_rate) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Where each failure rule of a closed breaker stands, for a person.
+fn closed_said(streak: u32, counts: &Counts, s: &Settings) -> String {
     let mut said = Vec::new();
-    if let Some(n) = by_streak {
+    if s.failure_threshold > 0 {
+        let n = s.failure_threshold.saturating_sub(streak);
         said.push(format!(
             "{n} more consecutive failure{} to trip",
             if n == 1 { "" } else { "s" }
@@ -62,17 +80,10 @@ fn closed(streak: u32, counts: &Counts, s: &Settings) -> Headroom {
     if s.failure_rate_threshold > 0.0 {
         said.push(rate_said(counts, s));
     }
-    let failures_to_trip = match (by_streak, by_rate) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    Headroom {
-        failures_to_trip,
-        summary: if said.is_empty() {
-            "no rule counts failures".to_string()
-        } else {
-            said.join("; ")
-        },
+    if said.is_empty() {
+        "no rule counts failures".to_string()
+    } else {
+        said.join("; ")
     }
 }
 
@@ -125,6 +136,14 @@ fn failures_to_rate(c: &Counts, s: &Settings) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// A closed breaker's headroom with this streak and window.
+    fn closed_headroom(streak: u32, counts: &Counts, s: &Settings) -> Headroom {
+        Headroom {
+            failures_to_trip: closed(streak, counts, s),
+            summary: closed_said(streak, counts, s),
+        }
+    }
+
     fn settings(threshold: u32, rate: f64, minimum: u32) -> Settings {
         Settings {
             failure_threshold: threshold,
@@ -144,21 +163,21 @@ mod tests {
 
     #[test]
     fn a_streak_counts_down_to_its_threshold() {
-        let h = closed(3, &counts(3, 3), &settings(5, 0.0, 20));
+        let h = closed_headroom(3, &counts(3, 3), &settings(5, 0.0, 20));
         assert_eq!(h.failures_to_trip, Some(2));
         assert_eq!(h.summary, "2 more consecutive failures to trip");
-        let h = closed(4, &counts(4, 4), &settings(5, 0.0, 20));
+        let h = closed_headroom(4, &counts(4, 4), &settings(5, 0.0, 20));
         assert_eq!(h.summary, "1 more consecutive failure to trip");
     }
 
     #[test]
     fn the_rate_rule_says_where_it_stands_and_how_far_it_is() {
         let s = settings(0, 0.5, 20);
-        let h = closed(0, &counts(14, 4), &s);
+        let h = closed_headroom(0, &counts(14, 4), &s);
         assert_eq!(h.summary, "failure rate 29 % of 50 % over 14 of 20 calls");
         // 6 more calls are needed anyway, and 10 failures of 20 is 50 %.
         assert_eq!(h.failures_to_trip, Some(6));
-        let h = closed(0, &counts(100, 10), &s);
+        let h = closed_headroom(0, &counts(100, 10), &s);
         assert_eq!(h.summary, "failure rate 10 % of 50 % over 100 calls");
         // (10 + 80) / (100 + 80) = 50 %, and 79 more fall short.
         assert_eq!(h.failures_to_trip, Some(80));
@@ -166,12 +185,12 @@ mod tests {
 
     #[test]
     fn the_nearer_rule_is_the_count() {
-        let h = closed(1, &counts(100, 45), &settings(5, 0.5, 20));
+        let h = closed_headroom(1, &counts(100, 45), &settings(5, 0.5, 20));
         assert_eq!(h.failures_to_trip, Some(4));
         assert!(h
             .summary
             .starts_with("4 more consecutive failures to trip; failure rate 45 %"));
-        let h = closed(0, &counts(100, 49), &settings(5, 0.5, 20));
+        let h = closed_headroom(0, &counts(100, 49), &settings(5, 0.5, 20));
         assert_eq!(h.failures_to_trip, Some(2));
     }
 

@@ -4,7 +4,7 @@
 //! added on the timer, so the request path makes no metric call.
 
 use crate::core::breaker::Call;
-use crate::core::headroom::{Headroom, FAR};
+use crate::core::headroom::FAR;
 use crate::core::outcome::Outcome;
 use crate::core::settings::Settings;
 use crate::core::state::{Cause, Counts, State, Transition, TripReason};
@@ -194,8 +194,8 @@ impl Metrics {
     }
 
     /// Failures from now on that would open the breaker ([`FAR`] when none would).
-    pub fn headroom(&self, host: &impl Host, headroom: &Headroom) {
-        let n = headroom.failures_to_trip.unwrap_or(FAR);
+    pub fn failures_to_trip(&self, host: &impl Host, failures: Option<u32>) {
+        let n = failures.unwrap_or(FAR);
         set(host, self.failures_to_trip, u64::from(n));
     }
 

@@ -5,7 +5,7 @@
 use crate::core::breaker::{next_timer_ms, Step, SuccessBatch};
 use crate::core::cache::ResponseCache;
 use crate::core::codec::RecordHeader;
-use crate::core::headroom::Headroom;
+use crate::core::headroom;
 use crate::core::history::{self, Event};
 use crate::core::limits::TIMELINE_WRITE_EVERY_MS;
 use crate::core::reply::RejectReply;
@@ -233,7 +233,7 @@ impl Breaker {
             CAS_ATTEMPTS,
             |b| ((), Some(history::with(b, &event))),
         );
-        self.change_timeline(host, |timeline| timeline.moved(t.at_ms, t.to));
+        let _ = self.change_timeline(host, |timeline| timeline.moved(t.at_ms, t.to));
         if self.events_on {
             self.outbox.push(event);
         }
@@ -250,17 +250,22 @@ impl Breaker {
             return;
         }
         let (untold, state) = (std::mem::take(&mut self.untold), self.last_seen.state);
-        self.change_timeline(host, |timeline| timeline.add(now_ms, &untold, state));
+        if !self.change_timeline(host, |timeline| timeline.add(now_ms, &untold, state)) {
+            // Kept for the next tick: the store gave up this time.
+            self.untold = untold;
+        }
     }
 
-    fn change_timeline(&self, host: &impl Host, change: impl Fn(&mut Timeline)) {
-        let _ = store::compare_and_swap(
+    /// Changes the stored timeline; false if the store gave up.
+    fn change_timeline(&self, host: &impl Host, change: impl Fn(&mut Timeline)) -> bool {
+        store::compare_and_swap(
             &SharedData(host),
             &timeline_key(&self.name),
             b"",
             CAS_ATTEMPTS,
             |b| ((), Some(Timeline::with(b, &change))),
-        );
+        )
+        .is_ok()
     }
 
     /// The state, the window's rates and how far the breaker is from tripping, as gauges.
@@ -268,8 +273,8 @@ impl Breaker {
         let (record, settings) = (&self.last_seen, &self.settings);
         self.metrics.state(host, record.state);
         self.metrics.rates(host, &record.counts(settings, now_ms));
-        self.metrics
-            .headroom(host, &Headroom::of(record, settings, now_ms));
+        let failures = headroom::failures_to_trip(record, settings, now_ms);
+        self.metrics.failures_to_trip(host, failures);
     }
 
     /// Says, at most every ten seconds, how many requests dry run let through that
