@@ -173,7 +173,8 @@ bench-propagation: build envoy
 ## the breaker, side by side; figures and a picture per scenario in target/bench-protection/
 ## (see BENCHMARKS.md, "Protection"). About 10 minutes;
 ## BENCH_PROTECTION_ARGS="--only brownout" plays one scenario, "--retries-only" skips the
-## runs without retries.
+## runs without retries, "--variants none,breaker_defaults,breaker_probe" picks the variants
+## (breaker_probe, the breaker with its own health probe, plays only when named).
 bench-protection: build envoy
 	@# The pictures' font; the package has no command for apt-install.sh to look for.
 	@[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || tools/apt-install.sh no-such-command:fonts-dejavu-core

@@ -44,6 +44,7 @@ struct Played {
 fn run() -> Result<()> {
     let only = option("--only");
     let retries_only = std::env::args().any(|a| a == "--retries-only");
+    let variants = chosen_variants()?;
     let names: Vec<&str> = match &only {
         Some(list) => list.split(',').collect(),
         None => scenario::NAMES.to_vec(),
@@ -71,7 +72,7 @@ fn run() -> Result<()> {
             scenario::NAMES
         ))?;
         println!("\n{name}: {}", s.describe());
-        let outcomes = play(&s, true, &wasm)?;
+        let outcomes = play(&s, true, &wasm, &variants)?;
         print_table(&outcomes);
         if name == "brownout" {
             check_collapse(&outcomes);
@@ -85,7 +86,7 @@ fn run() -> Result<()> {
         results.insert(name.to_string(), entries(&outcomes));
         if !retries_only {
             println!("{name} without retries:");
-            let outcomes = play(&s, false, &wasm)?;
+            let outcomes = play(&s, false, &wasm, &variants)?;
             print_table(&outcomes);
             no_retries.insert(name.to_string(), entries(&outcomes));
         }
@@ -123,10 +124,31 @@ fn write(
     std::fs::write(out.join("table.md"), tables).map_err(|e| e.to_string())
 }
 
-/// Plays `s` against every variant at once and computes their figures.
-fn play(s: &Scenario, retries: bool, wasm: &std::path::Path) -> Result<Vec<Played>> {
+/// The variants `--variants` names (default: all of [`variants::ALL`]).
+fn chosen_variants() -> Result<Vec<&'static str>> {
+    let Some(list) = option("--variants") else {
+        return Ok(variants::ALL.to_vec());
+    };
+    let known = || variants::ALL.iter().chain(variants::EXTRA.iter());
+    list.split(',')
+        .map(|name| {
+            known().find(|v| **v == name.trim()).copied().ok_or(format!(
+                "no variant {name:?}; known: {:?}",
+                known().collect::<Vec<_>>()
+            ))
+        })
+        .collect()
+}
+
+/// Plays `s` against the variants at once and computes their figures.
+fn play(
+    s: &Scenario,
+    retries: bool,
+    wasm: &std::path::Path,
+    variants: &[&'static str],
+) -> Result<Vec<Played>> {
     let mut setups = Vec::new();
-    for variant in variants::ALL {
+    for &variant in variants {
         let hosts_epoch = Instant::now();
         let hosts = (0..s.hosts)
             .map(|i| Host::start(i, s.capacity, hosts_epoch))

@@ -1,6 +1,7 @@
 //! The protections compared, each as one Envoy configuration: nothing, Envoy's own tools
 //! (outlier detection, `admission_control`, a retry budget) and the breaker with its
-//! built-in defaults, with the sample config's settings and beside outlier detection. All
+//! built-in defaults, with the sample config's settings, beside outlier detection, and (when
+//! asked) with its own health probe. All
 //! share the retry policy a mesh gives routes (5xx, reset and connect failures retried
 //! twice, 100 ms a try) with `max_retries` lifted as Istio lifts it, so a retry storm shows.
 
@@ -18,6 +19,13 @@ pub const ALL: [&str; 7] = [
     "breaker_sample",
     "breaker_outlier",
 ];
+
+/// Variants a run plays only when asked (`--variants`): the breaker with its own health
+/// probe, so recovery needs no user to go first.
+pub const EXTRA: [&str; 1] = ["breaker_probe"];
+
+/// The breaker's defaults with a probe of `/` every 500 ms while half-open.
+const PROBE: &str = r#"{"default": {"probe": {"path": "/", "interval": "500ms", "timeout": "250ms"}}}"#;
 
 /// The sample config's settings for its `school` cluster (envoy/envoy.yaml).
 const SAMPLE: &str = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20, "trip_min_hosts": 2, "window": "10s", "open_duration": "60s", "half_open_max_requests": 1, "success_threshold": 1}}"#;
@@ -61,6 +69,7 @@ pub fn yaml(
         "admission" => ADMISSION.to_string(),
         "breaker_defaults" | "breaker_outlier" => breaker("{}"),
         "breaker_sample" => breaker(SAMPLE),
+        "breaker_probe" => breaker(PROBE),
         _ => String::new(),
     };
     let listener = Listener {
