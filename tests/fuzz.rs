@@ -325,6 +325,7 @@ fn the_control_api_path_parser_never_panics_nor_echoes_control_characters() {
         ("POST", "/circuit-breakers/reset-all"),
         ("GET", "/circuit-breakers/school?x=1#y"),
         ("POST", "/circuit-breakers/school/reset"),
+        ("GET", "/circuit-breakers/school/history"),
         ("PUT", "/circuit-breakers/a%2Fb/mode"),
         ("DELETE", "/circuit-breakers/%zz/mode"),
     ]

@@ -300,6 +300,12 @@ mod tests {
             route("GET", "/circuit-breakers/school%2Fschool_item"),
             Ok(Command::Show("school/school_item".into()))
         );
+        assert_eq!(
+            route("GET", "/circuit-breakers/school%2Fschool_item/history"),
+            Ok(Command::History("school/school_item".into()))
+        );
+        let e = route("POST", "/circuit-breakers/auth/history").unwrap_err();
+        assert_eq!((e.status, e.allow), (405, Some("GET")));
     }
 
     #[test]
