@@ -25,7 +25,8 @@ pub const ALL: [&str; 7] = [
 pub const EXTRA: [&str; 1] = ["breaker_probe"];
 
 /// The breaker's defaults with a probe of `/` every 500 ms while half-open.
-const PROBE: &str = r#"{"default": {"probe": {"path": "/", "interval": "500ms", "timeout": "250ms"}}}"#;
+const PROBE: &str =
+    r#"{"default": {"probe": {"path": "/", "interval": "500ms", "timeout": "250ms"}}}"#;
 
 /// The sample config's settings for its `school` cluster (envoy/envoy.yaml).
 const SAMPLE: &str = r#"{"default": {"failure_threshold": 5, "failure_rate_threshold": 0.5, "minimum_requests": 20, "trip_min_hosts": 2, "window": "10s", "open_duration": "60s", "half_open_max_requests": 1, "success_threshold": 1}}"#;
