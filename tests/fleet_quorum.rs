@@ -184,6 +184,25 @@ fn a_voter_that_dies_takes_its_vote_with_it() {
             || (school_view(e)?["fleet"]["voters"] == serde_json::json!([])).then_some(()),
         );
     }
+    let list: serde_json::Value = api(g2, "GET", "/circuit-breakers", None, None)
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["fleet"]["members"],
+        serde_json::json!(["gateway-2", "gateway-3"])
+    );
+    let departed = &list["fleet"]["departed"];
+    assert_eq!(departed[0]["member"], "gateway-1", "{list}");
+    assert!(departed[0]["last_seen"].as_str().unwrap().ends_with('Z'));
+    let dashboard = format!(
+        "http://{}/circuit-breakers/dashboard",
+        g2.control.clone().unwrap()
+    );
+    let dom = browser_dom(&dashboard, 3_000);
+    assert!(
+        dom.contains(r#"data-departed="gateway-1""#),
+        "the fleet panel names the member gone: {dom}"
+    );
     // gateway-2 trips alone: one vote of the two live members, so the fleet stays closed.
     trip_through(g2, &f.stack);
     wait_for("gateway-2's vote", Duration::from_secs(3), || {
@@ -192,7 +211,15 @@ fn a_voter_that_dies_takes_its_vote_with_it() {
             .then_some(())
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(standing(g2), "open here by its own failures, 1 of 2 votes");
+    let alone = standing(g2);
+    assert!(
+        [
+            "open here by its own failures, 1 of 2 votes",
+            "half-open here on its own, 1 of 2 votes"
+        ]
+        .contains(&alone.as_str()),
+        "{alone}"
+    );
     assert!(g3.log_lines("OPENED").is_empty(), "gateway-3 never opened");
     f.stack.school.heal();
     let r = g3.call("/schools");

@@ -4,6 +4,7 @@
 //! what each Envoy remembers between events, the election of the one watch holder, its
 //! link's life, and the `fleet` settings; no proxy-wasm, time always an argument.
 
+pub mod departed;
 pub mod etcd;
 pub mod holder;
 pub mod keys;

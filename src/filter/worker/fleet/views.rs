@@ -3,20 +3,22 @@
 
 use crate::filter::host::Host;
 
+use crate::core::duration::rfc3339;
 use crate::core::fleet::quorum;
 use crate::core::settings::Settings;
 use crate::core::state::State;
 
 use super::shadows::{load_shadow, load_slots};
 use super::shared_link::{LinkState, SharedLink};
-use super::votes::{load_members, load_tally};
+use super::votes::{load_departed, load_members, load_tally};
 use super::Fleet;
 
 impl Fleet {
     /// The link as the control API and `/health` show it, with the members whose lease
-    /// etcd last said was alive.
+    /// etcd last said was alive, and the latest to leave with when this process saw them go.
     pub fn view(&self, host: &impl Host) -> serde_json::Value {
         let c = SharedLink::load(host);
+        let members = load_members(host);
         serde_json::json!({
             "member": self.member,
             "prefix": self.settings.prefix,
@@ -26,7 +28,12 @@ impl Fleet {
             "reason": (!c.reason.is_empty()).then_some(c.reason),
             "last_member": (!c.last_member.is_empty()).then_some(c.last_member),
             "last_revision": c.revision,
-            "members": load_members(host).names().collect::<Vec<_>>(),
+            "members": members.names().collect::<Vec<_>>(),
+            "departed": load_departed(host)
+                .iter()
+                .filter(|(m, _)| !members.contains(m))
+                .map(|(m, at)| serde_json::json!({"member": m, "last_seen": rfc3339(at)}))
+                .collect::<Vec<_>>(),
         })
     }
 

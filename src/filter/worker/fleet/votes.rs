@@ -5,6 +5,7 @@
 //! vote from a member not live, for a breaker this Envoy does not share, or not a vote at
 //! all is ignored and counted.
 
+use crate::core::fleet::departed::Departed;
 use crate::core::fleet::etcd::{self, method};
 use crate::core::fleet::keys;
 use crate::core::fleet::quorum::{self, Members, QuorumStep, Tally, VoteChange};
@@ -58,6 +59,28 @@ pub fn load_members(host: &impl Host) -> Members {
         Ok(Some((bytes, _))) => Members::decode(&bytes).unwrap_or_default(),
         _ => Members::default(),
     }
+}
+
+/// The members whose key left etcd, as this process saw them go.
+pub fn load_departed(host: &impl Host) -> Departed {
+    match host.shared_data(&fleet_key("departed")) {
+        Ok(Some((bytes, _))) => Departed::decode(&bytes).unwrap_or_default(),
+        _ => Departed::default(),
+    }
+}
+
+fn update_departed(host: &impl Host, change: impl Fn(&mut Departed) -> bool) {
+    let _ = store::compare_and_swap(
+        &SharedData(host),
+        &fleet_key("departed"),
+        &Departed::default().encode(),
+        CAS_ATTEMPTS,
+        |b| {
+            let mut d = Departed::decode(b).unwrap_or_default();
+            let changed = change(&mut d);
+            ((), changed.then(|| d.encode()))
+        },
+    );
 }
 
 fn update_members(host: &impl Host, change: impl Fn(&mut Members) -> bool) -> bool {
@@ -300,6 +323,7 @@ impl Fleet {
     /// A member key put (a member started, or its lease was granted again).
     pub(super) fn member_seen(&mut self, host: &impl Host, member: &str) {
         update_members(host, |m| m.add(member));
+        update_departed(host, |d| d.back(member));
     }
 
     /// A member key deleted: its process is gone. Fewer members may now make the quorum.
@@ -310,6 +334,7 @@ impl Fleet {
         member: &str,
         now_ms: u64,
     ) {
+        update_departed(host, |d| d.left(member, now_ms));
         if update_members(host, |m| m.remove(member)) {
             for name in Breakers::listed(host) {
                 self.recount(host, breakers, &name, now_ms);
