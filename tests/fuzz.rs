@@ -15,7 +15,7 @@ use envoy_circuit_breaker::core::codec;
 use envoy_circuit_breaker::core::hosts::Address;
 use envoy_circuit_breaker::core::settings::{Mode, Settings};
 use envoy_circuit_breaker::core::state::{Cause, Record, State, TripReason};
-use envoy_circuit_breaker::core::timeline::{Tally, Timeline};
+use envoy_circuit_breaker::core::timeline::{Timeline, Traffic};
 use envoy_circuit_breaker::core::window::{Window, WindowSpec};
 
 fn cases() -> u64 {
@@ -281,10 +281,10 @@ fn seed_timelines() -> Vec<Vec<u8>> {
     let mut seeds = vec![t.encode()];
     t.add(
         T0,
-        &Tally {
+        &Traffic {
             successes: 3,
             failures: 2,
-            ..Tally::default()
+            ..Traffic::default()
         },
         State::Closed,
     );
@@ -292,10 +292,10 @@ fn seed_timelines() -> Vec<Vec<u8>> {
     seeds.push(t.encode());
     t.add(
         T0 + 12_000,
-        &Tally {
+        &Traffic {
             refusals: 9,
             probes: 1,
-            ..Tally::default()
+            ..Traffic::default()
         },
         State::Open,
     );
@@ -305,9 +305,9 @@ fn seed_timelines() -> Vec<Vec<u8>> {
     for i in 0..95 {
         t.add(
             T0 + i * 10_000,
-            &Tally {
+            &Traffic {
                 slow: 1,
-                ..Tally::default()
+                ..Traffic::default()
             },
             State::Closed,
         );

@@ -13,7 +13,7 @@ use envoy_circuit_breaker::core::limits::TIMELINE_BUCKETS;
 use envoy_circuit_breaker::core::outcome::{Classifier, StreamEnd};
 use envoy_circuit_breaker::core::retry_after;
 use envoy_circuit_breaker::core::state::State;
-use envoy_circuit_breaker::core::timeline::{self, Tally, Timeline};
+use envoy_circuit_breaker::core::timeline::{self, Timeline, Traffic};
 
 /// The longest a control API error message may be: echoed text is cut to 200 characters,
 /// and a message echoes at most a path and a method around a fixed sentence.
@@ -53,9 +53,9 @@ pub fn timeline(data: &[u8]) {
         assert_eq!(t.encode(), data, "round trip of {t:?}");
         assert_eq!(t.view(NOW_MS).len(), TIMELINE_BUCKETS);
     }
-    let failed = Tally {
+    let failed = Traffic {
         failures: 1,
-        ..Tally::default()
+        ..Traffic::default()
     };
     let changed = Timeline::with(data, |t| t.add(NOW_MS, &failed, State::Open));
     assert!(

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::bytes::Reader;
 use super::duration::rfc3339;
+use super::history::Event;
 use super::limits::{TIMELINE_BUCKETS, TIMELINE_BUCKET_MS};
 use super::state::State;
 
@@ -18,9 +19,9 @@ const BUCKET_BYTES: usize = 4 + 5 * 4 + 1;
 pub const MAX_BYTES: usize = 1 + TIMELINE_BUCKETS * BUCKET_BYTES;
 const _: () = assert!(MAX_BYTES <= 4_096);
 
-/// What one worker counted since its last report, added to the current bucket.
+/// The traffic one worker counted since its last report, added to the current bucket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
+pub struct Traffic {
     pub successes: u32,
     pub failures: u32,
     pub slow: u32,
@@ -28,13 +29,13 @@ pub struct Tally {
     pub probes: u32,
 }
 
-impl Tally {
+impl Traffic {
     pub fn is_empty(&self) -> bool {
-        *self == Tally::default()
+        *self == Traffic::default()
     }
 
     /// Adds another tally to this one.
-    pub fn absorb(&mut self, other: &Tally) {
+    pub fn absorb(&mut self, other: &Traffic) {
         self.successes = self.successes.saturating_add(other.successes);
         self.failures = self.failures.saturating_add(other.failures);
         self.slow = self.slow.saturating_add(other.slow);
@@ -48,13 +49,25 @@ impl Tally {
 struct Bucket {
     /// Which 10 s since the epoch.
     number: u32,
-    tally: Tally,
+    tally: Traffic,
     /// Bit per state ([`State::code`]) seen in the bucket; the two high bits hold the code
     /// of the state it ended in, plus one (0: not known).
     states: u8,
 }
 
 impl Bucket {
+    /// A bucket with nothing counted yet, in the state the one before it ended in.
+    fn quiet(number: u32, carried: Option<State>) -> Bucket {
+        let mut b = Bucket {
+            number,
+            ..Bucket::default()
+        };
+        if let Some(state) = carried {
+            b.saw(state);
+        }
+        b
+    }
+
     fn saw(&mut self, state: State) {
         self.states = (self.states & 0b0000_0111) | (1 << state.code()) | ((state.code() + 1) << 6);
     }
@@ -83,7 +96,7 @@ fn number_at(now_ms: u64) -> u32 {
 
 impl Timeline {
     /// Adds what a worker counted by `now_ms`, with the state its copy shows.
-    pub fn add(&mut self, now_ms: u64, tally: &Tally, state: State) {
+    pub fn add(&mut self, now_ms: u64, tally: &Traffic, state: State) {
         let Some(b) = self.bucket(now_ms) else {
             return;
         };
@@ -108,14 +121,8 @@ impl Timeline {
         let oldest = number.saturating_sub(TIMELINE_BUCKETS as u32 - 1);
         self.buckets.retain(|b| b.number >= oldest);
         if self.buckets.last().map(|b| b.number) != Some(number) {
-            let mut fresh = Bucket {
-                number,
-                ..Bucket::default()
-            };
-            if let Some(state) = self.buckets.last().and_then(Bucket::last) {
-                fresh.saw(state);
-            }
-            self.buckets.push(fresh);
+            let carried = self.buckets.last().and_then(Bucket::last);
+            self.buckets.push(Bucket::quiet(number, carried));
         }
         self.buckets.last_mut()
     }
@@ -145,7 +152,7 @@ impl Timeline {
         let mut buckets: Vec<Bucket> = Vec::with_capacity(rest.len() / BUCKET_BYTES);
         while !r.is_done() {
             let number = r.u32()?;
-            let tally = Tally {
+            let tally = Traffic {
                 successes: r.u32()?,
                 failures: r.u32()?,
                 slow: r.u32()?,
@@ -188,16 +195,26 @@ impl Timeline {
                     Some(b) if b.number == number => stored.next().copied(),
                     _ => None,
                 };
-                let b = bucket.unwrap_or(Bucket {
-                    number,
-                    states: state.map_or(0, |s| (1 << s.code()) | ((s.code() + 1) << 6)),
-                    ..Bucket::default()
-                });
+                let b = bucket.unwrap_or_else(|| Bucket::quiet(number, state));
                 state = b.last().or(state);
                 bucket_json(&b)
             })
             .collect()
     }
+}
+
+/// The control API's answer for one breaker's history: the stored timeline (none, or
+/// bytes it cannot read: an empty one) and the kept transitions, as of `now_ms`.
+pub fn answer(name: &str, stored: Option<&[u8]>, transitions: &[Event], now_ms: u64) -> Value {
+    let timeline = stored.and_then(Timeline::decode).unwrap_or_default();
+    json!({
+        "name": name,
+        "bucket_seconds": TIMELINE_BUCKET_MS / 1_000,
+        "now": rfc3339(now_ms),
+        "now_ms": now_ms,
+        "buckets": timeline.view(now_ms),
+        "transitions": transitions,
+    })
 }
 
 fn bucket_json(b: &Bucket) -> Value {
@@ -227,10 +244,10 @@ mod tests {
 
     const T0: u64 = 1_796_000_000_000;
 
-    fn failures(n: u32) -> Tally {
-        Tally {
+    fn failures(n: u32) -> Traffic {
+        Traffic {
             failures: n,
-            ..Tally::default()
+            ..Traffic::default()
         }
     }
 
@@ -241,9 +258,9 @@ mod tests {
         t.add(T0 + 3_000, &failures(3), State::Closed);
         t.add(
             T0 + 25_000,
-            &Tally {
+            &Traffic {
                 successes: 4,
-                ..Tally::default()
+                ..Traffic::default()
             },
             State::Closed,
         );
@@ -272,9 +289,9 @@ mod tests {
         t.moved(T0 + 1_000, State::Open);
         t.add(
             T0 + 2_000,
-            &Tally {
+            &Traffic {
                 refusals: 7,
-                ..Tally::default()
+                ..Traffic::default()
             },
             State::Open,
         );

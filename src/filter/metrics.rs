@@ -8,7 +8,7 @@ use crate::core::headroom::FAR;
 use crate::core::outcome::Outcome;
 use crate::core::settings::Settings;
 use crate::core::state::{Cause, Counts, State, Transition, TripReason};
-use crate::core::timeline::Tally;
+use crate::core::timeline::Traffic;
 
 use super::host::{Host, MetricKind};
 
@@ -136,9 +136,9 @@ impl Metrics {
 
     /// Publishes the counts gathered since the last flush; gives them back for the
     /// breaker's timeline.
-    pub fn flush(&mut self, host: &impl Host) -> Tally {
+    pub fn flush(&mut self, host: &impl Host) -> Traffic {
         let n = |what: Counted| u32::try_from(self.pending[what as usize]).unwrap_or(u32::MAX);
-        let tally = Tally {
+        let tally = Traffic {
             successes: n(Counted::Success),
             failures: n(Counted::Failure),
             slow: n(Counted::Slow),

@@ -12,7 +12,7 @@ use crate::core::reply::RejectReply;
 use crate::core::settings::{Mode, Settings};
 use crate::core::state::{Record, State, Transition};
 use crate::core::store::{self, Updated};
-use crate::core::timeline::{Tally, Timeline};
+use crate::core::timeline::{Timeline, Traffic};
 
 use crate::filter::host::Host;
 use crate::filter::metrics::Metrics;
@@ -42,7 +42,7 @@ pub struct Breaker {
     /// Successes admitted here and not yet written to the shared record.
     pub batch: SuccessBatch,
     /// Counted here and not yet added to the breaker's timeline, and when it is due.
-    untold: Tally,
+    untold: Traffic,
     untold_due_ms: u64,
     /// Requests this worker admitted (not as probes) whose outcome is not recorded yet.
     pub in_flight: u32,
@@ -92,7 +92,7 @@ impl Breaker {
             settings,
             last_seen,
             batch: SuccessBatch::default(),
-            untold: Tally::default(),
+            untold: Traffic::default(),
             untold_due_ms: 0,
             in_flight: 0,
             key,
@@ -241,7 +241,7 @@ impl Breaker {
 
     /// Adds what this worker counted to the breaker's timeline, once a second at most
     /// while the breaker is busy; a quiet breaker's timeline is not touched.
-    pub fn add_to_timeline(&mut self, host: &impl Host, counted: &Tally, now_ms: u64) {
+    pub fn add_to_timeline(&mut self, host: &impl Host, counted: &Traffic, now_ms: u64) {
         if self.untold.is_empty() {
             self.untold_due_ms = now_ms.saturating_add(TIMELINE_WRITE_EVERY_MS);
         }

@@ -3,14 +3,12 @@
 
 use crate::core::breaker::{self, Step};
 use crate::core::control::{self, ApiError, Command};
-use crate::core::duration::rfc3339;
 use crate::core::history::{self, Event};
-use crate::core::limits::TIMELINE_BUCKET_MS;
 use crate::core::probe;
 use crate::core::settings::Settings;
 use crate::core::state::Record;
 use crate::core::store;
-use crate::core::timeline::Timeline;
+use crate::core::timeline;
 use crate::core::view;
 
 use crate::filter::host::Host;
@@ -117,7 +115,7 @@ pub fn answer(
             json(list)
         }
         Command::ResetAll => json(serde_json::json!({ "reset": names })),
-        Command::History(name) => json(history_view(host, breakers, name, now_ms)),
+        Command::History(name) => json(history_view(host, name, now_ms)),
         Command::Show(name) | Command::Reset(name) | Command::SetMode(name) => {
             json(breaker_view(host, breakers, fleet, name, now_ms).unwrap_or_default())
         }
@@ -133,11 +131,15 @@ fn current(
     let i = breakers.named(host, name.as_bytes())?;
     let breaker = breakers.get(i)?;
     let record = store::load(&SharedData(host), &breaker.key).ok()?.record;
-    let history = match host.shared_data(&history_key(name)) {
+    Some((record, breaker.settings.clone(), transitions(host, name)))
+}
+
+/// The breaker's kept transitions, newest first.
+fn transitions(host: &impl Host, name: &str) -> Vec<Event> {
+    match host.shared_data(&history_key(name)) {
         Ok(Some((bytes, _))) => history::read(&bytes),
         _ => Vec::new(),
-    };
-    Some((record, breaker.settings.clone(), history))
+    }
 }
 
 fn breaker_view(
@@ -160,27 +162,12 @@ fn breaker_view(
 }
 
 /// A breaker's last fifteen minutes: its buckets and its transitions.
-fn history_view(
-    host: &impl Host,
-    breakers: &mut Breakers,
-    name: &str,
-    now_ms: u64,
-) -> serde_json::Value {
-    let transitions = current(host, breakers, name)
-        .map(|(_, _, h)| h)
-        .unwrap_or_default();
+fn history_view(host: &impl Host, name: &str, now_ms: u64) -> serde_json::Value {
     let stored = match host.shared_data(&timeline_key(name)) {
-        Ok(Some((bytes, _))) => Timeline::decode(&bytes),
+        Ok(Some((bytes, _))) => Some(bytes),
         _ => None,
     };
-    serde_json::json!({
-        "name": name,
-        "bucket_seconds": TIMELINE_BUCKET_MS / 1_000,
-        "now": rfc3339(now_ms),
-        "now_ms": now_ms,
-        "buckets": stored.unwrap_or_default().view(now_ms),
-        "transitions": transitions,
-    })
+    timeline::answer(name, stored.as_deref(), &transitions(host, name), now_ms)
 }
 
 fn write(

@@ -38,16 +38,34 @@ pub fn load_tally(host: &impl Host, breaker: &str) -> Tally {
 
 /// Changes a breaker's tally through compare-and-swap; what `change` said, or false.
 fn update_tally(host: &impl Host, breaker: &str, change: impl Fn(&mut Tally) -> bool) -> bool {
-    let empty = Tally::default().encode();
+    update(
+        host,
+        &tally_key(breaker),
+        Tally::decode,
+        Tally::encode,
+        change,
+    )
+}
+
+/// Changes what `key` holds by compare-and-swap, writing only when `change` says it
+/// changed something; bytes `decode` refuses start from the empty value. False when
+/// nothing changed or the store gave up.
+fn update<T: Default>(
+    host: &impl Host,
+    key: &str,
+    decode: fn(&[u8]) -> Option<T>,
+    encode: fn(&T) -> Vec<u8>,
+    change: impl Fn(&mut T) -> bool,
+) -> bool {
     store::compare_and_swap(
         &SharedData(host),
-        &tally_key(breaker),
-        &empty,
+        key,
+        &encode(&T::default()),
         CAS_ATTEMPTS,
         |b| {
-            let mut t = Tally::decode(b).unwrap_or_default();
-            let changed = change(&mut t);
-            (changed, changed.then(|| t.encode()))
+            let mut value = decode(b).unwrap_or_default();
+            let changed = change(&mut value);
+            (changed, changed.then(|| encode(&value)))
         },
     )
     .unwrap_or(false)
@@ -70,33 +88,13 @@ pub fn load_departed(host: &impl Host) -> Departed {
 }
 
 fn update_departed(host: &impl Host, change: impl Fn(&mut Departed) -> bool) {
-    let _ = store::compare_and_swap(
-        &SharedData(host),
-        &fleet_key("departed"),
-        &Departed::default().encode(),
-        CAS_ATTEMPTS,
-        |b| {
-            let mut d = Departed::decode(b).unwrap_or_default();
-            let changed = change(&mut d);
-            ((), changed.then(|| d.encode()))
-        },
-    );
+    let key = fleet_key("departed");
+    update(host, &key, Departed::decode, Departed::encode, change);
 }
 
 fn update_members(host: &impl Host, change: impl Fn(&mut Members) -> bool) -> bool {
-    let empty = Members::default().encode();
-    store::compare_and_swap(
-        &SharedData(host),
-        &fleet_key("members"),
-        &empty,
-        CAS_ATTEMPTS,
-        |b| {
-            let mut m = Members::decode(b).unwrap_or_default();
-            let changed = change(&mut m);
-            (changed, changed.then(|| m.encode()))
-        },
-    )
-    .unwrap_or(false)
+    let key = fleet_key("members");
+    update(host, &key, Members::decode, Members::encode, change)
 }
 
 impl Fleet {
